@@ -1,0 +1,46 @@
+"""VQShape for Hugging Face transformers. Importing this package registers the Auto classes."""
+
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForPreTraining,
+    AutoModelForSequenceClassification,
+)
+
+from .configuration_vqshape import VQShapeConfig
+from .modeling_vqshape import (
+    VQShapeForPreTraining,
+    VQShapeForPreTrainingOutput,
+    VQShapeForTimeSeriesClassification,
+    VQShapeForTimeSeriesClassificationOutput,
+    VQShapeModel,
+    VQShapeModelOutput,
+    VQShapePreTrainedModel,
+)
+from .processing_vqshape import VQShapeFeatureExtractor
+
+AutoConfig.register("vqshape", VQShapeConfig, exist_ok=True)
+AutoModel.register(VQShapeConfig, VQShapeModel, exist_ok=True)
+AutoModelForPreTraining.register(VQShapeConfig, VQShapeForPreTraining, exist_ok=True)
+AutoModelForSequenceClassification.register(VQShapeConfig, VQShapeForTimeSeriesClassification, exist_ok=True)
+AutoFeatureExtractor.register(VQShapeConfig, VQShapeFeatureExtractor, exist_ok=True)
+
+# save_pretrained copies the modeling files (for trust_remote_code users) only for registered classes
+VQShapeConfig.register_for_auto_class()
+VQShapeModel.register_for_auto_class("AutoModel")
+VQShapeForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+VQShapeForTimeSeriesClassification.register_for_auto_class("AutoModelForSequenceClassification")
+VQShapeFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+
+__all__ = [
+    "VQShapeConfig",
+    "VQShapeFeatureExtractor",
+    "VQShapeForPreTraining",
+    "VQShapeForPreTrainingOutput",
+    "VQShapeForTimeSeriesClassification",
+    "VQShapeForTimeSeriesClassificationOutput",
+    "VQShapeModel",
+    "VQShapeModelOutput",
+    "VQShapePreTrainedModel",
+]

@@ -1,0 +1,218 @@
+"""VQShape model configuration."""
+
+from transformers import PretrainedConfig
+
+
+class VQShapeConfig(PretrainedConfig):
+    r"""
+    Configuration of a VQShape model (Wen et al., "Abstracted Shapes as Tokens", NeurIPS 2024).
+
+    The defaults are the paper's pre-training script with a 256-wide model and a 512-entry codebook.
+
+    Args:
+        input_length (`int`, defaults to 512):
+            Length every univariate series is resampled to before it enters the model.
+        num_patches (`int`, defaults to 64):
+            Number of patches the series is cut into; the patch stride is `input_length // num_patches`.
+        patch_length (`int`, defaults to 8):
+            Length of one patch; at most the stride, so that exactly `num_patches` patches fit.
+        d_model (`int`, defaults to 256):
+            Width of every Transformer.
+        num_encoder_layers (`int`, defaults to 4), num_encoder_heads (`int`, defaults to 8):
+            Depth and heads of the patch encoder.
+        num_tokenizer_layers (`int`, defaults to 4), num_tokenizer_heads (`int`, defaults to 8):
+            Depth and heads of the tokenizer (a Transformer decoder with `num_tokens` learned queries).
+        num_decoder_layers (`int`, defaults to 2), num_decoder_heads (`int`, defaults to 8):
+            Depth and heads of the patch decoder that reconstructs the series from the tokens.
+        ffn_dim (`int`, *optional*):
+            Feed-forward width of the Transformer layers; `4 * d_model` when not given.
+        dropout (`float`, defaults to 0.1):
+            Dropout inside the Transformer layers.
+        layer_norm_eps (`float`, defaults to 1e-5):
+            Epsilon of the Transformer layer norms.
+        num_tokens (`int`, defaults to 64):
+            Number of shape tokens per series; `input_length` must be a multiple of it.
+        num_codes (`int`, defaults to 512):
+            Number of codebook entries.
+        code_dim (`int`, defaults to 8):
+            Dimension of a code vector.
+        shape_length (`int`, defaults to 128):
+            Number of samples of a decoded shape; a multiple of 16 (the shape decoder upsamples twice by 4).
+        shape_smoothing (`int`, defaults to 1):
+            Odd window of the moving average applied to the target subsequences and kernel of the shape
+            decoder's last convolution.
+        min_shape_length (`float`, defaults to 1/64):
+            Smallest relative length a shape may cover.
+        reconstruction_weight, codebook_weight, shape_weight (`float`, default to 1.0),
+        disentanglement_weight (`float`, defaults to 0.8):
+            Weights of the four pre-training loss terms.
+        commitment_weight (`float`, defaults to 0.25):
+            Weight of the codebook-update term inside the codebook loss.
+        entropy_weight (`float`, defaults to 0.1), entropy_gamma (`float`, defaults to 1.0),
+        entropy_temperature (`float`, defaults to 0.01):
+            Code-usage entropy regulariser of the codebook loss (per-token entropy minus `entropy_gamma`
+            times the entropy of the mean assignment, with soft assignments at `entropy_temperature`).
+        disentanglement_threshold (`float`, defaults to 0.2):
+            Distance under which two tokens' (start, length) points are pushed apart.
+        mask_ratio (`float`, defaults to 0.25):
+            Share of the patches dropped from the encoder input during pre-training.
+        num_input_channels (`int`, defaults to 1):
+            Channels of the series a classification head expects (its features are flattened over them).
+        classifier_features (`str`, defaults to `"tokens"`):
+            `"tokens"` or `"histogram"`: which representation the classification head reads.
+        classifier_dropout (`float`, defaults to 0.1):
+            Dropout on the classification head's input.
+        freeze_backbone (`bool`, defaults to `False`):
+            Whether the classification head leaves the VQShape backbone untrained.
+    """
+
+    model_type = "vqshape"
+
+    def __init__(
+        self,
+        input_length: int = 512,
+        num_patches: int = 64,
+        patch_length: int = 8,
+        d_model: int = 256,
+        num_encoder_layers: int = 4,
+        num_encoder_heads: int = 8,
+        num_tokenizer_layers: int = 4,
+        num_tokenizer_heads: int = 8,
+        num_decoder_layers: int = 2,
+        num_decoder_heads: int = 8,
+        ffn_dim: int | None = None,
+        dropout: float = 0.1,
+        layer_norm_eps: float = 1e-5,
+        num_tokens: int = 64,
+        num_codes: int = 512,
+        code_dim: int = 8,
+        shape_length: int = 128,
+        shape_smoothing: int = 1,
+        min_shape_length: float = 1 / 64,
+        reconstruction_weight: float = 1.0,
+        codebook_weight: float = 1.0,
+        shape_weight: float = 1.0,
+        disentanglement_weight: float = 0.8,
+        commitment_weight: float = 0.25,
+        entropy_weight: float = 0.1,
+        entropy_gamma: float = 1.0,
+        entropy_temperature: float = 0.01,
+        disentanglement_threshold: float = 0.2,
+        mask_ratio: float = 0.25,
+        num_input_channels: int = 1,
+        classifier_features: str = "tokens",
+        classifier_dropout: float = 0.1,
+        freeze_backbone: bool = False,
+        **kwargs,
+    ):
+        self.input_length = input_length
+        self.num_patches = num_patches
+        self.patch_length = patch_length
+        self.d_model = d_model
+        self.num_encoder_layers = num_encoder_layers
+        self.num_encoder_heads = num_encoder_heads
+        self.num_tokenizer_layers = num_tokenizer_layers
+        self.num_tokenizer_heads = num_tokenizer_heads
+        self.num_decoder_layers = num_decoder_layers
+        self.num_decoder_heads = num_decoder_heads
+        self.ffn_dim = 4 * d_model if ffn_dim is None else ffn_dim
+        self.dropout = dropout
+        self.layer_norm_eps = layer_norm_eps
+        self.num_tokens = num_tokens
+        self.num_codes = num_codes
+        self.code_dim = code_dim
+        self.shape_length = shape_length
+        self.shape_smoothing = shape_smoothing
+        self.min_shape_length = min_shape_length
+        self.reconstruction_weight = reconstruction_weight
+        self.codebook_weight = codebook_weight
+        self.shape_weight = shape_weight
+        self.disentanglement_weight = disentanglement_weight
+        self.commitment_weight = commitment_weight
+        self.entropy_weight = entropy_weight
+        self.entropy_gamma = entropy_gamma
+        self.entropy_temperature = entropy_temperature
+        self.disentanglement_threshold = disentanglement_threshold
+        self.mask_ratio = mask_ratio
+        self.num_input_channels = num_input_channels
+        self.classifier_features = classifier_features
+        self.classifier_dropout = classifier_dropout
+        self.freeze_backbone = freeze_backbone
+        self._validate()
+        super().__init__(**kwargs)
+
+    @property
+    def patch_stride(self) -> int:
+        return self.input_length // self.num_patches
+
+    @property
+    def decoder_patch_length(self) -> int:
+        """Samples of the series each token reconstructs."""
+        return self.input_length // self.num_tokens
+
+    @property
+    def token_dim(self) -> int:
+        """Features per token: the code, then start, length, offset and scale."""
+        return self.code_dim + 4
+
+    def _validate(self):
+        positive = (
+            "input_length", "num_patches", "patch_length", "d_model", "num_encoder_layers", "num_encoder_heads",
+            "num_tokenizer_layers", "num_tokenizer_heads", "num_decoder_layers", "num_decoder_heads", "ffn_dim",
+            "num_tokens", "num_codes", "code_dim", "shape_length", "shape_smoothing", "num_input_channels",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"VQShapeConfig: `{name}` must be a positive integer, got {value!r}.")
+        if self.input_length % self.num_patches:
+            raise ValueError(
+                f"VQShapeConfig: `input_length` ({self.input_length}) must be divisible by `num_patches` "
+                f"({self.num_patches}); choose num_patches among its divisors."
+            )
+        if self.patch_length > self.patch_stride:
+            raise ValueError(
+                f"VQShapeConfig: `patch_length` ({self.patch_length}) is longer than the patch stride "
+                f"input_length // num_patches = {self.patch_stride}, so only "
+                f"{(self.input_length - self.patch_length) // self.patch_stride + 1} of {self.num_patches} patches "
+                "fit; use patch_length <= input_length // num_patches."
+            )
+        if self.input_length % self.num_tokens:
+            raise ValueError(
+                f"VQShapeConfig: `input_length` ({self.input_length}) must be divisible by `num_tokens` "
+                f"({self.num_tokens}): each token reconstructs input_length // num_tokens samples."
+            )
+        if self.shape_length % 16:
+            raise ValueError(
+                f"VQShapeConfig: `shape_length` ({self.shape_length}) must be a multiple of 16: the shape decoder "
+                "starts from shape_length // 16 samples and upsamples twice by 4."
+            )
+        if self.shape_smoothing % 2 == 0:
+            raise ValueError(
+                f"VQShapeConfig: `shape_smoothing` ({self.shape_smoothing}) must be odd so that the smoothed "
+                "shapes keep their length."
+            )
+        for heads, layers in (("num_encoder_heads", "patch encoder"), ("num_tokenizer_heads", "tokenizer"),
+                              ("num_decoder_heads", "patch decoder")):
+            if self.d_model % getattr(self, heads):
+                raise ValueError(
+                    f"VQShapeConfig: `d_model` ({self.d_model}) must be divisible by `{heads}` "
+                    f"({getattr(self, heads)}) of the {layers}."
+                )
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"VQShapeConfig: `mask_ratio` must lie in [0, 1), got {self.mask_ratio}.")
+        if not 0.0 < self.min_shape_length < 1.0:
+            raise ValueError(f"VQShapeConfig: `min_shape_length` must lie in (0, 1), got {self.min_shape_length}.")
+        for name in ("dropout", "classifier_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"VQShapeConfig: `{name}` must lie in [0, 1), got {getattr(self, name)}.")
+        if self.classifier_features not in ("tokens", "histogram"):
+            raise ValueError(
+                f"VQShapeConfig: `classifier_features` must be 'tokens' or 'histogram', got {self.classifier_features!r}."
+            )
+        for name in ("entropy_temperature", "layer_norm_eps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"VQShapeConfig: `{name}` must be positive, got {getattr(self, name)}.")
+
+
+__all__ = ["VQShapeConfig"]

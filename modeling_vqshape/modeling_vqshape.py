@@ -1,0 +1,799 @@
+"""PyTorch VQShape (Wen et al., "Abstracted Shapes as Tokens: A Generalizable and Interpretable Model for
+Time-series Classification", NeurIPS 2024).
+
+Reads top to bottom: pure functions (normalisation, subsequence sampling, losses) -> blocks -> output dataclasses
+-> VQShapePreTrainedModel -> VQShapeModel -> heads.
+"""
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_vqshape import VQShapeConfig
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pure functions
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def instance_normalize(series: torch.Tensor, eps: float = 1e-5):
+    """Standardise each series by its mean and sqrt(unbiased variance + eps).
+
+    Args:
+        series: `(batch_size, sequence_length)`.
+    Returns:
+        `(scaled, loc, scale)`, with `loc` and `scale` of shape `(batch_size, 1)`.
+    """
+    loc = series.mean(dim=-1, keepdim=True)
+    scale = (series.var(dim=-1, keepdim=True) + eps).sqrt()
+    return (series - loc) / scale, loc, scale
+
+
+def moving_average(values: torch.Tensor, window: int) -> torch.Tensor:
+    """Centred moving average over the last axis with edge replication; identity for `window == 1`.
+
+    Args:
+        values: `(batch_size, num_tokens, shape_length)`.
+    """
+    if window == 1:
+        return values
+    pad = window // 2
+    padded = F.pad(values, (pad, pad), mode="replicate")
+    num_rows = values.shape[0] * values.shape[1]
+    kernel = torch.full((1, 1, window), 1.0 / window, dtype=values.dtype, device=values.device)
+    # "batch tokens time -> (batch tokens) 1 time" so that one 1-channel convolution smooths every row
+    smoothed = F.conv1d(padded.reshape(num_rows, 1, -1), kernel)
+    return smoothed.reshape(values.shape)
+
+
+def extract_subsequence(
+    series: torch.Tensor, start: torch.Tensor, length: torch.Tensor, num_samples: int, smoothing: int = 1
+) -> torch.Tensor:
+    """Read the stretch [start, start + length] (relative positions) of each series at `num_samples` evenly spaced
+    points by linear interpolation, then smooth it (paper Sec. 3.2, the target of the shape loss).
+
+    Args:
+        series: `(batch_size, sequence_length)`.
+        start, length: `(batch_size, num_tokens, 1)` in [0, 1].
+    Returns:
+        `(batch_size, num_tokens, num_samples)`.
+    """
+    sequence_length = series.shape[-1]
+    relative_positions = torch.linspace(0, 1, steps=num_samples, device=series.device, dtype=series.dtype)
+    first = start * (sequence_length - 1)
+    last = torch.clamp(start + length, max=1) * (sequence_length - 1)
+    positions = first + (last - first) * relative_positions  # (batch_size, num_tokens, num_samples)
+    # grid_sample reads a (batch, 1, 1, time) image at x in [-1, 1] (align_corners: -1 and 1 are the end samples)
+    grid_x = 2.0 * positions / (sequence_length - 1) - 1
+    grid = torch.stack([grid_x, torch.ones_like(grid_x)], dim=-1)
+    sampled = F.grid_sample(
+        series[:, None, None, :], grid, mode="bilinear", padding_mode="border", align_corners=True
+    )  # (batch_size, 1, num_tokens, num_samples)
+    return moving_average(sampled[:, 0], smoothing)
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, series: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the reconstructed series, in the input's scale (paper Eq. 4, L_x)."""
+    return F.mse_loss(reconstruction, series)
+
+
+def shape_loss(shapes: torch.Tensor, target_shapes: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between decoded shapes and the subsequences they point to (paper Eq. 5, L_s)."""
+    return F.mse_loss(shapes, target_shapes.detach())
+
+
+def _entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    return -(probabilities * probabilities.clamp(min=1e-5).log()).sum(dim=-1)
+
+
+def codebook_loss(
+    z_e: torch.Tensor,
+    nearest_codes: torch.Tensor,
+    distances: torch.Tensor,
+    commitment_weight: float,
+    entropy_weight: float,
+    entropy_gamma: float,
+    entropy_temperature: float,
+) -> torch.Tensor:
+    """Codebook loss (paper Eq. 3, L_vq): the encoder is pulled to its code with weight 1, the code to the encoder
+    with `commitment_weight`, plus the code-usage entropy regulariser. As in the original, it can be negative.
+
+    Args:
+        z_e: `(num_vectors, code_dim)` encoder outputs.
+        nearest_codes: `(num_vectors, code_dim)` their nearest codebook entries (not straight-through).
+        distances: `(num_vectors, num_codes)` squared distances to every entry.
+    """
+    loss = F.mse_loss(z_e, nearest_codes.detach()) + commitment_weight * F.mse_loss(nearest_codes, z_e.detach())
+    if entropy_weight > 0:
+        soft_assignment = F.softmin(distances / entropy_temperature, dim=-1)
+        entropy = _entropy(soft_assignment).mean() - entropy_gamma * _entropy(soft_assignment.mean(dim=0))
+        loss = loss + entropy_weight * entropy
+    return loss
+
+
+def disentanglement_loss(
+    start: torch.Tensor, length: torch.Tensor, min_shape_length: float, threshold: float
+) -> torch.Tensor:
+    """Push the tokens of a series apart in (start, length) (paper Eq. 6, L_div): each token is the point
+    r (cos(pi t), sin(pi t)) with r = log(l) / log(min_shape_length), and pairs closer than `threshold` are penalised.
+
+    Args:
+        start, length: `(batch_size, num_tokens, 1)`.
+    """
+    radius = length.log() / math.log(min_shape_length)
+    points = torch.cat([torch.cos(torch.pi * start) * radius, torch.sin(torch.pi * start) * radius], dim=-1)
+    pairwise = torch.norm(points.unsqueeze(1) - points.unsqueeze(2), dim=-1)  # (batch_size, num_tokens, num_tokens)
+    off_diagonal = 1.0 - torch.eye(pairwise.shape[-1], device=pairwise.device, dtype=pairwise.dtype)
+    return (F.relu(threshold - pairwise) * off_diagonal).mean()
+
+
+def code_usage(code_indices: torch.Tensor, num_codes: int):
+    """Perplexity of the hard code assignments and the fraction of the codebook they use."""
+    counts = torch.bincount(code_indices.reshape(-1), minlength=num_codes).to(torch.float32)
+    probabilities = counts / counts.sum().clamp(min=1)
+    perplexity = torch.exp(-(probabilities * probabilities.clamp(min=1e-10).log()).sum())
+    return perplexity, (counts > 0).to(torch.float32).mean()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _encoder_stack(config: VQShapeConfig, num_layers: int, num_heads: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        d_model=config.d_model,
+        nhead=num_heads,
+        dim_feedforward=config.ffn_dim,
+        dropout=config.dropout,
+        activation="gelu",
+        layer_norm_eps=config.layer_norm_eps,
+        batch_first=True,
+    )
+    return nn.TransformerEncoder(layer, num_layers=num_layers, enable_nested_tensor=False)
+
+
+class VQShapePatchEncoder(nn.Module):
+    """Cuts the normalised series into patches, embeds them and encodes them with a Transformer encoder."""
+
+    def __init__(self, config: VQShapeConfig):
+        super().__init__()
+        self.patch_length = config.patch_length
+        self.patch_stride = config.patch_stride
+        self.num_patches = config.num_patches
+        self.input_projection = nn.Linear(config.patch_length, config.d_model)
+        self.position_embeddings = nn.Embedding(config.num_patches, config.d_model)
+        self.encoder = _encoder_stack(config, config.num_encoder_layers, config.num_encoder_heads)
+
+    def embed(self, scaled: torch.Tensor) -> torch.Tensor:
+        """`(batch_size, sequence_length)` -> `(batch_size, num_patches, d_model)`."""
+        patches = scaled.unfold(-1, self.patch_length, self.patch_stride)  # (batch_size, num_patches, patch_length)
+        return self.input_projection(patches) + self.position_embeddings.weight[: patches.shape[1]]
+
+    def forward(self, patch_embeddings: torch.Tensor) -> torch.Tensor:
+        """`(batch_size, num_kept_patches, d_model)` -> same shape."""
+        return self.encoder(patch_embeddings)
+
+
+class VQShapeTokenizer(nn.Module):
+    """A Transformer decoder whose `num_tokens` learned queries cross-attend to the encoded patches."""
+
+    def __init__(self, config: VQShapeConfig):
+        super().__init__()
+        self.query_tokens = nn.Parameter(torch.empty(1, config.num_tokens, config.d_model))
+        layer = nn.TransformerDecoderLayer(
+            d_model=config.d_model,
+            nhead=config.num_tokenizer_heads,
+            dim_feedforward=config.ffn_dim,
+            dropout=config.dropout,
+            activation="gelu",
+            layer_norm_eps=config.layer_norm_eps,
+            batch_first=True,
+        )
+        self.decoder = nn.TransformerDecoder(layer, num_layers=config.num_tokenizer_layers)
+
+    def forward(self, encoded_patches: torch.Tensor) -> torch.Tensor:
+        """`(batch_size, num_patches, d_model)` -> `(batch_size, num_tokens, d_model)`."""
+        queries = self.query_tokens.expand(encoded_patches.shape[0], -1, -1)
+        return self.decoder(queries, encoded_patches)
+
+
+def _mlp(in_features: int, out_features: int, hidden_features: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_features, hidden_features), nn.ReLU(), nn.Linear(hidden_features, out_features))
+
+
+class VQShapeAttributeDecoder(nn.Module):
+    """Decodes each token into a code vector z_e, a start t, a length l, an offset mu and a scale sigma."""
+
+    def __init__(self, config: VQShapeConfig):
+        super().__init__()
+        self.min_shape_length = config.min_shape_length
+        self.code_head = _mlp(config.d_model, config.code_dim, config.d_model)
+        self.start_length_head = _mlp(config.d_model, 2, config.d_model)
+        self.offset_head = _mlp(config.d_model, 1, config.d_model)
+        self.scale_head = _mlp(config.d_model, 1, config.d_model)
+
+    def forward(self, hidden_states: torch.Tensor):
+        """`(batch_size, num_tokens, d_model)` -> z_e `(batch_size, num_tokens, code_dim)` and start, length,
+        offset, scale, each `(batch_size, num_tokens, 1)`."""
+        start_length = torch.sigmoid(self.start_length_head(hidden_states))
+        # l >= min_shape_length and t + l <= 1 + min_shape_length (paper Sec. 3.1)
+        start = start_length[..., :1] * (1 - self.min_shape_length)
+        length = start_length[..., 1:] * (1 - start) + self.min_shape_length
+        offset = self.offset_head(hidden_states)
+        scale = F.softplus(self.scale_head(hidden_states))
+        return self.code_head(hidden_states), start, length, offset, scale
+
+
+class VQShapeCodebook(nn.Module):
+    """Euclidean vector quantiser: every code vector goes to its nearest entry."""
+
+    def __init__(self, config: VQShapeConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(config.num_codes, config.code_dim))
+
+    def forward(self, z_e: torch.Tensor):
+        """
+        Args:
+            z_e: `(num_vectors, code_dim)`.
+        Returns:
+            `(code_indices, nearest_codes, distances)`: `(num_vectors,)`, `(num_vectors, code_dim)` and
+            `(num_vectors, num_codes)` squared distances.
+        """
+        codes = self.weight
+        # |z|^2 + |e|^2 - 2 z.e, the original's expansion (the argmin must agree with it exactly)
+        distances = (z_e**2).sum(dim=1, keepdim=True) + (codes**2).sum(dim=1) - 2 * (z_e @ codes.t())
+        code_indices = distances.argmin(dim=1)
+        return code_indices, F.embedding(code_indices, codes), distances
+
+
+class VQShapeAttributeEncoder(nn.Module):
+    """Embeds a token's attributes back to `d_model` for the patch decoder."""
+
+    def __init__(self, config: VQShapeConfig):
+        super().__init__()
+        self.projection = nn.Linear(config.code_dim + 4, config.d_model)
+
+    def forward(self, codes, start, length, offset, scale) -> torch.Tensor:
+        # The original concatenates [code, mu, sigma, t, l], unlike the token features' [code, t, l, mu, sigma].
+        return self.projection(torch.cat([codes, offset, scale, start, length], dim=-1))
+
+
+class VQShapePatchDecoder(nn.Module):
+    """Reconstructs the normalised series from the tokens: each token yields `input_length // num_tokens` samples."""
+
+    def __init__(self, config: VQShapeConfig):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.empty(1, 1, config.d_model))
+        self.decoder = _encoder_stack(config, config.num_decoder_layers, config.num_decoder_heads)
+        self.output_projection = nn.Linear(config.d_model, config.decoder_patch_length)
+
+    def forward(self, token_embeddings: torch.Tensor) -> torch.Tensor:
+        """`(batch_size, num_tokens, d_model)` -> `(batch_size, sequence_length)`."""
+        batch_size = token_embeddings.shape[0]
+        hidden = self.decoder(torch.cat([self.cls_token.expand(batch_size, -1, -1), token_embeddings], dim=1))
+        # "batch tokens patch -> batch (tokens patch)", dropping the cls position
+        return self.output_projection(hidden[:, 1:]).reshape(batch_size, -1)
+
+
+class VQShapeResidualBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.GroupNorm(16, in_channels),
+            nn.GELU(),
+            nn.Conv1d(in_channels, out_channels, 3, padding="same"),
+            nn.GroupNorm(16, out_channels),
+            nn.GELU(),
+            nn.Conv1d(out_channels, out_channels, 3, padding="same"),
+        )
+        self.skip = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.skip(hidden) + self.block(hidden)
+
+
+class VQShapeUpsample(nn.Module):
+    def __init__(self, channels: int, factor: int = 4):
+        super().__init__()
+        self.factor = factor
+        self.conv = nn.Conv1d(channels, channels, 3, padding="same")
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(hidden, scale_factor=float(self.factor), mode="nearest"))
+
+
+class VQShapeShapeDecoder(nn.Module):
+    """Decodes a code vector into a standardised shape of `shape_length` samples. The channel widths (128, 64) are
+    fixed, as in the original."""
+
+    channels = 128
+
+    def __init__(self, config: VQShapeConfig):
+        super().__init__()
+        self.input_projection = nn.Linear(config.code_dim, config.shape_length * 8)
+        self.residual_in = VQShapeResidualBlock(128, 128)
+        self.upsample_in = VQShapeUpsample(128)
+        self.residual_out = VQShapeResidualBlock(128, 64)
+        self.upsample_out = VQShapeUpsample(64)
+        self.output_conv = nn.Conv1d(64, 1, config.shape_smoothing, padding="same")
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """`(batch_size, num_tokens, code_dim)` -> `(batch_size, num_tokens, shape_length)`, each shape with zero mean
+        and unit (unbiased) standard deviation."""
+        batch_size, num_tokens, _ = codes.shape
+        # "batch tokens (channels time) -> (batch tokens) channels time", channel-major as the original's Rearrange
+        hidden = self.input_projection(codes).reshape(batch_size * num_tokens, self.channels, -1)
+        hidden = self.upsample_in(F.gelu(self.residual_in(hidden)))
+        hidden = F.gelu(self.upsample_out(F.gelu(self.residual_out(hidden))))
+        shapes = self.output_conv(hidden).reshape(batch_size, num_tokens, -1)
+        return (shapes - shapes.mean(dim=-1, keepdim=True)) / (shapes.std(dim=-1, keepdim=True) + 1e-8)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VQShapeModelOutput(ModelOutput):
+    """
+    Args:
+        last_hidden_state: `(batch_size, num_channels, num_tokens, d_model)` tokenizer output.
+        token_features: `(batch_size, num_channels, num_tokens, code_dim + 4)`: [code, start, length, offset, scale].
+        histogram: `(batch_size, num_channels, num_codes)` int64 count of each code among a series' tokens.
+        code_indices: `(batch_size, num_channels, num_tokens)` codebook row of each token.
+        codes: `(batch_size, num_channels, num_tokens, code_dim)` quantised codes (straight-through).
+        shape_start, shape_length, shape_offset, shape_scale: `(batch_size, num_channels, num_tokens)`; start and
+            length relative to the series, offset and scale in the normalised scale.
+        loc, scale: `(batch_size, num_channels)` the mean and scale each series was normalised with.
+        reconstruction: `(batch_size, sequence_length, num_channels)` in the input's scale, when asked for.
+        shapes: `(batch_size, num_channels, num_tokens, shape_length)` decoded shapes in the input's scale, when
+            asked for.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    token_features: torch.FloatTensor | None = None
+    histogram: torch.LongTensor | None = None
+    code_indices: torch.LongTensor | None = None
+    codes: torch.FloatTensor | None = None
+    shape_start: torch.FloatTensor | None = None
+    shape_length: torch.FloatTensor | None = None
+    shape_offset: torch.FloatTensor | None = None
+    shape_scale: torch.FloatTensor | None = None
+    loc: torch.FloatTensor | None = None
+    scale: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+    shapes: torch.FloatTensor | None = None
+
+
+@dataclass
+class VQShapeForPreTrainingOutput(ModelOutput):
+    """
+    Args:
+        loss: the config-weighted sum of the four terms below.
+        reconstruction_loss, codebook_loss, shape_loss, disentanglement_loss: each unweighted term.
+        perplexity: perplexity of the batch's code assignments.
+        code_usage: fraction of the codebook used in the batch.
+        reconstruction: `(batch_size, sequence_length, num_channels)` in the input's scale.
+        shapes, target_shapes: `(batch_size, num_channels, num_tokens, shape_length)` decoded shapes and the
+            subsequences they point to, in the input's scale.
+        code_indices: `(batch_size, num_channels, num_tokens)`.
+        token_features: `(batch_size, num_channels, num_tokens, code_dim + 4)`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    codebook_loss: torch.FloatTensor | None = None
+    shape_loss: torch.FloatTensor | None = None
+    disentanglement_loss: torch.FloatTensor | None = None
+    perplexity: torch.FloatTensor | None = None
+    code_usage: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+    shapes: torch.FloatTensor | None = None
+    target_shapes: torch.FloatTensor | None = None
+    code_indices: torch.LongTensor | None = None
+    token_features: torch.FloatTensor | None = None
+
+
+@dataclass
+class VQShapeForTimeSeriesClassificationOutput(ModelOutput):
+    """
+    Args:
+        loss: cross-entropy, when `labels` is given.
+        logits: `(batch_size, num_labels)`.
+        features: `(batch_size, feature_dim)` the flattened tokens or histogram the logits came from.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    features: torch.FloatTensor | None = None
+
+
+@dataclass
+class _Tokens:
+    """Per-series token attributes, internal to the models: all `(batch_size * num_channels, num_tokens, ...)`."""
+
+    hidden_states: torch.Tensor
+    z_e: torch.Tensor
+    codes: torch.Tensor
+    nearest_codes: torch.Tensor
+    code_indices: torch.Tensor
+    distances: torch.Tensor
+    start: torch.Tensor
+    length: torch.Tensor
+    offset: torch.Tensor
+    scale: torch.Tensor
+
+    @property
+    def features(self) -> torch.Tensor:
+        return torch.cat([self.codes, self.start, self.length, self.offset, self.scale], dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------------------------
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_vqshape.VQShapeConfig",
+    "AutoModel": "modeling_vqshape.VQShapeModel",
+    "AutoModelForPreTraining": "modeling_vqshape.VQShapeForPreTraining",
+    "AutoModelForSequenceClassification": "modeling_vqshape.VQShapeForTimeSeriesClassification",
+}
+
+
+class VQShapePreTrainedModel(PreTrainedModel):
+    config_class = VQShapeConfig
+    base_model_prefix = "vqshape"
+    main_input_name = "past_values"
+    input_modalities = ("time",)
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        # The original's initialisation: PyTorch defaults, a uniform +-1/num_codes codebook, N(0, 1) position
+        # embeddings and N(0, 1/d_model^2) learned queries; all through guarded init functions so that weights
+        # loaded by from_pretrained are kept. Each branch names the module that owns the parameter directly: for
+        # remote code, transformers skips modules without parameters of their own.
+        if isinstance(module, VQShapeCodebook):
+            bound = 1.0 / self.config.num_codes
+            init.uniform_(module.weight, -bound, bound)
+        elif isinstance(module, nn.Embedding):  # the patch encoder's position embeddings
+            init.normal_(module.weight)
+        elif isinstance(module, VQShapeTokenizer):
+            init.normal_(module.query_tokens, std=1.0 / self.config.d_model)
+        elif isinstance(module, VQShapePatchDecoder):
+            init.normal_(module.cls_token, std=1.0 / self.config.d_model)
+        elif isinstance(module, nn.MultiheadAttention):
+            module._reset_parameters()
+        elif isinstance(module, (nn.Linear, nn.Conv1d, nn.LayerNorm, nn.GroupNorm)):
+            module.reset_parameters()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save as `PreTrainedModel.save_pretrained` does, then complete the `auto_map` (a head lists only itself) and
+        add the feature extractor, so that the folder loads with every Auto class, with or without the package."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        is_main_process = kwargs.get("is_main_process", True)
+        if not is_main_process:
+            return
+        config_path = os.path.join(save_directory, "config.json")
+        with open(config_path, encoding="utf-8") as handle:
+            config = json.load(handle)
+        config["auto_map"] = dict(AUTO_MAP)
+        temporary_path = config_path + ".tmp"
+        with open(temporary_path, "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(temporary_path, config_path)
+        if not os.path.exists(os.path.join(save_directory, "preprocessor_config.json")):
+            from .processing_vqshape import VQShapeFeatureExtractor
+
+            VQShapeFeatureExtractor(input_length=self.config.input_length).save_pretrained(save_directory)
+
+    def _flatten_channels(self, past_values: torch.Tensor):
+        """Check `past_values` and make every channel an independent univariate series.
+
+        Returns:
+            `(series, batch_size, num_channels)` with series `(batch_size * num_channels, sequence_length)`.
+        """
+        if not isinstance(past_values, torch.Tensor):
+            raise ValueError(
+                f"past_values must be a torch.Tensor, got {type(past_values).__name__}; "
+                "use VQShapeFeatureExtractor(...)(series, return_tensors='pt') to prepare raw series."
+            )
+        if past_values.dim() not in (2, 3):
+            raise ValueError(
+                f"past_values must have shape (batch_size, sequence_length) or (batch_size, sequence_length, "
+                f"num_channels), got {past_values.dim()} dimensions {tuple(past_values.shape)}."
+            )
+        if past_values.shape[0] == 0:
+            raise ValueError("past_values is an empty batch (batch_size 0); pass at least one series.")
+        sequence_length = past_values.shape[1]
+        if sequence_length != self.config.input_length:
+            if sequence_length < self.config.patch_length:
+                problem = f"shorter than one patch ({self.config.patch_length})"
+            else:
+                problem = f"but the model expects input_length={self.config.input_length}"
+            hint = ""
+            if past_values.dim() == 3 and past_values.shape[2] == self.config.input_length:
+                hint = " It looks channels-first: past_values is (batch_size, sequence_length, num_channels)."
+            raise ValueError(
+                f"past_values has {sequence_length} time steps, {problem}; use VQShapeFeatureExtractor to resample "
+                f"each series to {self.config.input_length} steps.{hint}"
+            )
+        if not past_values.is_floating_point():
+            past_values = past_values.to(self.dtype)
+        if not torch.isfinite(past_values).all():
+            raise ValueError(
+                "past_values contains NaN or inf; fill or drop missing values first (VQShapeFeatureExtractor "
+                "interpolates interior NaNs)."
+            )
+        if past_values.dim() == 2:
+            past_values = past_values.unsqueeze(-1)
+        batch_size, _, num_channels = past_values.shape
+        # "batch time channels -> (batch channels) time"
+        series = past_values.transpose(1, 2).reshape(batch_size * num_channels, sequence_length)
+        return series, batch_size, num_channels
+
+
+class VQShapeModel(VQShapePreTrainedModel):
+    """VQShape: a series becomes `num_tokens` shape tokens [code, start, length, offset, scale] and a histogram of
+    codes. The patch and shape decoders run only when their outputs are asked for."""
+
+    def __init__(self, config: VQShapeConfig):
+        super().__init__(config)
+        self.patch_encoder = VQShapePatchEncoder(config)
+        self.tokenizer = VQShapeTokenizer(config)
+        self.attribute_decoder = VQShapeAttributeDecoder(config)
+        self.codebook = VQShapeCodebook(config)
+        self.attribute_encoder = VQShapeAttributeEncoder(config)
+        self.patch_decoder = VQShapePatchDecoder(config)
+        self.shape_decoder = VQShapeShapeDecoder(config)
+        self.post_init()
+
+    def tokenize(self, patch_embeddings: torch.Tensor) -> _Tokens:
+        """Encode embedded patches and decode the tokens' attributes.
+
+        Args:
+            patch_embeddings: `(batch_size, num_kept_patches, d_model)` from `patch_encoder.embed`.
+        """
+        hidden_states = self.tokenizer(self.patch_encoder(patch_embeddings))
+        z_e, start, length, offset, scale = self.attribute_decoder(hidden_states)
+        batch_size, num_tokens, code_dim = z_e.shape
+        # "batch tokens dim -> (batch tokens) dim" for the nearest-code search over all vectors at once
+        code_indices, nearest, distances = self.codebook(z_e.reshape(-1, code_dim))
+        nearest = nearest.reshape(batch_size, num_tokens, code_dim)
+        codes = z_e + (nearest - z_e).detach()  # straight-through estimator
+        return _Tokens(
+            hidden_states=hidden_states,
+            z_e=z_e,
+            codes=codes,
+            nearest_codes=nearest,
+            code_indices=code_indices.reshape(batch_size, num_tokens),
+            distances=distances,
+            start=start,
+            length=length,
+            offset=offset,
+            scale=scale,
+        )
+
+    def reconstruct(self, tokens: _Tokens, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The series rebuilt from its tokens, `(batch_size, sequence_length)` in the input's scale."""
+        embeddings = self.attribute_encoder(tokens.codes, tokens.start, tokens.length, tokens.offset, tokens.scale)
+        return self.patch_decoder(embeddings) * scale + loc
+
+    def decode_shapes(self, tokens: _Tokens, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Each token's decoded shape, `(batch_size, num_tokens, shape_length)` in the input's scale."""
+        shapes = self.shape_decoder(tokens.codes) * tokens.scale + tokens.offset
+        return shapes * scale.unsqueeze(1) + loc.unsqueeze(1)
+
+    def forward(
+        self,
+        past_values: torch.Tensor,
+        output_reconstruction: bool = False,
+        output_shapes: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VQShapeModelOutput | tuple:
+        r"""
+        Args:
+            past_values: `(batch_size, sequence_length)` or `(batch_size, sequence_length, num_channels)`, with
+                `sequence_length == config.input_length`; integer input is cast to float.
+            output_reconstruction: also rebuild the series from the tokens (runs the patch decoder).
+            output_shapes: also decode each token's shape (runs the shape decoder).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        series, batch_size, num_channels = self._flatten_channels(past_values)
+        scaled, loc, scale = instance_normalize(series)
+        tokens = self.tokenize(self.patch_encoder.embed(scaled))
+        num_tokens = self.config.num_tokens
+
+        def per_channel(tensor):  # "(batch channels) ... -> batch channels ..."
+            return tensor.reshape(batch_size, num_channels, *tensor.shape[1:])
+
+        code_indices = tokens.code_indices
+        histogram = torch.zeros(code_indices.shape[0], self.config.num_codes, dtype=torch.long, device=series.device)
+        histogram.scatter_add_(1, code_indices, torch.ones_like(code_indices))
+        reconstruction = shapes = None
+        if output_reconstruction:
+            # "(batch channels) time -> batch time channels"
+            reconstruction = per_channel(self.reconstruct(tokens, loc, scale)).transpose(1, 2)
+        if output_shapes:
+            shapes = per_channel(self.decode_shapes(tokens, loc, scale))
+        output = VQShapeModelOutput(
+            last_hidden_state=per_channel(tokens.hidden_states),
+            token_features=per_channel(tokens.features),
+            histogram=per_channel(histogram),
+            code_indices=per_channel(code_indices),
+            codes=per_channel(tokens.codes),
+            shape_start=per_channel(tokens.start.reshape(-1, num_tokens)),
+            shape_length=per_channel(tokens.length.reshape(-1, num_tokens)),
+            shape_offset=per_channel(tokens.offset.reshape(-1, num_tokens)),
+            shape_scale=per_channel(tokens.scale.reshape(-1, num_tokens)),
+            loc=loc.reshape(batch_size, num_channels),
+            scale=scale.reshape(batch_size, num_channels),
+            reconstruction=reconstruction,
+            shapes=shapes,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class VQShapeForPreTraining(VQShapePreTrainedModel):
+    """VQShape with its pre-training objective. In training mode a random `mask_ratio` of the patches is dropped
+    from the encoder input (paper Sec. 3.3); in eval mode all patches are used."""
+
+    def __init__(self, config: VQShapeConfig):
+        super().__init__(config)
+        self.vqshape = VQShapeModel(config)
+        self.post_init()
+
+    def _keep_random_patches(self, patch_embeddings: torch.Tensor) -> torch.Tensor:
+        """Drop `int(mask_ratio * num_patches)` random patches per series, drawn as the original draws them."""
+        batch_size, num_patches, _ = patch_embeddings.shape
+        num_masked = int(self.config.mask_ratio * num_patches)
+        order = torch.rand(batch_size, num_patches, device=patch_embeddings.device).argsort(dim=-1)
+        kept = order[:, num_masked:]
+        return patch_embeddings[torch.arange(batch_size, device=kept.device).unsqueeze(1), kept]
+
+    def forward(self, past_values: torch.Tensor, return_dict: bool | None = None, **kwargs):
+        r"""
+        Args:
+            past_values: `(batch_size, sequence_length)` or `(batch_size, sequence_length, num_channels)`.
+        Returns:
+            `VQShapeForPreTrainingOutput` with the weighted loss and each of its terms.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        config = self.config
+        series, batch_size, num_channels = self._flatten_channels(past_values)
+        scaled, loc, scale = instance_normalize(series)
+        patch_embeddings = self.vqshape.patch_encoder.embed(scaled)
+        if self.training and config.mask_ratio > 0:
+            patch_embeddings = self._keep_random_patches(patch_embeddings)
+        tokens = self.vqshape.tokenize(patch_embeddings)
+        reconstruction = self.vqshape.reconstruct(tokens, loc, scale)
+        shapes = self.vqshape.decode_shapes(tokens, loc, scale)
+        target_shapes = extract_subsequence(series, tokens.start, tokens.length, config.shape_length, config.shape_smoothing)
+
+        losses = {
+            "reconstruction_loss": reconstruction_loss(reconstruction, series),
+            "codebook_loss": codebook_loss(
+                tokens.z_e.reshape(-1, config.code_dim),
+                tokens.nearest_codes.reshape(-1, config.code_dim),
+                tokens.distances,
+                config.commitment_weight,
+                config.entropy_weight,
+                config.entropy_gamma,
+                config.entropy_temperature,
+            ),
+            "shape_loss": shape_loss(shapes, target_shapes),
+            "disentanglement_loss": disentanglement_loss(
+                tokens.start, tokens.length, config.min_shape_length, config.disentanglement_threshold
+            ),
+        }
+        loss = (
+            config.reconstruction_weight * losses["reconstruction_loss"]
+            + config.codebook_weight * losses["codebook_loss"]
+            + config.shape_weight * losses["shape_loss"]
+            + config.disentanglement_weight * losses["disentanglement_loss"]
+        )
+        with torch.no_grad():
+            perplexity, usage = code_usage(tokens.code_indices, config.num_codes)
+
+        def per_channel(tensor):  # "(batch channels) ... -> batch channels ..."
+            return tensor.reshape(batch_size, num_channels, *tensor.shape[1:])
+
+        output = VQShapeForPreTrainingOutput(
+            loss=loss,
+            **losses,
+            perplexity=perplexity,
+            code_usage=usage,
+            reconstruction=per_channel(reconstruction).transpose(1, 2),
+            shapes=per_channel(shapes),
+            target_shapes=per_channel(target_shapes),
+            code_indices=per_channel(tokens.code_indices),
+            token_features=per_channel(tokens.features),
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class VQShapeForTimeSeriesClassification(VQShapePreTrainedModel):
+    """A linear classifier on VQShape's tokens or code histogram, flattened over channels (the paper's linear probe),
+    with dropout on its input. Set `config.freeze_backbone` to train the classifier alone."""
+
+    def __init__(self, config: VQShapeConfig):
+        super().__init__(config)
+        self.vqshape = VQShapeModel(config)
+        if config.classifier_features == "tokens":
+            per_channel = config.num_tokens * config.token_dim
+        else:
+            per_channel = config.num_codes
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.num_input_channels * per_channel, config.num_labels)
+        self.post_init()
+        if config.freeze_backbone:
+            self.vqshape.requires_grad_(False)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return not any(parameter.requires_grad for parameter in self.vqshape.parameters())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.backbone_frozen:
+            self.vqshape.eval()  # frozen features stay deterministic (no dropout)
+        return self
+
+    def forward(
+        self,
+        past_values: torch.Tensor,
+        labels: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        r"""
+        Args:
+            past_values: `(batch_size, sequence_length)` or `(batch_size, sequence_length, num_channels)` with
+                `num_channels == config.num_input_channels`.
+            labels: `(batch_size,)` class indices; gives the cross-entropy `loss`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+            outputs = self.vqshape(past_values, return_dict=True)
+        num_channels = outputs.token_features.shape[1]
+        if num_channels != self.config.num_input_channels:
+            raise ValueError(
+                f"past_values has {num_channels} channels but this classifier was built for "
+                f"config.num_input_channels={self.config.num_input_channels}."
+            )
+        if self.config.classifier_features == "tokens":
+            features = outputs.token_features
+        else:
+            # code frequencies rather than counts keep the input scale independent of num_tokens
+            features = outputs.histogram.to(outputs.token_features.dtype) / self.config.num_tokens
+        features = features.flatten(start_dim=1)  # "batch channels ... -> batch (channels ...)"
+        logits = self.classifier(self.dropout(features))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits, labels.to(logits.device).long())
+        output = VQShapeForTimeSeriesClassificationOutput(loss=loss, logits=logits, features=features)
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "VQShapePreTrainedModel",
+    "VQShapeModel",
+    "VQShapeForPreTraining",
+    "VQShapeForTimeSeriesClassification",
+    "VQShapeModelOutput",
+    "VQShapeForPreTrainingOutput",
+    "VQShapeForTimeSeriesClassificationOutput",
+]

@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+with open("README.md", encoding="utf-8") as handle:
+    long_description = handle.read()
+
+train = ["accelerate>=0.30", "datasets>=2.18", "aeon>=1.0", "pandas>=2.0", "pyarrow>=14", "tqdm>=4.60", "tensorboard>=2.14"]
+multimodal = ["sentence-transformers>=3.0"]
+
+setup(
+    name="vqshape",
+    version="0.1.0",
+    description="VQShape: interpretable shape tokens for time series, native to Hugging Face transformers",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["modeling_vqshape", "modeling_vqshape.*", "conversion", "conversion.*"]),
+    install_requires=["torch>=2.1", "transformers>=4.45", "huggingface_hub>=0.23", "safetensors>=0.4", "numpy>=1.24"],
+    extras_require={
+        "train": train,
+        "multimodal": multimodal,
+        "dev": train + multimodal + ["pytest>=7", "scikit-learn>=1.3", "matplotlib>=3.7", "einops>=0.7"],
+    },
+    classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Artificial Intelligence"],
+)

@@ -1,0 +1,122 @@
+"""Loading a saved model with and without the package installed, from a folder and from an offline Hub cache."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from modeling_vqshape import VQShapeForPreTraining
+
+from .conftest import REPO_ROOT
+
+REPO_ID = "lab/vqshape-geneactiv"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+LOADER = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    mode, source, expected_path = sys.argv[1:4]
+    if mode == "remote":
+        class BlockPackage(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("modeling_vqshape", "conversion"):
+                    raise ImportError(f"{name} is blocked: this process stands for a machine without the package")
+        sys.meta_path.insert(0, BlockPackage())
+        try:
+            import modeling_vqshape  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("the package is importable")
+    else:
+        import modeling_vqshape  # noqa: F401  registers the Auto classes
+    import numpy as np, torch
+    from safetensors.torch import load_file
+    from transformers import AutoFeatureExtractor, AutoModel
+    kwargs = {"trust_remote_code": True} if mode == "remote" else {}
+    model = AutoModel.from_pretrained(source, **kwargs).eval()
+    extractor = AutoFeatureExtractor.from_pretrained(source, **kwargs)
+    expected = load_file(expected_path)
+    inputs = extractor([np.sin(np.linspace(0, 9, 50)), np.linspace(-3, 3, 200)])
+    with torch.no_grad():
+        out = model(**inputs, output_reconstruction=True)
+    for name, value in expected.items():
+        torch.testing.assert_close(getattr(out, name), value, rtol=0, atol=0)
+    print("loaded", type(model).__module__, type(model).__name__)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, ):
+    from modeling_vqshape import VQShapeConfig
+
+    from .conftest import TINY
+
+    root = tmp_path_factory.mktemp("loading")
+    model = VQShapeForPreTraining(VQShapeConfig(**TINY)).eval()
+    folder = root / "vqshape-geneactiv"
+    model.save_pretrained(folder)
+    import numpy as np
+
+    from modeling_vqshape import VQShapeFeatureExtractor
+
+    inputs = VQShapeFeatureExtractor(TINY["input_length"])([np.sin(np.linspace(0, 9, 50)), np.linspace(-3, 3, 200)])
+    with torch.no_grad():
+        out = model.vqshape(**inputs, output_reconstruction=True)
+    expected = root / "expected.safetensors"
+    save_file({name: getattr(out, name).contiguous() for name in ("token_features", "histogram", "reconstruction")},
+              str(expected))
+    # an offline Hub cache holding the folder as the repo's main revision
+    hub_cache = root / "hf_home" / "hub" / f"models--{REPO_ID.replace('/', '--')}"
+    (hub_cache / "refs").mkdir(parents=True)
+    (hub_cache / "refs" / "main").write_text(COMMIT)
+    shutil.copytree(folder, hub_cache / "snapshots" / COMMIT)
+    return root, folder, expected
+
+
+def run_loader(root, mode, source, expected):
+    workdir = root / f"run-{mode}"
+    workdir.mkdir(exist_ok=True)
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_CACHE", "TRANSFORMERS_CACHE", "PYTHONPATH")}
+    env.update(HF_HOME=str(root / "hf_home"), HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(root / "modules"))
+    if mode == "package":
+        env["PYTHONPATH"] = str(REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", LOADER, mode, str(source), str(expected)],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("mode", ["package", "remote"])
+def test_load_from_folder(saved, mode):
+    root, folder, expected = saved
+    printed = run_loader(root, mode, folder, expected)
+    assert ("transformers_modules" in printed) == (mode == "remote")
+
+
+@pytest.mark.parametrize("mode", ["package", "remote"])
+def test_load_by_repo_id_from_offline_hub_cache(saved, mode):
+    root, _, expected = saved
+    printed = run_loader(root, mode, REPO_ID, expected)
+    assert "VQShapeModel" in printed
+    assert ("transformers_modules" in printed) == (mode == "remote")
+
+
+def test_saved_config_has_the_complete_auto_map(saved):
+    import json
+
+    _, folder, _ = saved
+    config = json.loads((folder / "config.json").read_text())
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForPreTraining",
+                                       "AutoModelForSequenceClassification"}
+    assert config["architectures"] == ["VQShapeForPreTraining"]
+    preprocessor = json.loads((folder / "preprocessor_config.json").read_text())
+    assert preprocessor["auto_map"]["AutoFeatureExtractor"] == "processing_vqshape.VQShapeFeatureExtractor"
