@@ -62,10 +62,10 @@ def parse_args(argv=None):
     parser.add_argument("--weight_decay", type=float, default=0.01)
     parser.add_argument("--max_grad_norm", type=float, default=1.0)
     parser.add_argument("--num_train_epochs", type=int, default=1)
-    parser.add_argument("--max_train_steps", type=int, default=600, help="Overrides epochs; 0 to train by epochs.")
+    parser.add_argument("--max_train_steps", type=int, default=1000, help="Overrides epochs; 0 to train by epochs.")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--lr_scheduler_type", default="cosine")
-    parser.add_argument("--num_warmup_steps", type=int, default=30)
+    parser.add_argument("--num_warmup_steps", type=int, default=50)
     parser.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpointing_steps", type=int, default=None)
@@ -266,7 +266,6 @@ def main(argv=None):
     if "validation_step_0" in history:
         accelerator.print(f"validation loss: step 0 {history['validation_step_0']['loss']:.4f} -> "
                           f"step {completed_steps} {metrics['loss']:.4f}")
-    accelerator.end_training()
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.save_pretrained(args.output_dir, is_main_process=accelerator.is_main_process,
@@ -284,6 +283,7 @@ def main(argv=None):
               f"  import modeling_vqshape\n  from transformers import AutoModel, AutoFeatureExtractor\n"
               f"  model = AutoModel.from_pretrained({args.output_dir!r})\n"
               f"  feature_extractor = AutoFeatureExtractor.from_pretrained({args.output_dir!r})")
+    accelerator.end_training()  # also ends the process group: last
     return history
 
 

@@ -1,8 +1,19 @@
-"""Model cards and publishing to the Hugging Face Hub: the one helper every script and the converter use."""
+"""Model cards and publishing to the Hugging Face Hub: the one helper every script and the converter use.
+
+`publish(model, "lab/vqshape-geneactiv")` saves the model (weights, config with the complete `auto_map`, modeling
+files for `trust_remote_code`, `preprocessor_config.json`), draws the codebook atlas, writes the model card and
+uploads the folder in one commit. `push_folder_to_hub` uploads a folder that is already saved (the converter's
+`--push-to-hub`, `examples/pretrain.py`). Everything written is deterministic (no dates), so pushing an unchanged
+model uploads nothing: the Hub reports each file's git oid in its pre-upload answer and `huggingface_hub` drops the
+files that match.
+"""
 
 import json
 import os
 import re
+import shutil
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 CITATION = """@inproceedings{wen2024vqshape,
@@ -12,12 +23,18 @@ CITATION = """@inproceedings{wen2024vqshape,
   year      = {2024}
 }"""
 
+TAGS = ["time-series", "time-series-classification", "vqshape"]
+ATLAS_FILE = "atlas.png"
+DEFAULT_COMMIT_MESSAGE = "Upload VQShape model"
+
 _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_CONFIG_KEYS_LEFT_OUT = ("auto_map", "architectures", "transformers_version", "id2label", "label2id")
 
 
 def check_repo_id(repo_id: str) -> str:
     """Raise a clear ValueError for a repo id the Hub would refuse, before anything is uploaded."""
-    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id:
+    if (not isinstance(repo_id, str) or not _REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id
+            or repo_id.endswith((".git", ".")) or repo_id.split("/")[-1].startswith(".")):
         raise ValueError(
             f"invalid Hub repo id {repo_id!r}: use 'namespace/name' with letters, digits, '-', '_' or '.', "
             "e.g. 'lab/vqshape-geneactiv'."
@@ -25,33 +42,132 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def write_model_card(folder, config, description: str, training: dict | None = None, extra: dict | None = None):
-    """Write README.md (a model card with metadata) into `folder`, atomically."""
+# ---------------------------------------------------------------------------------------------------------------------
+# Model card
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def eval_results(results, model_name: str = "vqshape"):
+    """Turn classification-protocol results into `huggingface_hub.EvalResult`s for the card's `model-index`.
+
+    `results` is `{dataset: accuracy}`, `{dataset: {metric: value}}` or a list of
+    `{"dataset": ..., "metric": "accuracy", "value": ..., "split": "test"}` dicts.
+    """
+    from huggingface_hub import EvalResult
+
+    if not results:
+        return None
+    if isinstance(results, Mapping):
+        rows = []
+        for dataset, value in results.items():
+            metrics = value if isinstance(value, Mapping) else {"accuracy": value}
+            rows.extend({"dataset": dataset, "metric": metric, "value": number} for metric, number in metrics.items())
+    else:
+        rows = list(results)
+    evaluations = []
+    for row in rows:
+        value = row["value"]
+        evaluations.append(
+            EvalResult(
+                task_type="time-series-classification",
+                task_name="Time-series classification (linear probe on VQShape features)",
+                dataset_type=row.get("dataset_type", row["dataset"]),
+                dataset_name=row["dataset"],
+                dataset_split=row.get("split", "test"),
+                metric_type=row["metric"],
+                metric_name=row.get("metric_name", row["metric"]),
+                metric_value=float(value) if isinstance(value, (int, float)) else value,
+            )
+        )
+    return evaluations
+
+
+def _usage_section(repo_id: str | None) -> str:
+    source = repo_id or "<this repo or folder>"
+    return (
+        "## How to load\n\n"
+        "With the `vqshape` package installed, importing it registers the model with the Auto classes:\n\n"
+        "```python\nimport modeling_vqshape  # noqa: F401\n"
+        "from transformers import AutoFeatureExtractor, AutoModel\n\n"
+        f'model = AutoModel.from_pretrained("{source}")\n'
+        f'feature_extractor = AutoFeatureExtractor.from_pretrained("{source}")\n'
+        "inputs = feature_extractor(series)  # (batch, time) or (batch, channels, time), any length\n"
+        "outputs = model(**inputs)  # token_features, histogram, code_indices\n```\n\n"
+        "Without the package, the modeling files stored in this repo are used:\n\n"
+        "```python\nfrom transformers import AutoFeatureExtractor, AutoModel\n\n"
+        f'model = AutoModel.from_pretrained("{source}", trust_remote_code=True, revision="<commit sha>")\n'
+        f'feature_extractor = AutoFeatureExtractor.from_pretrained("{source}", trust_remote_code=True, '
+        'revision="<commit sha>")\n```\n\n'
+        "`trust_remote_code=True` runs the Python files of this repo on your machine: read them first, and pin "
+        "`revision` to the commit you read (the full sha from the repo's history), so that neither the weights nor "
+        "the code can change under you. `revision` also works with the package installed, to reproduce a result "
+        "with the exact weights it came from."
+    )
+
+
+def _atlas_section() -> str:
+    return (
+        "## Codebook atlas\n\n"
+        f"![codebook atlas]({ATLAS_FILE})\n\n"
+        "Every code of the codebook decoded to its (standardised) shape; the number is how many tokens used the "
+        "code when counts were given. Draw it again with "
+        "`python -m modeling_vqshape.visualization atlas --model <repo or folder> --output atlas.png`."
+    )
+
+
+def write_model_card(folder, config, description: str, training: dict | None = None, extra: dict | None = None, *,
+                     results=None, dataset_names=None, base_model=None, license: str = "mit",
+                     repo_id: str | None = None):
+    """Write README.md (a model card with metadata) into `folder`, atomically, and return its path.
+
+    Args:
+        config: the model's `VQShapeConfig`; its non-default values fill a table.
+        description: a paragraph on where the model comes from.
+        training, extra: dicts shown as JSON (training settings; checks such as the conversion report).
+        results: classification-protocol results for the `model-index` (see `eval_results`).
+        dataset_names, base_model, license: card metadata.
+        repo_id: the repo the card is for, used in the loading snippets.
+    The card refers to the codebook atlas when `folder` holds `atlas.png`. Nothing in it depends on the time, so an
+    unchanged model gives an unchanged card.
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
-    card_data = ModelCardData(library_name="transformers", tags=["time-series", "time-series-classification", "vqshape"])
+    model_name = (repo_id or "vqshape").split("/")[-1]
+    card_data = ModelCardData(
+        library_name="transformers",
+        tags=list(TAGS),
+        license=license,
+        datasets=list(dataset_names) if dataset_names else None,
+        base_model=base_model,
+        model_name=model_name if results else None,
+        eval_results=eval_results(results, model_name),
+        pipeline_tag=None,
+    )
     rows = "\n".join(
-        f"| `{key}` | {value} |"
+        f"| `{key}` | {json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else value} |"
         for key, value in sorted(config.to_diff_dict().items())
-        if key not in ("auto_map", "architectures", "transformers_version", "id2label", "label2id")
+        if key not in _CONFIG_KEYS_LEFT_OUT
     )
     sections = [
         f"---\n{card_data.to_yaml()}\n---",
-        "# VQShape",
+        f"# {model_name}",
         "VQShape turns a time series into interpretable shape tokens from a learned codebook "
         '(Wen et al., "Abstracted Shapes as Tokens", NeurIPS 2024).',
         description,
-        "## Usage\n\n```python\nfrom transformers import AutoModel, AutoFeatureExtractor\n\n"
-        'model = AutoModel.from_pretrained("<this repo or folder>", trust_remote_code=True)\n'
-        'feature_extractor = AutoFeatureExtractor.from_pretrained("<this repo or folder>", trust_remote_code=True)\n'
-        "inputs = feature_extractor(series)  # (batch, time) or (batch, channels, time), any length\n"
-        "outputs = model(**inputs)  # token_features, histogram, code_indices\n```\n\n"
-        "With the `vqshape` package installed, `import modeling_vqshape` first and `trust_remote_code` is not needed.",
+        _usage_section(repo_id),
     ]
+    if results:
+        lines = ["| dataset | split | metric | value |", "|---|---|---|---|"]
+        lines += [f"| {r.dataset_name} | {r.dataset_split} | {r.metric_type} | {r.metric_value} |"
+                  for r in card_data.eval_results]
+        sections.append("## Results\n\nLinear probe on the frozen VQShape features (the classification "
+                        "protocol of `examples/classify.py`).\n\n" + "\n".join(lines))
+    if (Path(folder) / ATLAS_FILE).exists():
+        sections.append(_atlas_section())
     if training:
-        sections.append("## Training\n\n```json\n" + json.dumps(training, indent=2, default=str) + "\n```")
+        sections.append("## Training\n\n```json\n" + json.dumps(training, indent=2, sort_keys=True, default=str) + "\n```")
     if extra:
-        sections.append("## Checks\n\n```json\n" + json.dumps(extra, indent=2, default=str) + "\n```")
+        sections.append("## Checks\n\n```json\n" + json.dumps(extra, indent=2, sort_keys=True, default=str) + "\n```")
     sections.append("## Configuration\n\n| key | value |\n|---|---|\n" + rows)
     sections.append("## Citation\n\n```bibtex\n" + CITATION + "\n```")
     card = ModelCard("\n\n".join(sections) + "\n")
@@ -62,13 +178,123 @@ def write_model_card(folder, config, description: str, training: dict | None = N
     return path
 
 
-def push_folder_to_hub(folder, repo_id: str, private: bool = False, commit_message: str = "Upload VQShape model",
-                       token: str | None = None) -> str:
-    """Create `repo_id` if needed and upload `folder` to it; returns the commit's URL."""
+def _add_atlas_to_card(folder):
+    """Insert the atlas section into an existing card that lacks it (a folder saved before the atlas was drawn)."""
+    path = Path(folder) / "README.md"
+    if not path.exists():
+        return
+    text = path.read_text(encoding="utf-8")
+    if f"]({ATLAS_FILE})" in text:
+        return
+    marker = "\n## Configuration"
+    section = _atlas_section() + "\n\n"
+    text = text.replace(marker, "\n" + section + marker.lstrip("\n"), 1) if marker in text else text + "\n" + section
+    path.write_text(text, encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Saving and uploading
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def write_atlas(model, folder, atlas_dataset=None, feature_extractor=None) -> Path:
+    """Draw the codebook atlas (usage counts from `atlas_dataset` when given) into `folder/atlas.png`."""
+    from .visualization import plot_codebook_atlas
+
+    path = Path(folder) / ATLAS_FILE
+    was_training = model.training
+    model.eval()
+    try:
+        plot_codebook_atlas(model, dataset=atlas_dataset, feature_extractor=feature_extractor, output=path)
+    finally:
+        model.train(was_training)
+    return path
+
+
+def save_for_hub(model, folder, feature_extractor=None, description: str | None = None, training=None, extra=None,
+                 results=None, dataset_names=None, base_model=None, license: str = "mit", atlas_dataset=None,
+                 repo_id: str | None = None) -> Path:
+    """Write everything a Hub repo holds into `folder`: `save_pretrained` output, the feature extractor, the codebook
+    atlas and the model card."""
+    from .processing_vqshape import VQShapeFeatureExtractor
+
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    feature_extractor = feature_extractor or VQShapeFeatureExtractor(input_length=model.config.input_length)
+    feature_extractor.save_pretrained(folder)
+    write_atlas(model, folder, atlas_dataset, feature_extractor)
+    write_model_card(
+        folder, model.config, description or "A VQShape model.", training, extra, results=results,
+        dataset_names=dataset_names, base_model=base_model, license=license, repo_id=repo_id,
+    )
+    return folder
+
+
+def upload_to_hub(folder, repo_id: str, private: bool = False, commit_message: str = DEFAULT_COMMIT_MESSAGE,
+                  token: str | None = None, revision: str | None = None, endpoint: str | None = None):
+    """Create `repo_id` if needed (private when asked) and upload `folder` in one commit; returns the `CommitInfo`.
+    Files identical to the ones on the Hub are not uploaded; when none changed, no commit is made and the info of the
+    current head is returned."""
     from huggingface_hub import HfApi
 
     check_repo_id(repo_id)
-    api = HfApi(token=token)
+    api = HfApi(token=token, endpoint=endpoint)
     api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message=commit_message)
+    if revision is not None and revision != "main":
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    return api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message=commit_message,
+                             revision=revision)
+
+
+def publish(model, repo_id: str, feature_extractor=None, private: bool = False,
+            commit_message: str = DEFAULT_COMMIT_MESSAGE, description: str | None = None, training=None, extra=None,
+            results=None, dataset_names=None, base_model=None, license: str = "mit", atlas_dataset=None,
+            token: str | None = None, revision: str | None = None, endpoint: str | None = None):
+    """Publish a trained or converted model to the Hub in one commit and return the `huggingface_hub.CommitInfo`
+    (`.oid` is the commit sha to pin with `from_pretrained(..., revision=...)`).
+
+    The repo id is checked before anything is written or sent. The model is saved into a temporary folder with its
+    feature extractor, the codebook atlas (usage counts from `atlas_dataset`, raw series, when given) and a model card
+    (`results` fill its `model-index`; see `write_model_card`), then uploaded to `revision` (default: main).
+    """
+    check_repo_id(repo_id)
+    with tempfile.TemporaryDirectory(prefix="vqshape-publish-") as folder:
+        save_for_hub(model, folder, feature_extractor, description, training, extra, results, dataset_names,
+                     base_model, license, atlas_dataset, repo_id)
+        return upload_to_hub(folder, repo_id, private, commit_message, token, revision, endpoint)
+
+
+def push_folder_to_hub(folder, repo_id: str, private: bool = False, commit_message: str = DEFAULT_COMMIT_MESSAGE,
+                       token: str | None = None, revision: str | None = None, endpoint: str | None = None) -> str:
+    """Upload a saved model folder to `repo_id` (created if needed); returns the commit's URL.
+
+    A folder without `atlas.png` (written by `save_pretrained` alone, or by the converter) is uploaded from a
+    temporary copy to which the codebook atlas and its card section are added; `folder` itself is not changed.
+    """
+    check_repo_id(repo_id)
+    folder = Path(folder)
+    if (folder / ATLAS_FILE).exists() or not (folder / "config.json").exists():
+        commit = upload_to_hub(folder, repo_id, private, commit_message, token, revision, endpoint)
+    else:
+        from .visualization import load_model
+
+        with tempfile.TemporaryDirectory(prefix="vqshape-push-") as staging:
+            staged = Path(staging) / folder.name
+            shutil.copytree(folder, staged)
+            write_atlas(load_model(str(folder)), staged)
+            _add_atlas_to_card(staged)
+            commit = upload_to_hub(staged, repo_id, private, commit_message, token, revision, endpoint)
     return commit.commit_url if hasattr(commit, "commit_url") else str(commit)
+
+
+__all__ = [
+    "CITATION",
+    "check_repo_id",
+    "eval_results",
+    "publish",
+    "push_folder_to_hub",
+    "save_for_hub",
+    "upload_to_hub",
+    "write_atlas",
+    "write_model_card",
+]

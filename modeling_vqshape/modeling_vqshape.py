@@ -478,12 +478,13 @@ class VQShapePreTrainedModel(PreTrainedModel):
         elif isinstance(module, (nn.Linear, nn.Conv1d, nn.LayerNorm, nn.GroupNorm)):
             module.reset_parameters()
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
+    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
         """Save as `PreTrainedModel.save_pretrained` does, then complete the `auto_map` (a head lists only itself) and
-        add the feature extractor, so that the folder loads with every Auto class, with or without the package."""
+        add the feature extractor, so that the folder loads with every Auto class, with or without the package.
+        With `push_to_hub=True` the completed folder is then pushed (`repo_id`, `commit_message`, `private`)."""
+        hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private") if key in kwargs}
         super().save_pretrained(save_directory, *args, **kwargs)
-        is_main_process = kwargs.get("is_main_process", True)
-        if not is_main_process:
+        if not kwargs.get("is_main_process", True):
             return
         config_path = os.path.join(save_directory, "config.json")
         with open(config_path, encoding="utf-8") as handle:
@@ -498,6 +499,9 @@ class VQShapePreTrainedModel(PreTrainedModel):
             from .processing_vqshape import VQShapeFeatureExtractor
 
             VQShapeFeatureExtractor(input_length=self.config.input_length).save_pretrained(save_directory)
+        if push_to_hub:
+            repo_id = hub_kwargs.pop("repo_id", None) or os.path.basename(os.path.normpath(save_directory))
+            self.push_to_hub(repo_id, token=kwargs.get("token"), **hub_kwargs)
 
     def _flatten_channels(self, past_values: torch.Tensor):
         """Check `past_values` and make every channel an independent univariate series.
@@ -567,8 +571,10 @@ class VQShapeModel(VQShapePreTrainedModel):
             patch_embeddings: `(batch_size, num_kept_patches, d_model)` from `patch_encoder.embed`.
         """
         hidden_states = self.tokenizer(self.patch_encoder(patch_embeddings))
+        batch_size = patch_embeddings.shape[0]
+        num_tokens, code_dim = self.config.num_tokens, self.config.code_dim
+        assert hidden_states.shape == (batch_size, num_tokens, self.config.d_model)
         z_e, start, length, offset, scale = self.attribute_decoder(hidden_states)
-        batch_size, num_tokens, code_dim = z_e.shape
         # "batch tokens dim -> (batch tokens) dim" for the nearest-code search over all vectors at once
         code_indices, nearest, distances = self.codebook(z_e.reshape(-1, code_dim))
         nearest = nearest.reshape(batch_size, num_tokens, code_dim)
@@ -589,7 +595,9 @@ class VQShapeModel(VQShapePreTrainedModel):
     def reconstruct(self, tokens: _Tokens, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """The series rebuilt from its tokens, `(batch_size, sequence_length)` in the input's scale."""
         embeddings = self.attribute_encoder(tokens.codes, tokens.start, tokens.length, tokens.offset, tokens.scale)
-        return self.patch_decoder(embeddings) * scale + loc
+        reconstruction = self.patch_decoder(embeddings)
+        assert reconstruction.shape == (embeddings.shape[0], self.config.input_length)
+        return reconstruction * scale + loc
 
     def decode_shapes(self, tokens: _Tokens, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Each token's decoded shape, `(batch_size, num_tokens, shape_length)` in the input's scale."""

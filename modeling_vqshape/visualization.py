@@ -1,0 +1,289 @@
+"""Pictures that explain a VQShape model: the codebook atlas, a per-series explanation and code-usage histograms.
+
+Every plot returns a `matplotlib.figure.Figure` built without pyplot (headless, no display needed) and saves a PNG
+when given `output`. The arrays a plot draws come from small functions (`decode_codebook`, `code_usage`,
+`explain_series`) so they can be checked or reused.
+
+Command line:
+    python -m modeling_vqshape.visualization atlas --model PATH --output atlas.png [--data series.npy]
+    python -m modeling_vqshape.visualization explain --model PATH --output explain.png [--series series.npy --index 0]
+    python -m modeling_vqshape.visualization histogram --model PATH --data series.npy --output usage.png [--labels y.npy]
+"""
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+# a fixed qualitative palette so that a code keeps its colour across pictures
+_PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+]
+
+
+def code_colour(code: int) -> str:
+    return _PALETTE[int(code) % len(_PALETTE)]
+
+
+def _base_model(model):
+    """The `VQShapeModel` inside any head (heads keep it as `.vqshape`)."""
+    return getattr(model, "vqshape", model)
+
+
+def _feature_extractor(model, feature_extractor=None):
+    if feature_extractor is not None:
+        return feature_extractor
+    from .processing_vqshape import VQShapeFeatureExtractor
+
+    return VQShapeFeatureExtractor(input_length=_base_model(model).config.input_length)
+
+
+def _save(figure: Figure, output, dpi: int):
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        # no "Software"/date metadata: the same model gives the same bytes (an unchanged push uploads nothing)
+        figure.savefig(output, dpi=dpi, format="png", metadata={"Software": None})
+    return figure
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Arrays
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def decode_codebook(model) -> np.ndarray:
+    """Every codebook entry decoded to its standardised shape, `(num_codes, shape_length)`."""
+    base = _base_model(model)
+    codes = base.codebook.weight.detach().unsqueeze(0)  # (1, num_codes, code_dim)
+    return base.shape_decoder(codes)[0].float().cpu().numpy()
+
+
+@torch.no_grad()
+def code_usage(model, series, feature_extractor=None, batch_size: int = 64) -> np.ndarray:
+    """How often each code is used over a dataset of raw series (anything `VQShapeFeatureExtractor` takes),
+    summed over series, channels and tokens, `(num_codes,)`."""
+    base = _base_model(model)
+    past_values = _feature_extractor(model, feature_extractor)(series, return_tensors="pt")["past_values"]
+    counts = torch.zeros(base.config.num_codes, dtype=torch.long)
+    for start in range(0, past_values.shape[0], batch_size):
+        histogram = base(past_values[start:start + batch_size], return_dict=True).histogram  # (batch, channels, codes)
+        counts += histogram.sum(dim=(0, 1)).cpu()
+    return counts.numpy()
+
+
+@torch.no_grad()
+def explain_series(model, series, feature_extractor=None, channel: int = 0) -> dict:
+    """What the explanation draws for one series (one channel of it), in the input's scale.
+
+    Returns a dict with `series` and `reconstruction` `(input_length,)`, and per token (`num_tokens` entries):
+    `code`, `start`, `length`, `offset`, `scale` (as the model predicts them, start and length in [0, 1]),
+    `x` (the time steps the decoded shape covers) and `y` (the decoded shape), both `(shape_length,)`.
+    """
+    base = _base_model(model)
+    series = np.asarray(series.detach().cpu().numpy() if isinstance(series, torch.Tensor) else series, dtype=float)
+    if series.ndim not in (1, 2):
+        raise ValueError(f"explain one series, (time,) or (channels, time); got shape {series.shape}.")
+    batch = series[None]  # a batch of one: (1, time) or (1, channels, time)
+    past_values = _feature_extractor(model, feature_extractor)(batch, return_tensors="pt")["past_values"]
+    out = base(past_values, output_reconstruction=True, output_shapes=True, return_dict=True)
+    if past_values.dim() == 2:
+        past_values = past_values.unsqueeze(-1)
+    input_length = base.config.input_length
+    tokens = []
+    for token in range(base.config.num_tokens):
+        start = float(out.shape_start[0, channel, token])
+        length = float(out.shape_length[0, channel, token])
+        y = out.shapes[0, channel, token].float().cpu().numpy()
+        # the decoded shape spans [start, start + length] of the (resampled) input
+        x = (start + np.linspace(0.0, length, len(y))) * (input_length - 1)
+        tokens.append(
+            {
+                "code": int(out.code_indices[0, channel, token]),
+                "start": start,
+                "length": length,
+                "offset": float(out.shape_offset[0, channel, token]),
+                "scale": float(out.shape_scale[0, channel, token]),
+                "x": x,
+                "y": y,
+            }
+        )
+    return {
+        "series": past_values[0, :, channel].float().cpu().numpy(),
+        "reconstruction": out.reconstruction[0, :, channel].float().cpu().numpy(),
+        "tokens": tokens,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def plot_codebook_atlas(model, usage=None, dataset=None, feature_extractor=None, columns: int | None = None,
+                        output=None, panel_size: float = 1.2, dpi: int = 100) -> Figure:
+    """The codebook atlas: every code decoded to its shape, one panel per code in a grid, titled with its index and,
+    when `usage` (counts per code) or a `dataset` of raw series is given, how often the code is used."""
+    shapes = decode_codebook(model)
+    num_codes = shapes.shape[0]
+    if usage is None and dataset is not None:
+        usage = code_usage(model, dataset, feature_extractor)
+    if usage is not None:
+        usage = np.asarray(usage)
+        if usage.shape != (num_codes,):
+            raise ValueError(f"usage must hold one count per code, shape ({num_codes},); got {usage.shape}.")
+    columns = columns or max(1, math.ceil(math.sqrt(num_codes)))
+    rows = math.ceil(num_codes / columns)
+    figure = Figure(figsize=(panel_size * columns, panel_size * rows + 0.4), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False, sharex=True, sharey=True)
+    limit = float(np.abs(shapes).max()) * 1.1 if num_codes else 1.0
+    for index, axis in enumerate(axes.flat):
+        axis.set_xticks([])
+        axis.set_yticks([])
+        if index >= num_codes:
+            axis.set_axis_off()
+            continue
+        unused = usage is not None and usage[index] == 0
+        axis.plot(shapes[index], color="#bbbbbb" if unused else code_colour(index), linewidth=1.5)
+        axis.set_ylim(-limit, limit)
+        title = f"{index}" if usage is None else f"{index} (n={int(usage[index])})"
+        axis.set_title(title, fontsize=7, pad=2)
+    suffix = "" if usage is None else f", usage over {int(usage.sum())} tokens"
+    figure.suptitle(f"VQShape codebook: {num_codes} codes{suffix}", fontsize=9)
+    return _save(figure, output, dpi)
+
+
+def plot_explanation(model, series, feature_extractor=None, channel: int = 0, output=None,
+                     figsize=(8, 3.2), dpi: int = 100) -> Figure:
+    """One series with its decoded shapes drawn where the model placed them (start, length, offset, scale), coloured
+    by code, and the reconstruction from the tokens."""
+    explanation = explain_series(model, series, feature_extractor, channel)
+    figure = Figure(figsize=figsize, layout="constrained")
+    axis = figure.subplots()
+    axis.plot(explanation["series"], color="black", linewidth=1.2, label="series (resampled)")
+    axis.plot(explanation["reconstruction"], color="black", linewidth=1.0, linestyle="--", alpha=0.6,
+              label="reconstruction")
+    labelled = set()
+    for token in explanation["tokens"]:
+        code = token["code"]
+        label = None if code in labelled else f"code {code}"
+        labelled.add(code)
+        axis.plot(token["x"], token["y"], color=code_colour(code), linewidth=2.4, alpha=0.85, label=label)
+        axis.axvspan(token["x"][0], token["x"][-1], color=code_colour(code), alpha=0.06)
+    axis.set_xlabel("time step")
+    axis.set_title("VQShape explanation: shape tokens at their start, length, offset and scale", fontsize=9)
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(figure, output, dpi)
+
+
+def plot_code_histogram(model, series=None, labels=None, usage=None, feature_extractor=None, output=None,
+                        figsize=(7, 2.8), dpi: int = 100) -> Figure:
+    """Code usage of a dataset of raw series (or given `usage` counts); with `labels`, one bar group per class,
+    each normalised to its class's token count so that classes of different sizes compare."""
+    num_codes = _base_model(model).config.num_codes
+    figure = Figure(figsize=figsize, layout="constrained")
+    axis = figure.subplots()
+    codes = np.arange(num_codes)
+    if labels is None:
+        if usage is None:
+            if series is None:
+                raise ValueError("give series (a dataset of raw series) or usage (counts per code).")
+            usage = code_usage(model, series, feature_extractor)
+        axis.bar(codes, usage, color=[code_colour(code) for code in codes])
+        axis.set_ylabel("tokens")
+    else:
+        if series is None:
+            raise ValueError("labels need the series they label.")
+        labels = np.asarray(labels)
+        classes = np.unique(labels)
+        width = 0.8 / len(classes)
+        for position, label in enumerate(classes):
+            members = [item for item, keep in zip(series, labels == label) if keep]
+            counts = code_usage(model, members, feature_extractor)
+            frequencies = counts / max(int(counts.sum()), 1)
+            axis.bar(codes - 0.4 + width * (position + 0.5), frequencies, width=width, label=f"class {label}")
+        axis.set_ylabel("fraction of tokens")
+        axis.legend(fontsize=7)
+    axis.set_xticks(codes if num_codes <= 64 else codes[:: max(1, num_codes // 32)])
+    axis.tick_params(axis="x", labelsize=6)
+    axis.set_xlabel("code")
+    axis.set_title("VQShape code usage", fontsize=9)
+    return _save(figure, output, dpi)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def demo_series(length: int = 512) -> np.ndarray:
+    """A built-in series with a rise, a plateau, a dip and an oscillation, `(length,)`."""
+    t = np.linspace(0.0, 1.0, length)
+    return (
+        np.where(t < 0.25, 4 * t, 1.0)
+        - 1.5 * np.exp(-((t - 0.5) ** 2) / 0.002)
+        + np.where(t > 0.65, 0.6 * np.sin(2 * np.pi * 12 * t), 0.0)
+    )
+
+
+def load_series(path) -> np.ndarray:
+    """Series from a .npy (any shape the feature extractor takes) or a .csv/.txt file (one series per row)."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if path.suffix in (".csv", ".txt"):
+        return np.atleast_2d(np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2))
+    raise ValueError(f"{path}: use a .npy, .csv or .txt file.")
+
+
+def load_model(path):
+    """A VQShape model from a folder or Hub repo id, whichever head it was saved with."""
+    from transformers import AutoModel
+
+    from . import VQShapeModel  # noqa: F401  registers the Auto classes
+
+    return AutoModel.from_pretrained(path).eval()
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m modeling_vqshape.visualization", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    atlas = commands.add_parser("atlas", help="the codebook atlas")
+    explain = commands.add_parser("explain", help="one series explained by its shape tokens")
+    histogram = commands.add_parser("histogram", help="code usage of a dataset, or per class")
+    for command in (atlas, explain, histogram):
+        command.add_argument("--model", required=True, help="a saved model folder or Hub repo id")
+        command.add_argument("--output", required=True, help="the PNG to write")
+        command.add_argument("--dpi", type=int, default=100)
+    atlas.add_argument("--data", help=".npy/.csv series whose code usage titles each panel")
+    atlas.add_argument("--columns", type=int, default=None)
+    explain.add_argument("--series", help=".npy/.csv file of series (default: a built-in demo series)")
+    explain.add_argument("--index", type=int, default=0, help="which series of the file")
+    explain.add_argument("--channel", type=int, default=0)
+    histogram.add_argument("--data", required=True, help=".npy/.csv series")
+    histogram.add_argument("--labels", help=".npy/.csv labels, one per series: one bar group per class")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    model = load_model(args.model)
+    if args.command == "atlas":
+        dataset = load_series(args.data) if args.data else None
+        plot_codebook_atlas(model, dataset=dataset, columns=args.columns, output=args.output, dpi=args.dpi)
+    elif args.command == "explain":
+        series = load_series(args.series)[args.index] if args.series else demo_series()
+        plot_explanation(model, series, channel=args.channel, output=args.output, dpi=args.dpi)
+    else:
+        labels = load_series(args.labels).ravel() if args.labels else None
+        plot_code_histogram(model, list(load_series(args.data)), labels=labels, output=args.output, dpi=args.dpi)
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""modeling_vqshape.data: corpora -> fixed-length, instance-normalised univariate series."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+datasets = pytest.importorskip("datasets")
+pytest.importorskip("aeon")
+
+from modeling_vqshape.data import (  # noqa: E402
+    BUNDLED_DATASETS,
+    build_pretraining_dataset,
+    bundled_data_dir,
+    describe,
+    load_pretraining_dataset,
+    load_sources,
+)
+
+LENGTH = 64
+
+
+def test_bundled_sets_ship_with_aeon():
+    for name in BUNDLED_DATASETS:
+        assert (bundled_data_dir() / name / f"{name}_TRAIN.ts").exists(), name
+
+
+def test_gunpoint_rows_are_normalised_fixed_length_float32():
+    data = load_pretraining_dataset(["GunPoint"], input_length=LENGTH, validation_split=0.2)
+    assert set(data) == {"train", "validation"}
+    assert data["train"].column_names == ["past_values", "source"]
+    assert (len(data["train"]), len(data["validation"])) == (40, 10)  # GunPoint_TRAIN has 50 series
+    values = data["train"][:]["past_values"].numpy()
+    assert values.shape == (40, LENGTH) and values.dtype == np.float32
+    np.testing.assert_allclose(values.mean(1), 0, atol=1e-5)
+    np.testing.assert_allclose(values.std(1, ddof=1), 1, atol=1e-3)
+
+
+def test_split_is_deterministic_and_depends_on_seed():
+    sources = load_sources(["ArrowHead"])
+    first = build_pretraining_dataset(sources, LENGTH, seed=0)["validation"][:]["past_values"]
+    again = build_pretraining_dataset(sources, LENGTH, seed=0)["validation"][:]["past_values"]
+    other = build_pretraining_dataset(sources, LENGTH, seed=1)["validation"][:]["past_values"]
+    assert (first == again).all()
+    assert not (first == other).all()
+
+
+def test_multivariate_is_split_into_channels_and_unequal_lengths_are_resampled():
+    data = load_pretraining_dataset(["BasicMotions", "JapaneseVowels"], input_length=LENGTH, validation_split=0)
+    counts = describe(data)["train"]
+    assert counts == {"BasicMotions": 40 * 6, "JapaneseVowels": 270 * 12}
+
+
+def test_balancing_oversamples_small_sources_only_in_train():
+    data = load_pretraining_dataset(["GunPoint", "OSULeaf"], input_length=LENGTH, balance=True)
+    counts = describe(data)
+    assert counts["validation"] == {"GunPoint": 5, "OSULeaf": 20}
+    assert counts["train"]["OSULeaf"] == 180 and 180 <= counts["train"]["GunPoint"] < 180 + 45
+
+
+def test_uea_folder_layout_reads_train_splits_by_default(tmp_path):
+    shutil.copytree(bundled_data_dir() / "GunPoint", tmp_path / "GunPoint")
+    train_only = load_sources([str(tmp_path)])
+    both = load_sources([str(tmp_path)], ts_splits=("TRAIN", "TEST"))
+    assert len(train_only["GunPoint"]) == 50 and len(both["GunPoint"]) == 200
+
+
+def test_csv_parquet_numpy_files_with_nans(tmp_path):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"time": pd.date_range("2024", periods=100, freq="h"), "a": rng.normal(size=100),
+                          "b": rng.normal(size=100)})
+    table.loc[10:15, "a"] = np.nan
+    table.to_csv(tmp_path / "recording.csv", index=False)
+    table.to_parquet(tmp_path / "recording2.parquet")
+    np.save(tmp_path / "batch.npy", rng.normal(size=(3, 2, 50)))
+    np.savez(tmp_path / "more.npz", x=rng.normal(size=(4, 30)))
+    sources = load_sources([str(tmp_path)])
+    assert {name: len(series) for name, series in sources.items()} == {"recording": 2, "recording2": 2, "batch": 3,
+                                                                       "more": 4}
+    data = build_pretraining_dataset(sources, LENGTH, validation_split=0, window_length=50)
+    assert describe(data)["train"] == {"recording": 4, "recording2": 4, "batch": 6, "more": 4}
+    assert np.isfinite(data["train"][:]["past_values"].numpy()).all()
+    assert len(load_sources([str(tmp_path / "recording.csv")], column="b")["recording"]) == 1
+
+
+def test_datasets_dataset_on_disk_with_column(tmp_path):
+    rng = np.random.default_rng(0)
+    lengths = [40, 70, 55]
+    datasets.Dataset.from_dict({"target": [rng.normal(size=n).tolist() for n in lengths]}).save_to_disk(tmp_path / "d")
+    sources = load_sources([str(tmp_path / "d")], column="target")
+    assert [series.shape for series in sources["d"]] == [(1, n) for n in lengths]
+
+
+def test_errors_name_the_culprit(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("nothing here")
+    with pytest.raises(ValueError, match="empty.*no usable file"):
+        load_sources([str(tmp_path / "empty")])
+    with pytest.raises(ValueError, match="unknown dataset 'NoSuchSet'"):
+        load_sources(["NoSuchSet"])
+    with pytest.raises(ValueError, match="unknown dataset 'no-such-user/no-such-set'"):
+        load_sources(["no-such-user/no-such-set"], column="target")
+    import pandas as pd
+
+    pd.DataFrame({"label": ["a", "b", "c"], "x": [1.0, 2.0, 3.0]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(ValueError, match="column 'label'.*not numeric"):
+        load_sources([str(tmp_path / "t.csv")], column="label")
