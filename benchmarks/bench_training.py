@@ -1,0 +1,101 @@
+"""Pre-training step throughput and peak memory of VQShapeForPreTraining (default VQShapeConfig, batch 64): one step is
+forward, weighted loss, backward and AdamW (fused, as examples/pretrain.py uses it), as in the original's training_step.
+
+    python benchmarks/bench_training.py [--steps 3] [--original-repo /path/to/YunshiWen/VQShape]
+
+With --original-repo (a checkout of https://github.com/YunshiWen/VQShape; needs einops) the original VQShape is
+measured the same way in the same run, and the ratio is printed. Each measurement runs in its own process, so that
+peak memory (the process's maximum resident set size) belongs to one model.
+"""
+
+import argparse
+import multiprocessing
+import os
+import resource
+import sys
+import time
+
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def ours(batch_size):
+    sys.path.insert(0, REPO_ROOT)
+    from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining
+
+    model = VQShapeForPreTraining(VQShapeConfig())
+    inputs = torch.randn(batch_size, model.config.input_length)
+    return model, lambda: model(past_values=inputs).loss
+
+
+def original(batch_size, repo):
+    sys.path.insert(0, repo)
+    from vqshape.model import VQShape
+
+    from modeling_vqshape import VQShapeConfig
+
+    config = VQShapeConfig()
+    model = VQShape(
+        dim_embedding=config.d_model, patch_size=config.patch_length, num_patch=config.num_patches,
+        num_enc_head=config.num_encoder_heads, num_enc_layer=config.num_encoder_layers,
+        num_tokenizer_head=config.num_tokenizer_heads, num_tokenizer_layer=config.num_tokenizer_layers,
+        num_dec_head=config.num_decoder_heads, num_dec_layer=config.num_decoder_layers, num_token=config.num_tokens,
+        len_s=config.shape_length, len_input=config.input_length, s_smooth_factor=config.shape_smoothing,
+        num_code=config.num_codes, dim_code=config.code_dim, codebook_type="standard",
+        lambda_commit=config.commitment_weight, lambda_entropy=config.entropy_weight,
+        entropy_gamma=config.entropy_gamma, mask_ratio=config.mask_ratio,
+    )
+    inputs = torch.randn(batch_size, config.input_length)
+
+    def loss():  # the original LightningModule's training_step
+        _, losses = model(inputs, mode="pretrain")
+        return (config.reconstruction_weight * losses["ts_loss"].mean() + config.codebook_weight * losses["vq_loss"].mean()
+                + config.shape_weight * losses["shape_loss"].mean()
+                + config.disentanglement_weight * losses["dist_loss"].mean())
+
+    return model, loss
+
+
+def measure(name, batch_size, steps, warmup, repo=None):
+    """Run in a fresh process: returns (series per second, peak resident memory in MiB)."""
+    torch.manual_seed(0)
+    sys.path.insert(0, REPO_ROOT)
+    model, compute_loss = ours(batch_size) if name == "ours" else original(batch_size, repo)
+    model.train()
+    # ours: the optimizer of examples/pretrain.py (fused AdamW); the original: its default AdamW
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=name == "ours")
+    for step in range(warmup + steps):
+        if step == warmup:
+            start = time.perf_counter()
+        loss = compute_loss()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return batch_size * steps / elapsed, peak
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--original-repo", dest="original_repo", default=None)
+    args = parser.parse_args()
+    context = multiprocessing.get_context("spawn")
+    names = ["ours"] + (["original"] if args.original_repo else [])
+    figures = {}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+          f"{args.steps} timed steps after {args.warmup} warm-up")
+    for name in names:
+        with context.Pool(1) as pool:
+            figures[name] = pool.apply(measure, (name, args.batch_size, args.steps, args.warmup, args.original_repo))
+        print(f"{name:>9}: {figures[name][0]:8.1f} training series/s, peak memory {figures[name][1]:8.0f} MiB")
+    if "original" in figures:
+        print(f"    ratio: {figures['ours'][0] / figures['original'][0]:.2f}x the original's throughput (goal >= 1.2x)")
+
+
+if __name__ == "__main__":
+    main()
