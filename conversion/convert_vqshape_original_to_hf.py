@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from modeling_vqshape import VQShapeConfig, VQShapeFeatureExtractor, VQShapeForPreTraining, VQShapeModel
-from modeling_vqshape.hub import push_folder_to_hub, write_model_card
+from modeling_vqshape.hub import push_folder_to_hub, write_atlas, write_model_card
 
 # Original key (after the Lightning `model.` prefix) -> converted key of VQShapeModel.
 ORIGINAL_TO_CONVERTED_KEY_MAPPING = {
@@ -268,6 +268,7 @@ def convert(checkpoint_path, output_dir, reference_outputs=None, push_to_hub=Non
     try:
         model.save_pretrained(staging)
         VQShapeFeatureExtractor(input_length=model.config.input_length).save_pretrained(staging)
+        write_atlas(model, staging)
         write_model_card(
             staging,
             model.config,

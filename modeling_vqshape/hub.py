@@ -165,7 +165,8 @@ def write_model_card(folder, config, description: str, training: dict | None = N
     if (Path(folder) / ATLAS_FILE).exists():
         sections.append(_atlas_section())
     if training:
-        sections.append("## Training\n\n```json\n" + json.dumps(training, indent=2, sort_keys=True, default=str) + "\n```")
+        settings = json.dumps(training, indent=2, sort_keys=True, default=str)
+        sections.append("## Training\n\n```json\n" + settings + "\n```")
     if extra:
         sections.append("## Checks\n\n```json\n" + json.dumps(extra, indent=2, sort_keys=True, default=str) + "\n```")
     sections.append("## Configuration\n\n| key | value |\n|---|---|\n" + rows)

@@ -250,7 +250,8 @@ def load_model(path):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m modeling_vqshape.visualization", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m modeling_vqshape.visualization",
+                                     description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     atlas = commands.add_parser("atlas", help="the codebook atlas")
     explain = commands.add_parser("explain", help="one series explained by its shape tokens")

@@ -1,0 +1,149 @@
+"""Publishing to a local Hub stand-in (tests/hub_stand_in.py on 127.0.0.1) and loading back in a fresh process."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from modeling_vqshape import VQShapeConfig, VQShapeFeatureExtractor, VQShapeForPreTraining
+from modeling_vqshape.hub import check_repo_id, publish, push_folder_to_hub, write_model_card
+
+from .conftest import ORIGINAL_TINY, REPO_ROOT, TINY
+from .hub_stand_in import HubStandIn
+from .test_loading import LOADER
+
+REPO_ID = "lab/vqshape-geneactiv"
+RESULTS = {"ECG200": 0.87, "GunPoint": {"accuracy": 0.953, "f1": 0.95}}
+
+
+@pytest.fixture(scope="module")
+def online():
+    """conftest puts huggingface_hub offline for the session; these tests talk to 127.0.0.1 only."""
+    import huggingface_hub.constants
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def hub(online):
+    with HubStandIn(request_timeout=30) as stand_in:
+        online.setattr("huggingface_hub.constants.ENDPOINT", stand_in.endpoint)
+        yield stand_in
+
+
+@pytest.fixture(scope="module")
+def pushed(hub, tmp_path_factory):
+    root = tmp_path_factory.mktemp("hub")
+    torch.manual_seed(0)
+    model = VQShapeForPreTraining(VQShapeConfig(**TINY)).eval()
+    inputs = VQShapeFeatureExtractor(TINY["input_length"])([np.sin(np.linspace(0, 9, 50)), np.linspace(-3, 3, 200)])
+    with torch.no_grad():
+        out = model.vqshape(**inputs, output_reconstruction=True)
+    expected = root / "expected.safetensors"
+    save_file({name: getattr(out, name).contiguous() for name in ("token_features", "histogram", "reconstruction")},
+              str(expected))
+    kwargs = dict(private=True, commit_message="First VQShape upload", results=RESULTS, dataset_names=["ECG200"],
+                  base_model="YunshiWen/VQShape", atlas_dataset=np.random.default_rng(0).normal(size=(6, 80)),
+                  endpoint=hub.endpoint, token="hf_stand_in")
+    commit = publish(model, REPO_ID, **kwargs)
+    return root, model, expected, commit, kwargs
+
+
+def load_in_fresh_process(hub, root, mode, expected):
+    """Run tests/test_loading.py's loader with HF_ENDPOINT on the stand-in and an empty HF_HOME."""
+    workdir = root / f"run-{mode}"
+    workdir.mkdir(exist_ok=True)
+    dropped = ("HF_HUB_CACHE", "TRANSFORMERS_CACHE", "PYTHONPATH")
+    env = {key: value for key, value in os.environ.items() if key not in dropped}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(root / f"hf_home-{mode}"), HF_HUB_OFFLINE="0",
+               TRANSFORMERS_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_XET="1",
+               HF_MODULES_CACHE=str(root / f"modules-{mode}"), NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
+    if mode == "package":
+        env["PYTHONPATH"] = str(REPO_ROOT)
+    result = subprocess.run([sys.executable, "-c", LOADER, mode, REPO_ID, str(expected)],
+                            cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_push_creates_a_private_repo_with_everything(pushed, hub):
+    _, _, _, commit, _ = pushed
+    repo = hub.repos[REPO_ID]
+    assert repo.private
+    assert len(repo.commits) == 1 and repo.commits[0][1] == "First VQShape upload"
+    assert commit.oid == repo.commits[0][0]
+    assert set(repo.head[2]) == {"README.md", "atlas.png", "config.json", "model.safetensors",
+                                 "preprocessor_config.json", "configuration_vqshape.py", "modeling_vqshape.py",
+                                 "processing_vqshape.py"}
+    assert repo.head[2]["atlas.png"].startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("mode", ["package", "remote"])
+def test_pushed_model_loads_by_repo_id_in_a_fresh_process(pushed, hub, mode):
+    root, _, expected, _, _ = pushed
+    printed = load_in_fresh_process(hub, root, mode, expected)
+    assert "VQShapeModel" in printed
+    assert ("transformers_modules" in printed) == (mode == "remote")
+
+
+def test_second_push_of_an_unchanged_model_creates_no_new_files(pushed, hub):
+    _, model, _, commit, kwargs = pushed
+    before = len(hub.requests)
+    again = publish(model, REPO_ID, **{**kwargs, "commit_message": "Same model again"})
+    assert again.oid == commit.oid
+    assert len(hub.repos[REPO_ID].commits) == 1
+    assert not any(path.endswith("/commit/main") for _, path in hub.requests[before:])
+
+
+@pytest.mark.parametrize("repo_id", ["lab/vqshape geneactiv", "lab/vqshape/geneactiv", "lab/../x", "lab/-x--y", ""])
+def test_invalid_repo_id_fails_before_anything_is_sent(hub, repo_id):
+    before = len(hub.requests)
+    with pytest.raises(ValueError, match="invalid Hub repo id"):
+        publish(VQShapeForPreTraining(VQShapeConfig(**TINY)), repo_id, endpoint=hub.endpoint)
+    with pytest.raises(ValueError, match="invalid Hub repo id"):
+        push_folder_to_hub(REPO_ROOT, repo_id, endpoint=hub.endpoint)
+    assert len(hub.requests) == before
+
+
+def test_converter_push_to_hub_uses_the_same_helper(hub, tmp_path):
+    from conversion.convert_vqshape_original_to_hf import convert
+
+    convert(ORIGINAL_TINY / "VQShape.ckpt", tmp_path / "converted", push_to_hub="lab/vqshape-converted")
+    files = hub.repos["lab/vqshape-converted"].head[2]
+    assert {"atlas.png", "model.safetensors", "modeling_vqshape.py", "preprocessor_config.json"} <= set(files)
+    assert b"](atlas.png)" in files["README.md"]
+    assert not (tmp_path / "converted" / "atlas.png").exists()  # the local folder is left as written
+
+
+def test_model_card_metadata_round_trips(tmp_path):
+    from huggingface_hub import ModelCard
+
+    config = VQShapeConfig(**TINY)
+    path = write_model_card(tmp_path, config, "A tiny test model.", training={"steps": 3}, results=RESULTS,
+                            dataset_names=["ECG200", "GunPoint"], base_model="YunshiWen/VQShape", repo_id=REPO_ID)
+    card = ModelCard.load(path)
+    assert card.data.library_name == "transformers"
+    assert card.data.tags == ["time-series", "time-series-classification", "vqshape"]
+    assert card.data.license == "mit" and card.data.base_model == "YunshiWen/VQShape"
+    assert card.data.datasets == ["ECG200", "GunPoint"]
+    numbers = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert numbers == {("ECG200", "accuracy"): 0.87, ("GunPoint", "accuracy"): 0.953, ("GunPoint", "f1"): 0.95}
+    assert card.data.model_name == "vqshape-geneactiv"
+    text = path.read_text()
+    assert "| `d_model` | 16 |" in text and "trust_remote_code=True" in text and 'revision="' in text
+    assert "@inproceedings{wen2024vqshape" in text
+    first = path.read_bytes()
+    write_model_card(tmp_path, config, "A tiny test model.", training={"steps": 3}, results=RESULTS,
+                     dataset_names=["ECG200", "GunPoint"], base_model="YunshiWen/VQShape", repo_id=REPO_ID)
+    assert path.read_bytes() == first  # deterministic: an unchanged model gives an unchanged card
+
+
+def test_check_repo_id_accepts_ordinary_ids():
+    for repo_id in ("lab/vqshape-geneactiv", "vqshape", "Org_1/model.v2"):
+        assert check_repo_id(repo_id) == repo_id
