@@ -118,7 +118,9 @@ def test_converter_push_to_hub_uses_the_same_helper(hub, tmp_path):
     files = hub.repos["lab/vqshape-converted"].head[2]
     assert {"atlas.png", "model.safetensors", "modeling_vqshape.py", "preprocessor_config.json"} <= set(files)
     assert b"](atlas.png)" in files["README.md"]
-    assert not (tmp_path / "converted" / "atlas.png").exists()  # the local folder is left as written
+    local = tmp_path / "converted"
+    assert (local / "atlas.png").read_bytes() == files["atlas.png"]  # the folder holds what was pushed
+    assert (local / "README.md").read_bytes() == files["README.md"]
 
 
 def test_model_card_metadata_round_trips(tmp_path):
