@@ -7,14 +7,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from modeling_vqshape import VQShapeConfig, VQShapeFeatureExtractor, VQShapeForPreTraining
+from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining
 from modeling_vqshape.hub import check_repo_id, publish, push_folder_to_hub, write_model_card
 
 from .conftest import ORIGINAL_TINY, REPO_ROOT, TINY
 from .hub_stand_in import HubStandIn
-from .test_loading import LOADER
+from .test_loading import LOADER, save_expected_outputs
 
 REPO_ID = "lab/vqshape-geneactiv"
 RESULTS = {"ECG200": 0.87, "GunPoint": {"accuracy": 0.953, "f1": 0.95}}
@@ -42,12 +41,7 @@ def pushed(hub, tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     torch.manual_seed(0)
     model = VQShapeForPreTraining(VQShapeConfig(**TINY)).eval()
-    inputs = VQShapeFeatureExtractor(TINY["input_length"])([np.sin(np.linspace(0, 9, 50)), np.linspace(-3, 3, 200)])
-    with torch.no_grad():
-        out = model.vqshape(**inputs, output_reconstruction=True)
-    expected = root / "expected.safetensors"
-    save_file({name: getattr(out, name).contiguous() for name in ("token_features", "histogram", "reconstruction")},
-              str(expected))
+    expected = save_expected_outputs(model, root / "expected.safetensors")
     kwargs = dict(private=True, commit_message="First VQShape upload", results=RESULTS, dataset_names=["ECG200"],
                   base_model="YunshiWen/VQShape", atlas_dataset=np.random.default_rng(0).normal(size=(6, 80)),
                   endpoint=hub.endpoint, token="hf_stand_in")

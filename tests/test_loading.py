@@ -52,8 +52,23 @@ LOADER = textwrap.dedent(
 )
 
 
+def save_expected_outputs(model, path):
+    """The outputs LOADER compares against: the model's on LOADER's two series."""
+    import numpy as np
+
+    from modeling_vqshape import VQShapeFeatureExtractor
+
+    series = [np.sin(np.linspace(0, 9, 50)), np.linspace(-3, 3, 200)]
+    inputs = VQShapeFeatureExtractor(model.config.input_length)(series)
+    with torch.no_grad():
+        out = model.vqshape(**inputs, output_reconstruction=True)
+    save_file({name: getattr(out, name).contiguous() for name in ("token_features", "histogram", "reconstruction")},
+              str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, ):
+def saved(tmp_path_factory):
     from modeling_vqshape import VQShapeConfig
 
     from .conftest import TINY
@@ -62,16 +77,7 @@ def saved(tmp_path_factory, ):
     model = VQShapeForPreTraining(VQShapeConfig(**TINY)).eval()
     folder = root / "vqshape-geneactiv"
     model.save_pretrained(folder)
-    import numpy as np
-
-    from modeling_vqshape import VQShapeFeatureExtractor
-
-    inputs = VQShapeFeatureExtractor(TINY["input_length"])([np.sin(np.linspace(0, 9, 50)), np.linspace(-3, 3, 200)])
-    with torch.no_grad():
-        out = model.vqshape(**inputs, output_reconstruction=True)
-    expected = root / "expected.safetensors"
-    save_file({name: getattr(out, name).contiguous() for name in ("token_features", "histogram", "reconstruction")},
-              str(expected))
+    expected = save_expected_outputs(model, root / "expected.safetensors")
     # an offline Hub cache holding the folder as the repo's main revision
     hub_cache = root / "hf_home" / "hub" / f"models--{REPO_ID.replace('/', '--')}"
     (hub_cache / "refs").mkdir(parents=True)
