@@ -285,7 +285,19 @@ class VQShapePatchDecoder(nn.Module):
         return self.output_projection(hidden[:, 1:]).reshape(batch_size, -1)
 
 
+def conv1d_channels_last(hidden: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """Apply a 'same'-padded `nn.Conv1d` to `(rows, channels, 1, time)` activations as a 2-D convolution.
+
+    The shape decoder runs on every token of the batch (thousands of short rows); in the channels-last layout
+    oneDNN's convolution is about twice as fast on CPU, forward and backward, as the 1-D one, for the same sums.
+    The parameters stay those of the `nn.Conv1d`, so checkpoints keep the original's shapes.
+    """
+    return F.conv2d(hidden, conv.weight.unsqueeze(2), conv.bias, padding=(0, conv.kernel_size[0] // 2))
+
+
 class VQShapeResidualBlock(nn.Module):
+    """GroupNorm -> GELU -> Conv -> GroupNorm -> GELU -> Conv plus a skip (a 1x1 Conv when the width changes)."""
+
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.block = nn.Sequential(
@@ -299,17 +311,25 @@ class VQShapeResidualBlock(nn.Module):
         self.skip = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.skip(hidden) + self.block(hidden)
+        """`(rows, in_channels, 1, time)` channels-last -> `(rows, out_channels, 1, time)`."""
+        first_norm, _, first_conv, second_norm, _, second_conv = self.block
+        out = conv1d_channels_last(F.gelu(first_norm(hidden)), first_conv)
+        out = conv1d_channels_last(F.gelu(second_norm(out)), second_conv)
+        skip = hidden if isinstance(self.skip, nn.Identity) else conv1d_channels_last(hidden, self.skip)
+        return skip + out
 
 
 class VQShapeUpsample(nn.Module):
+    """Nearest-neighbour upsampling of the time axis by `factor`, then a 'same' convolution."""
+
     def __init__(self, channels: int, factor: int = 4):
         super().__init__()
         self.factor = factor
         self.conv = nn.Conv1d(channels, channels, 3, padding="same")
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(hidden, scale_factor=float(self.factor), mode="nearest"))
+        """`(rows, channels, 1, time)` channels-last -> `(rows, channels, 1, factor * time)`."""
+        return conv1d_channels_last(F.interpolate(hidden, scale_factor=(1.0, float(self.factor)), mode="nearest"), self.conv)
 
 
 class VQShapeShapeDecoder(nn.Module):
@@ -331,11 +351,13 @@ class VQShapeShapeDecoder(nn.Module):
         """`(batch_size, num_tokens, code_dim)` -> `(batch_size, num_tokens, shape_length)`, each shape with zero mean
         and unit (unbiased) standard deviation."""
         batch_size, num_tokens, _ = codes.shape
-        # "batch tokens (channels time) -> (batch tokens) channels time", channel-major as the original's Rearrange
-        hidden = self.input_projection(codes).reshape(batch_size * num_tokens, self.channels, -1)
+        # "batch tokens (channels time) -> (batch tokens) channels 1 time", channel-major as the original's Rearrange;
+        # the convolutions run as 2-D ones in the channels-last layout (see conv1d_channels_last)
+        hidden = self.input_projection(codes).reshape(batch_size * num_tokens, self.channels, 1, -1)
+        hidden = hidden.contiguous(memory_format=torch.channels_last)
         hidden = self.upsample_in(F.gelu(self.residual_in(hidden)))
         hidden = F.gelu(self.upsample_out(F.gelu(self.residual_out(hidden))))
-        shapes = self.output_conv(hidden).reshape(batch_size, num_tokens, -1)
+        shapes = conv1d_channels_last(hidden, self.output_conv).reshape(batch_size, num_tokens, -1)
         return (shapes - shapes.mean(dim=-1, keepdim=True)) / (shapes.std(dim=-1, keepdim=True) + 1e-8)
 
 
