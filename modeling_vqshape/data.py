@@ -27,6 +27,7 @@ BUNDLED_DATASETS = (
     "PickupGestureWiimoteZ",
 )
 ARRAY_SUFFIXES = (".csv", ".parquet", ".npy", ".npz")
+RECORDING_SUFFIXES = (".bin",)  # GENEActiv recordings (modeling_vqshape.geneactiv); pair with --window_length
 
 
 def bundled_data_dir() -> Path:
@@ -112,6 +113,13 @@ def read_hf_dataset(dataset, column: str, name: str) -> list:
 # ---- specs -> {source name: list of (channels, time) arrays} ------------------------------------------------------
 
 
+def read_recording(path) -> list:
+    """A GENEActiv `.bin` recording as one `(3, time)` array of x, y, z in g."""
+    from .geneactiv import read_geneactiv
+
+    return [read_geneactiv(path).values.astype(np.float64)]
+
+
 def _ts_file_included(path: Path, ts_splits) -> bool:
     split = path.stem.rsplit("_", 1)[-1].upper()
     return split not in ("TRAIN", "TEST") or split in ts_splits
@@ -152,11 +160,14 @@ def load_sources(specs, column: str | None = None, ts_splits=("TRAIN",), hf_spli
             files = sorted(file for file in path.rglob("*") if file.is_file() and not file.name.startswith("."))
             ts_files = [file for file in files if file.suffix == ".ts" and _ts_file_included(file, ts_splits)]
             array_files = [file for file in files if file.suffix in ARRAY_SUFFIXES]
-            if not ts_files and not array_files:
+            recordings = [file for file in files if file.suffix in RECORDING_SUFFIXES]
+            if not ts_files and not array_files and not recordings:
                 raise ValueError(
                     f"folder {path} has no usable file: expected .ts files (UEA/UCR layout Name/Name_TRAIN.ts, "
-                    f"splits {sorted(ts_splits)}) or {', '.join(ARRAY_SUFFIXES)} files."
+                    f"splits {sorted(ts_splits)}), {', '.join(ARRAY_SUFFIXES)} files or GENEActiv .bin files."
                 )
+            for file in recordings:
+                add(file.stem, read_recording(file))
             for file in ts_files:
                 add(_ts_source_name(file), read_ts_file(file))
             for file in array_files:
@@ -166,8 +177,12 @@ def load_sources(specs, column: str | None = None, ts_splits=("TRAIN",), hf_spli
                 add(_ts_source_name(path), read_ts_file(path))
             elif path.suffix in ARRAY_SUFFIXES:
                 add(path.stem, read_array_file(path, column))
+            elif path.suffix in RECORDING_SUFFIXES:
+                add(path.stem, read_recording(path))
             else:
-                raise ValueError(f"file {path} has an unsupported type; use .ts, {', '.join(ARRAY_SUFFIXES)}.")
+                raise ValueError(
+                    f"file {path} has an unsupported type; use .ts, {', '.join(ARRAY_SUFFIXES + RECORDING_SUFFIXES)}."
+                )
         elif column:
             try:
                 dataset = datasets.load_dataset(spec, split=hf_split)

@@ -107,3 +107,14 @@ def test_errors_name_the_culprit(tmp_path):
     pd.DataFrame({"label": ["a", "b", "c"], "x": [1.0, 2.0, 3.0]}).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(ValueError, match="column 'label'.*not numeric"):
         load_sources([str(tmp_path / "t.csv")], column="label")
+
+
+def test_geneactiv_bin_recordings_are_read_and_windowed(tmp_path):
+    from modeling_vqshape.geneactiv import write_geneactiv_bin
+
+    raw = (np.sin(np.linspace(0, 40, 600))[None] * np.array([[500], [-300], [100]])).astype(int)
+    write_geneactiv_bin(tmp_path / "wrist.bin", raw)
+    sources = load_sources([str(tmp_path)])
+    assert list(sources) == ["wrist"] and sources["wrist"][0].shape == (3, 600)
+    splits = build_pretraining_dataset(sources, input_length=32, window_length=200, validation_split=0.0)
+    assert len(splits["train"]) == 3 * 3  # 3 channels x 3 windows of 200 samples
