@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 with open("README.md", encoding="utf-8") as handle:
     long_description = handle.read()
 
-train = ["accelerate>=0.30", "datasets>=2.18", "aeon>=1.0", "pandas>=2.0", "pyarrow>=14", "tqdm>=4.60", "tensorboard>=2.14"]
+train = ["accelerate>=0.30", "datasets>=2.18", "aeon>=1.0", "pandas>=2.0", "pyarrow>=14", "tqdm>=4.60", "tensorboard>=2.14", "scikit-learn>=1.3"]
 multimodal = ["sentence-transformers>=3.0"]
 
 setup(

@@ -117,7 +117,9 @@ def _atlas_section() -> str:
 
 def write_model_card(folder, config, description: str, training: dict | None = None, extra: dict | None = None, *,
                      results=None, dataset_names=None, base_model=None, license: str = "mit",
-                     repo_id: str | None = None):
+                     repo_id: str | None = None,
+                     results_description: str = "Linear probe on the frozen VQShape features (the classification "
+                                                "protocol of `examples/classify.py`)."):
     """Write README.md (a model card with metadata) into `folder`, atomically, and return its path.
 
     Args:
@@ -125,6 +127,7 @@ def write_model_card(folder, config, description: str, training: dict | None = N
         description: a paragraph on where the model comes from.
         training, extra: dicts shown as JSON (training settings; checks such as the conversion report).
         results: classification-protocol results for the `model-index` (see `eval_results`).
+        results_description: the sentence above the results table, saying how they were obtained.
         dataset_names, base_model, license: card metadata.
         repo_id: the repo the card is for, used in the loading snippets.
     The card refers to the codebook atlas when `folder` holds `atlas.png`. Nothing in it depends on the time, so an
@@ -160,8 +163,7 @@ def write_model_card(folder, config, description: str, training: dict | None = N
         lines = ["| dataset | split | metric | value |", "|---|---|---|---|"]
         lines += [f"| {r.dataset_name} | {r.dataset_split} | {r.metric_type} | {r.metric_value} |"
                   for r in card_data.eval_results]
-        sections.append("## Results\n\nLinear probe on the frozen VQShape features (the classification "
-                        "protocol of `examples/classify.py`).\n\n" + "\n".join(lines))
+        sections.append(f"## Results\n\n{results_description}\n\n" + "\n".join(lines))
     if (Path(folder) / ATLAS_FILE).exists():
         sections.append(_atlas_section())
     if training:
