@@ -26,7 +26,7 @@ from transformers import AutoConfig, get_scheduler
 if importlib.util.find_spec("modeling_vqshape") is None:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining  # noqa: E402
-from modeling_vqshape.data import describe, load_pretraining_dataset  # noqa: E402
+from modeling_vqshape.data import describe, load_pretraining_dataset, stream_pretraining_dataset  # noqa: E402
 from modeling_vqshape.hub import push_folder_to_hub, write_model_card  # noqa: E402
 
 # The default run: a small VQShape that pre-trains on the bundled corpus on a 2-core CPU in minutes.
@@ -52,6 +52,10 @@ def parse_args(argv=None):
                         help="Oversample small sources to the largest one's size, as the paper does.")
     parser.add_argument("--max_series_per_dataset", type=int, default=None)
     parser.add_argument("--window_length", type=int, default=None, help="Cut longer recordings into such windows.")
+    parser.add_argument("--streaming", action="store_true",
+                        help="Read the corpus file by file as training consumes it (for corpora that do not fit in "
+                             "memory); needs --max_train_steps.")
+    parser.add_argument("--shuffle_buffer_size", type=int, default=10_000, help="Rows shuffled together when streaming.")
     parser.add_argument("--config_name", default=None, help="Config file, Hub id or 'paper'; default: a small config.")
     parser.add_argument("--config_overrides", default=None, help="key=value,... applied to the config.")
     parser.add_argument("--model_name_or_path", default=None, help="Continue pre-training this checkpoint.")
@@ -78,6 +82,8 @@ def parse_args(argv=None):
     parser.add_argument("--hub_model_id", default=None)
     parser.add_argument("--hub_private", action="store_true")
     args = parser.parse_args(argv)
+    if args.streaming and not args.max_train_steps:
+        parser.error("--streaming reads a corpus of unknown length: give --max_train_steps.")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id (e.g. lab/vqshape-small).")
     return args
@@ -110,6 +116,18 @@ def get_model(args):
 
 
 def get_dataloaders(accelerator, args, input_length):
+    if args.streaming:
+        data = stream_pretraining_dataset(
+            args.data, input_length=input_length, column=args.dataset_column, ts_splits=args.ts_splits.split(","),
+            validation_split=args.validation_split, balance=args.balance_datasets, window_length=args.window_length,
+            seed=args.seed, shuffle_buffer_size=args.shuffle_buffer_size,
+        )
+        data = {split: part.select_columns(["past_values"]) for split, part in data.items()}
+        # its own generator: starting (or skipping into) an epoch must not draw from the RNG that masks patches
+        train = DataLoader(data["train"], batch_size=args.per_device_train_batch_size, drop_last=True,
+                           generator=torch.Generator().manual_seed(args.seed))
+        validation = DataLoader(data["validation"], batch_size=args.per_device_eval_batch_size)
+        return train, validation, {"streamed": args.data}
     with accelerator.main_process_first():
         data = load_pretraining_dataset(
             args.data, input_length=input_length, column=args.dataset_column, ts_splits=args.ts_splits.split(","),
@@ -133,15 +151,16 @@ def checkpoint_dirs(output_dir):
             and os.path.exists(os.path.join(folder, name, COMPLETE_MARKER))}
 
 
-def save_checkpoint(accelerator, output_dir, step):
-    """save_state into a hidden folder, mark it complete, then rename it: a partial folder never looks finished."""
+def save_checkpoint(accelerator, output_dir, step, epoch, batches):
+    """save_state into a hidden folder, mark it complete, then rename it: a partial folder never looks finished. The
+    marker records the step and where in the data it was (epoch, batches of that epoch consumed)."""
     final = os.path.join(output_dir, "checkpoints", f"checkpoint-{step}")
     partial = os.path.join(output_dir, "checkpoints", f".partial-checkpoint-{step}")
     accelerator.save_state(partial)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with open(os.path.join(partial, COMPLETE_MARKER), "w") as handle:
-            json.dump({"step": step}, handle)
+            json.dump({"step": step, "epoch": epoch, "batches": batches}, handle)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
     accelerator.wait_for_everyone()
@@ -178,7 +197,9 @@ def main(argv=None):
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to, project_dir=args.output_dir,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        # every process reads its own shard (a streamed corpus too): batch dispatching would draw from the global
+        # RNG at each epoch start, and a resumed run would then mask patches differently
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, dispatch_batches=False),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # VQ leaves some unused
     )
     set_seed(args.seed)
@@ -188,21 +209,22 @@ def main(argv=None):
 
     # fused: one kernel for all parameters instead of ~10 per tensor, the larger share of a CPU step at small batches
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay, fused=True)
-    steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    if args.streaming:
+        max_train_steps = args.max_train_steps
+    else:
+        steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+        max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     # a prepared scheduler steps once per process per optimizer step
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps *
                               accelerator.num_processes, num_training_steps=max_train_steps * accelerator.num_processes)
     model, optimizer, train_dataloader, eval_dataloader, scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, eval_dataloader, scheduler
     )
-    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)  # per process, now
-    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
     if accelerator.log_with:
         accelerator.init_trackers("vqshape_pretrain", {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                        for k, v in vars(args).items()})
 
-    completed_steps = 0
+    completed_steps = start_epoch = batches_done = 0
     checkpoint = args.resume_from_checkpoint
     if checkpoint == "latest":
         found = checkpoint_dirs(args.output_dir)
@@ -211,7 +233,8 @@ def main(argv=None):
         accelerator.print(f"Resuming from {checkpoint}")
         accelerator.load_state(checkpoint)
         with open(os.path.join(checkpoint, COMPLETE_MARKER)) as handle:
-            completed_steps = json.load(handle)["step"]
+            marker = json.load(handle)
+        completed_steps, start_epoch, batches_done = marker["step"], marker["epoch"], marker["batches"]
     history = {}
     if completed_steps == 0:
         history["validation_step_0"] = evaluate(model, eval_dataloader, accelerator)
@@ -221,11 +244,12 @@ def main(argv=None):
     recent_codes = deque(maxlen=args.usage_window)
     running = torch.zeros(len(TERMS), device=accelerator.device)
     model.train()
-    for epoch in range(completed_steps // steps_per_epoch, num_epochs):
+    epoch = start_epoch
+    while completed_steps < max_train_steps:  # epochs, until the step budget is spent
         train_dataloader.set_epoch(epoch)
-        batches_done = (completed_steps % steps_per_epoch) * args.gradient_accumulation_steps
         epoch_batches = accelerator.skip_first_batches(train_dataloader, batches_done) if batches_done else train_dataloader
         for batch in epoch_batches:
+            batches_done += 1
             with accelerator.accumulate(model):
                 outputs = model(past_values=batch["past_values"])
                 loss = outputs.loss
@@ -253,15 +277,18 @@ def main(argv=None):
                                  "train/lr": scheduler.get_last_lr()[0]}, step=completed_steps)
                 running.zero_()
             if args.checkpointing_steps and completed_steps % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, args.output_dir, completed_steps)
+                save_checkpoint(accelerator, args.output_dir, completed_steps, epoch, batches_done)
             if args.eval_steps and completed_steps % args.eval_steps == 0 and completed_steps < max_train_steps:
                 metrics = evaluate(model, eval_dataloader, accelerator)
                 accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=completed_steps)
                 progress.write(f"step {completed_steps}: validation {metrics}")
             if completed_steps >= max_train_steps:
                 break
-        if completed_steps >= max_train_steps:
-            break
+        else:
+            if batches_done == 0:
+                raise ValueError(f"the training data gives no batch of {args.per_device_train_batch_size} series; "
+                                 "lower --per_device_train_batch_size or add data.")
+            epoch, batches_done = epoch + 1, 0
     progress.close()
 
     history["validation_final"] = metrics = evaluate(model, eval_dataloader, accelerator)

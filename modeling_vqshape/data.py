@@ -16,6 +16,8 @@ Errors about unusable inputs are raised here, before any training starts.
 """
 
 import os
+import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -130,8 +132,10 @@ def _ts_source_name(path: Path) -> str:
     return stem.rsplit("_", 1)[0] if stem.rsplit("_", 1)[-1].upper() in ("TRAIN", "TEST") else stem
 
 
-def load_sources(specs, column: str | None = None, ts_splits=("TRAIN",), hf_split: str = "train") -> dict:
-    """Resolve corpus specs (see the module docstring) into `{source name: [(channels, time) arrays]}`.
+def resolve_sources(specs, column: str | None = None, ts_splits=("TRAIN",), hf_split: str = "train") -> list:
+    """Check corpus specs (see the module docstring) and list `(source name, reader)` pairs without reading any
+    series: each `reader()` returns the `(channels, time)` arrays of one file or dataset. Unusable specs (an unknown
+    name, a folder without a usable file) raise here.
 
     `ts_splits` chooses which of `Name_TRAIN.ts` / `Name_TEST.ts` are read (by default only the training splits, so
     that the test splits stay unseen for downstream evaluation); `.ts` files without such a suffix are always read.
@@ -142,20 +146,17 @@ def load_sources(specs, column: str | None = None, ts_splits=("TRAIN",), hf_spli
         specs = [specs]
     ts_splits = {split.upper() for split in ts_splits}
     bundled = {name.lower(): name for name in BUNDLED_DATASETS}
-    sources = {}
-
-    def add(name, series):
-        sources.setdefault(name, []).extend(series)
-
+    readers = []
     for spec in specs:
         path = Path(spec).expanduser()
         if spec == "bundled" or spec.lower() in bundled and not path.exists():
             for name in BUNDLED_DATASETS if spec == "bundled" else [bundled[spec.lower()]]:
                 for file in sorted((bundled_data_dir() / name).glob(f"{name}_*.ts")):
                     if file.stem in (f"{name}_{split}" for split in ts_splits):
-                        add(name, read_ts_file(file))
+                        readers.append((name, partial(read_ts_file, file)))
         elif path.is_dir() and any((path / marker).exists() for marker in ("dataset_info.json", "state.json")):
-            add(path.name, read_hf_dataset(datasets.load_from_disk(str(path)), column or "past_values", str(path)))
+            dataset = datasets.load_from_disk(str(path))
+            readers.append((path.name, partial(read_hf_dataset, dataset, column or "past_values", str(path))))
         elif path.is_dir():
             files = sorted(file for file in path.rglob("*") if file.is_file() and not file.name.startswith("."))
             ts_files = [file for file in files if file.suffix == ".ts" and _ts_file_included(file, ts_splits)]
@@ -166,19 +167,16 @@ def load_sources(specs, column: str | None = None, ts_splits=("TRAIN",), hf_spli
                     f"folder {path} has no usable file: expected .ts files (UEA/UCR layout Name/Name_TRAIN.ts, "
                     f"splits {sorted(ts_splits)}), {', '.join(ARRAY_SUFFIXES)} files or GENEActiv .bin files."
                 )
-            for file in recordings:
-                add(file.stem, read_recording(file))
-            for file in ts_files:
-                add(_ts_source_name(file), read_ts_file(file))
-            for file in array_files:
-                add(file.stem, read_array_file(file, column))
+            readers += [(file.stem, partial(read_recording, file)) for file in recordings]
+            readers += [(_ts_source_name(file), partial(read_ts_file, file)) for file in ts_files]
+            readers += [(file.stem, partial(read_array_file, file, column)) for file in array_files]
         elif path.is_file():
             if path.suffix == ".ts":
-                add(_ts_source_name(path), read_ts_file(path))
+                readers.append((_ts_source_name(path), partial(read_ts_file, path)))
             elif path.suffix in ARRAY_SUFFIXES:
-                add(path.stem, read_array_file(path, column))
+                readers.append((path.stem, partial(read_array_file, path, column)))
             elif path.suffix in RECORDING_SUFFIXES:
-                add(path.stem, read_recording(path))
+                readers.append((path.stem, partial(read_recording, path)))
             else:
                 raise ValueError(
                     f"file {path} has an unsupported type; use .ts, {', '.join(ARRAY_SUFFIXES + RECORDING_SUFFIXES)}."
@@ -188,12 +186,20 @@ def load_sources(specs, column: str | None = None, ts_splits=("TRAIN",), hf_spli
                 dataset = datasets.load_dataset(spec, split=hf_split)
             except Exception as error:  # the datasets library raises many types for a missing dataset
                 raise ValueError(f"unknown dataset {spec!r}: datasets.load_dataset failed ({error}).") from error
-            add(spec.replace("/", "__"), read_hf_dataset(dataset, column, spec))
+            readers.append((spec.replace("/", "__"), partial(read_hf_dataset, dataset, column, spec)))
         else:
             raise ValueError(
                 f"unknown dataset {spec!r}: not a bundled set ({', '.join(BUNDLED_DATASETS)}), not an existing file or "
                 "folder; for a Hugging Face `datasets` dataset also give the column that holds the series."
             )
+    return readers
+
+
+def load_sources(specs, column: str | None = None, ts_splits=("TRAIN",), hf_split: str = "train") -> dict:
+    """Read every source of `resolve_sources` into `{source name: [(channels, time) arrays]}`."""
+    sources = {}
+    for name, reader in resolve_sources(specs, column, ts_splits, hf_split):
+        sources.setdefault(name, []).extend(reader())
     return sources
 
 
@@ -292,6 +298,66 @@ def load_pretraining_dataset(specs=("bundled",), input_length: int = 512, column
     return build_pretraining_dataset(load_sources(specs, column, ts_splits), input_length, **kwargs)
 
 
+def _in_validation(key: str, validation_split: float, seed: int) -> bool:
+    """A fixed, seeded share of the rows goes to validation, decided row by row (no pass over the corpus needed)."""
+    return zlib.crc32(f"{seed}:{key}".encode()) % 1_000_000 < validation_split * 1_000_000
+
+
+def _stream_rows(shards, input_length: int, window_length, validation_split: float, seed: int, split: str):
+    for name, position, reader in shards:  # one shard per file or dataset, read when reached
+        values = prepare_series(reader(), input_length, window_length)
+        for index, row in enumerate(values):
+            if _in_validation(f"{name}:{position}:{index}", validation_split, seed) == (split == "validation"):
+                yield {"past_values": row, "source": name}
+
+
+def stream_pretraining_dataset(specs=("bundled",), input_length: int = 512, column: str | None = None,
+                               ts_splits=("TRAIN",), validation_split: float = 0.1, balance: bool = False,
+                               window_length: int | None = None, seed: int = 0, shuffle_buffer_size: int = 10_000):
+    """Like `load_pretraining_dataset`, for corpora that do not fit in memory: `IterableDatasetDict(train,
+    validation)` whose rows are read file by file as they are consumed.
+
+    Every file or dataset is a shard (so `datasets` can spread them over workers and nodes). A row goes to validation
+    by a seeded hash of its source, file and position, so the split is deterministic without a pass over the data.
+    Training rows are shuffled through a buffer of `shuffle_buffer_size` rows, anew each epoch (`set_epoch`).
+    `balance` interleaves the sources, repeating the smaller ones until the largest is exhausted, as the paper's
+    oversampling does. Specs are checked up front; a file's content is checked when the file is reached.
+    """
+    import datasets
+
+    if not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"validation_split must lie in [0, 1), got {validation_split}.")
+    readers = resolve_sources(specs, column, ts_splits)
+    positions = {}
+    shards = []
+    for name, reader in readers:
+        positions[name] = positions.get(name, -1) + 1
+        shards.append((name, positions[name], reader))
+    features = datasets.Features(
+        {"past_values": datasets.List(datasets.Value("float32"), length=input_length), "source": datasets.Value("string")}
+    )
+
+    def stream(split, selected):
+        return datasets.IterableDataset.from_generator(
+            _stream_rows, features=features,
+            gen_kwargs={"shards": selected, "input_length": input_length, "window_length": window_length,
+                        "validation_split": validation_split, "seed": seed, "split": split},
+        )
+
+    if balance:
+        names = sorted(positions)
+        train = datasets.interleave_datasets(
+            [stream("train", [shard for shard in shards if shard[0] == name]) for name in names],
+            seed=seed, stopping_strategy="all_exhausted",
+        )
+    else:
+        train = stream("train", shards)
+    return datasets.IterableDatasetDict({
+        "train": train.shuffle(seed=seed, buffer_size=shuffle_buffer_size).with_format("torch"),
+        "validation": stream("validation", shards).with_format("torch"),
+    })
+
+
 def describe(dataset_dict) -> dict:
     """Series per source and split, for logs and the model card."""
     return {
@@ -311,5 +377,7 @@ __all__ = [
     "read_array_file",
     "read_hf_dataset",
     "read_ts_file",
+    "resolve_sources",
     "split_channels",
+    "stream_pretraining_dataset",
 ]

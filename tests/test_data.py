@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 datasets = pytest.importorskip("datasets")
 pytest.importorskip("aeon")
@@ -118,3 +119,20 @@ def test_geneactiv_bin_recordings_are_read_and_windowed(tmp_path):
     assert list(sources) == ["wrist"] and sources["wrist"][0].shape == (3, 600)
     splits = build_pretraining_dataset(sources, input_length=32, window_length=200, validation_split=0.0)
     assert len(splits["train"]) == 3 * 3  # 3 channels x 3 windows of 200 samples
+
+
+def test_streaming_reads_the_same_rows_with_a_seeded_split():
+    from modeling_vqshape.data import stream_pretraining_dataset
+
+    streamed = stream_pretraining_dataset(["GunPoint", "ItalyPowerDemand"], input_length=LENGTH, seed=3)
+    rows = {split: [row["past_values"] for row in part] for split, part in streamed.items()}
+    eager = load_pretraining_dataset(["GunPoint", "ItalyPowerDemand"], input_length=LENGTH)
+    assert len(rows["train"]) + len(rows["validation"]) == len(eager["train"]) + len(eager["validation"])
+    assert 0 < len(rows["validation"]) < 0.25 * len(rows["train"])
+    again = stream_pretraining_dataset(["GunPoint", "ItalyPowerDemand"], input_length=LENGTH, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(rows["validation"], (row["past_values"] for row in again["validation"])))
+    balanced = stream_pretraining_dataset(["GunPoint", "ItalyPowerDemand"], input_length=LENGTH, balance=True)
+    sources = [row["source"] for row in balanced["train"]]
+    assert abs(sources.count("GunPoint") - sources.count("ItalyPowerDemand")) <= 1  # small set repeated
+    with pytest.raises(ValueError, match="unknown dataset 'NoSuchSet'"):
+        stream_pretraining_dataset(["NoSuchSet"], input_length=LENGTH)

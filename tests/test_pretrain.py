@@ -101,3 +101,25 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     for key in ("validation_step_0", "validation_final"):
         assert ddp[key]["loss"] == pytest.approx(single[key]["loss"], rel=2e-2)
     assert sorted(os.listdir(tmp_path / "ddp")) == sorted(os.listdir(tmp_path / "single"))
+
+
+def test_streaming_trains_resumes_exactly_and_needs_a_step_budget(tmp_path):
+    # the corpus read file by file as an IterableDataset; 3 + 3 steps resume at the same place in the stream
+    args = ["--streaming", "--shuffle_buffer_size", "16", "--max_train_steps", "6", "--per_device_train_batch_size",
+            "8", "--checkpointing_steps", "3"]
+    output = run(args, tmp_path / "straight")
+    assert "Model saved to" in output
+    resumed = tmp_path / "resumed" / "checkpoints"
+    resumed.mkdir(parents=True)
+    shutil.copytree(tmp_path / "straight" / "checkpoints" / "checkpoint-3", resumed / "checkpoint-3")
+    run(args + ["--resume_from_checkpoint", "latest"], tmp_path / "resumed")
+    straight, again = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    for key in straight:
+        torch.testing.assert_close(again[key], straight[key], rtol=1e-5, atol=1e-6, msg=key)
+    history = results(tmp_path / "straight")
+    assert history["series"] == {"streamed": ["GunPoint"]}
+    assert history["validation_final"]["loss"] < history["validation_step_0"]["loss"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
+    refused = subprocess.run([sys.executable, SCRIPT, "--streaming", "--max_train_steps", "0"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "--streaming reads a corpus of unknown length" in refused.stderr
