@@ -15,7 +15,8 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["modeling_vqshape", "modeling_vqshape.*", "conversion", "conversion.*"]),
-    install_requires=["torch>=2.1", "transformers>=4.45", "huggingface_hub>=0.23", "safetensors>=0.4", "numpy>=1.24"],
+    install_requires=["torch>=2.1", "transformers>=4.45", "huggingface_hub>=0.23", "safetensors>=0.4", "numpy>=1.24",
+                      "matplotlib>=3.7"],
     extras_require={
         "train": train,
         "multimodal": multimodal,
