@@ -1,7 +1,7 @@
 """How well the multimodal VQShape's codes and tokens carry words, on held-out data, each figure beside its trivial
 baseline:
 
-    python benchmarks/bench_text_alignment.py --vqshape /tmp/default_run [--text_model PATH] [--steps 600]
+    python benchmarks/bench_text_alignment.py --vqshape vqshape-pretrained [--text_model PATH] [--steps 600]
 
 It trains the alignment with examples/align_text.py (or reads a trained one with --aligned FOLDER), then measures on
 series never seen in training (the TEST splits of the sets bundled with aeon) and on paraphrases never seen in training
