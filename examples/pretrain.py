@@ -26,6 +26,7 @@ from transformers import AutoConfig, get_scheduler
 if importlib.util.find_spec("modeling_vqshape") is None:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining  # noqa: E402
+from modeling_vqshape.modeling_vqshape import code_usage  # noqa: E402
 from modeling_vqshape.data import describe, load_pretraining_dataset, stream_pretraining_dataset  # noqa: E402
 from modeling_vqshape.hub import push_folder_to_hub, write_model_card  # noqa: E402
 
@@ -185,10 +186,10 @@ def _evaluate(model, dataloader, accelerator):
             codes.append(accelerator.gather_for_metrics(outputs.code_indices.reshape(batch_size, -1)))
     model.train()
     metrics = dict(zip(TERMS, torch.cat(terms).mean(0).tolist()))
-    counts = torch.bincount(torch.cat(codes).flatten(), minlength=accelerator.unwrap_model(model).config.num_codes)
-    probabilities = counts / counts.sum()
-    metrics["perplexity"] = torch.exp(-(probabilities * probabilities.clamp(min=1e-10).log()).sum()).item()
-    metrics["dead_codes"] = int((counts == 0).sum())
+    num_codes = accelerator.unwrap_model(model).config.num_codes
+    perplexity, used = code_usage(torch.cat(codes), num_codes)
+    metrics["perplexity"] = perplexity.item()
+    metrics["dead_codes"] = num_codes - round(used.item() * num_codes)
     return metrics
 
 
