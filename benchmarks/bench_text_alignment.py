@@ -42,6 +42,7 @@ from modeling_vqshape.data import bundled_data_dir, load_pretraining_dataset  # 
 from modeling_vqshape.modeling_vqshape_text import (  # noqa: E402
     SHAPE_VALUES,
     VQShapeForTextAlignment,
+    calibrations_by_source,
     caption_labels,
     load_text_encoder,
 )
@@ -59,41 +60,54 @@ def default_text_model():
 
 
 def held_out_series(input_length, max_series):
-    """The TEST splits of the bundled sets: never read by pre-training nor by align_text.py."""
+    """The TEST splits of the bundled sets, in their own units: never read by pre-training nor by align_text.py.
+    Returns `(past_values, calibration)`: each row's intensity calibration is its set's TEST-split terciles (NaN for
+    the sets stored standardised)."""
     data = load_pretraining_dataset(["bundled"], input_length=input_length, ts_splits=("TEST",), validation_split=0.0,
-                                    balance=False, max_series_per_source=max_series)["train"]
-    return torch.as_tensor(np.asarray(data.with_format("numpy")["past_values"]), dtype=torch.float32)
+                                    balance=False, max_series_per_source=max_series, normalize=False)["train"]
+    past_values = torch.as_tensor(np.asarray(data.with_format("numpy")["past_values"]), dtype=torch.float32)
+    return past_values, calibrations_by_source(past_values, data["source"])[0]
 
 
-def encode_in_batches(model, past_values, batch_size=256):
-    parts = [model.encode(past_values[i : i + batch_size]) for i in range(0, len(past_values), batch_size)]
+def encode_in_batches(model, past_values, calibration=None, batch_size=256):
+    parts = [model.encode(past_values[i : i + batch_size], None if calibration is None else calibration[i : i + batch_size])
+             for i in range(0, len(past_values), batch_size)]
     outputs = [part["outputs"] for part in parts]
     return {
-        "token_embeddings": torch.cat([part["token_embeddings"] for part in parts]),
-        "series_embeddings": torch.cat([part["series_embeddings"] for part in parts]),
+        **{name: torch.cat([part[name] for part in parts]) if parts[0][name] is not None else None
+           for name in ("token_embeddings", "series_embeddings", "intensity_embeddings", "intensity")},
         **{name: torch.cat([getattr(o, name) for o in outputs]) for name in
            ("code_indices", "shape_start", "shape_length", "shape_offset", "shape_scale")},
     }
+
+
+def nearest_value_accuracy(model, attribute, embeddings, labels):
+    """Share of `embeddings` `(n, text_dim)` whose nearest bank phrase of `attribute` (held-out and trained phrases
+    apart) has the rule value `labels` `(n,)`, beside chance and the majority value's share."""
+    row = {}
+    for split, heldout in (("held_out", True), ("trained", False)):
+        phrases = model._phrase_indices(attribute, heldout=heldout)
+        values = torch.tensor([model.phrases[i][1] for i in phrases])
+        predicted = values[(embeddings @ model.text_bank.phrase_embeddings[phrases].t()).argmax(dim=-1)]
+        row[f"accuracy_{split}_paraphrases"] = float((predicted == labels).float().mean())
+    counts = torch.bincount(labels, minlength=len(PHRASE_BANK[attribute]))
+    row.update(chance=1 / len(PHRASE_BANK[attribute]), majority=float(counts.max() / counts.sum()),
+               label_counts=dict(zip(PHRASE_BANK[attribute], counts.tolist())))
+    return row
 
 
 def attribute_accuracy(model, encoded, code_labels):
     labels = caption_labels(code_labels, encoded["code_indices"], encoded["shape_start"], encoded["shape_length"],
                             encoded["shape_offset"], encoded["shape_scale"]).reshape(-1, len(ATTRIBUTES))
     tokens = encoded["token_embeddings"].reshape(-1, len(ATTRIBUTES), model.config.text_dim)
-    bank = model.text_bank.phrase_embeddings
-    results = {}
-    for index, attribute in enumerate(ATTRIBUTES):
-        row = {}
-        for split, heldout in (("held_out", True), ("trained", False)):
-            phrases = model._phrase_indices(attribute, heldout=heldout)
-            values = torch.tensor([model.phrases[i][1] for i in phrases])
-            predicted = values[(tokens[:, index] @ bank[phrases].t()).argmax(dim=-1)]
-            row[f"accuracy_{split}_paraphrases"] = float((predicted == labels[:, index]).float().mean())
-        counts = torch.bincount(labels[:, index], minlength=len(PHRASE_BANK[attribute]))
-        row["chance"] = 1 / len(PHRASE_BANK[attribute])
-        row["majority"] = float(counts.max() / counts.sum())
-        row["label_counts"] = dict(zip(PHRASE_BANK[attribute], counts.tolist()))
-        results[attribute] = row
+    results = {attribute: nearest_value_accuracy(model, attribute, tokens[:, index], labels[:, index])
+               for index, attribute in enumerate(ATTRIBUTES)}
+    if encoded["intensity"] is not None:  # series level: one value per channel of the calibrated sets
+        known = encoded["intensity"].reshape(-1) >= 0
+        results["intensity"] = nearest_value_accuracy(
+            model, "intensity", encoded["intensity_embeddings"].reshape(-1, model.config.text_dim)[known],
+            encoded["intensity"].reshape(-1)[known])
+        results["intensity"]["channels"] = int(known.sum())
     return results
 
 
@@ -139,55 +153,73 @@ def basic_motions(split, input_length):
     return inputs["past_values"].float(), np.asarray([ZERO_SHOT_CLASSES.index(str(label)) for label in labels])
 
 
-def rule_caption_vectors(model, code_labels, code_indices, start, length, offset, scale):
-    """Each token as the sum over attributes of its rule value's embedding (the normalised mean of the value's bank
-    paraphrases): the text-space vector a perfect alignment with the captions would give. `(..., text_dim)`."""
-    labels = caption_labels(code_labels, code_indices, start, length, offset, scale)
+def value_embeddings(model, attribute):
+    """`(num_values, text_dim)`: each value of `attribute` as the normalised mean of its bank paraphrases."""
     bank = model.text_bank.phrase_embeddings
-    vectors = 0
-    for index, attribute in enumerate(ATTRIBUTES):
-        phrases = model._phrase_indices(attribute)
-        values = torch.tensor([model.phrases[i][1] for i in phrases])
-        value_embeddings = torch.stack([torch.nn.functional.normalize(bank[phrases][values == v].mean(dim=0), dim=-1)
-                                        for v in range(len(PHRASE_BANK[attribute]))])
-        vectors = vectors + value_embeddings[labels[..., index]]
+    phrases = model._phrase_indices(attribute)
+    values = torch.tensor([model.phrases[i][1] for i in phrases])
+    return torch.stack([torch.nn.functional.normalize(bank[phrases][values == v].mean(dim=0), dim=-1)
+                        for v in range(len(PHRASE_BANK[attribute]))])
+
+
+def rule_caption_vectors(model, code_labels, code_indices, start, length, offset, scale, intensity=None):
+    """Each token as the sum over attributes of its rule value's embedding (plus its channel's centred intensity value
+    where `intensity` `(batch, channels)` is known): the text-space vector a perfect alignment with the captions would
+    give. `(..., text_dim)`."""
+    labels = caption_labels(code_labels, code_indices, start, length, offset, scale)
+    vectors = sum(value_embeddings(model, attribute)[labels[..., index]] for index, attribute in enumerate(ATTRIBUTES))
+    if intensity is not None:  # centred over the values (terciles: equally frequent), as the model centres its own
+        values = value_embeddings(model, "intensity")
+        per_channel = (values - values.mean(dim=0))[intensity.clamp(min=0)] * (intensity >= 0).unsqueeze(-1)
+        vectors = vectors + per_channel.unsqueeze(-2)
     return vectors
 
 
-def zero_shot(model, caption_mean):
+def zero_shot(model, caption_mean, calibrate):
+    """BasicMotions from its class names alone; with `calibrate`, intensity calibrated on its TRAIN series (their
+    scales only: labels unused)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
     input_length = model.config.vqshape_config.input_length
     test_values, test_labels = basic_motions("TEST", input_length)
     train_values, train_labels = basic_motions("TRAIN", input_length)
-    predictions = model.zero_shot_classify(test_values, ZERO_SHOT_CLASSES).predictions.numpy()
-    outputs = model.encode(test_values)["outputs"]
+    stored = model.config.intensity_thresholds
+    try:
+        model.config.intensity_thresholds = None
+        thresholds = model.calibrate_intensity(train_values) if calibrate else None
+        predictions = model.zero_shot_classify(test_values, ZERO_SHOT_CLASSES).predictions.numpy()
+        encoded = model.encode(test_values)
+        train_features = model.encode(train_values)["series_embeddings"].numpy()
+    finally:
+        model.config.intensity_thresholds = stored
+    outputs = encoded["outputs"]
     captions = rule_caption_vectors(model, model.code_shape_labels(), outputs.code_indices, outputs.shape_start,
-                                    outputs.shape_length, outputs.shape_offset, outputs.shape_scale)
+                                    outputs.shape_length, outputs.shape_offset, outputs.shape_scale,
+                                    encoded["intensity"])
     captions = torch.nn.functional.normalize(captions.mean(dim=(1, 2)) - caption_mean, dim=-1)
     caption_predictions = (captions @ model.embed_class_prompts(ZERO_SHOT_CLASSES).t()).argmax(dim=-1).numpy()
-    train_features = model.encode(train_values)["series_embeddings"].numpy()
-    test_features = model.encode(test_values)["series_embeddings"].numpy()
     probe = LogisticRegression(max_iter=5000, C=10.0).fit(train_features, train_labels)
-    probe_predictions = probe.predict(test_features)
+    probe_predictions = probe.predict(encoded["series_embeddings"].numpy())
     return {
+        "intensity_thresholds": thresholds,
         "zero_shot_accuracy": accuracy_score(test_labels, predictions),
         "zero_shot_macro_f1": f1_score(test_labels, predictions, average="macro"),
         "chance": 0.25,
         "probe_accuracy": accuracy_score(test_labels, probe_predictions),
         "probe_macro_f1": f1_score(test_labels, probe_predictions, average="macro"),
         "zero_shot_predicted_counts": np.bincount(predictions, minlength=4).tolist(),
+        "zero_shot_confusion": confusion_matrix(test_labels, predictions, labels=range(4)).tolist(),  # rows: true
         "rule_caption_accuracy": accuracy_score(test_labels, caption_predictions),
         "rule_caption_macro_f1": f1_score(test_labels, caption_predictions, average="macro"),
         "rule_caption_predicted_counts": np.bincount(caption_predictions, minlength=4).tolist(),
     }
 
 
-def measure(model, past_values):
+def measure(model, past_values, calibration):
     model.eval()
     code_labels = model.code_shape_labels()
-    encoded = encode_in_batches(model, past_values)
+    encoded = encode_in_batches(model, past_values, calibration)
     used = torch.bincount(encoded["code_indices"].reshape(-1), minlength=code_labels.shape[0]) > 0
     caption_mean = rule_caption_vectors(model, code_labels, *(encoded[name] for name in (
         "code_indices", "shape_start", "shape_length", "shape_offset", "shape_scale"))).mean(dim=(0, 1, 2))
@@ -195,7 +227,8 @@ def measure(model, past_values):
         "attributes": attribute_accuracy(model, encoded, code_labels),
         "code_naming": code_naming(model, code_labels, used),
         "retrieval": retrieval(model, code_labels),
-        "basic_motions": zero_shot(model, caption_mean),
+        "basic_motions": zero_shot(model, caption_mean, calibrate=False),
+        "basic_motions_calibrated": zero_shot(model, caption_mean, calibrate=True),
     }
 
 
@@ -203,7 +236,7 @@ def print_report(results):
     untrained, trained = results["untrained"], results["trained"]
     print(f"\nheld-out series: {results['held_out_series']} (TEST splits of the bundled sets)")
     print(f"{'metric':44s} {'trained':>8s} {'untrained':>9s} {'baseline':>22s}")
-    for attribute in ATTRIBUTES:
+    for attribute in [a for a in (*ATTRIBUTES, "intensity") if a in trained["attributes"]]:
         row, before = trained["attributes"][attribute], untrained["attributes"][attribute]
         print(f"{'attribute ' + attribute + ' acc, held-out paraphrases':44s} {row['accuracy_held_out_paraphrases']:8.3f} "
               f"{before['accuracy_held_out_paraphrases']:9.3f}  chance {row['chance']:.3f} majority {row['majority']:.3f}"
@@ -216,16 +249,19 @@ def print_report(results):
         label = f"text -> code R@{k} ({r['queries']} held-out queries)"
         print(f"{label:44s} "
               f"{r[f'R@{k}']:8.3f} {before[f'R@{k}']:9.3f}  random ranking {r[f'random_R@{k}']:.3f}")
-    z, before = trained["basic_motions"], untrained["basic_motions"]
-    print(f"{'BasicMotions zero-shot accuracy':44s} {z['zero_shot_accuracy']:8.3f} {before['zero_shot_accuracy']:9.3f}"
-          f"  chance 0.250, probe {z['probe_accuracy']:.3f}")
-    print(f"{'BasicMotions zero-shot macro-F1':44s} {z['zero_shot_macro_f1']:8.3f} {before['zero_shot_macro_f1']:9.3f}"
-          f"  probe {z['probe_macro_f1']:.3f}")
-    print(f"{'BasicMotions zero-shot predicted counts':44s} {str(z['zero_shot_predicted_counts']):>18s} "
-          f"{str(before['zero_shot_predicted_counts']):>18s}  (true 10 each, {', '.join(ZERO_SHOT_CLASSES)})")
-    print(f"{'BasicMotions zero-shot from rule captions':44s} accuracy {z['rule_caption_accuracy']:.3f}, macro-F1 "
-          f"{z['rule_caption_macro_f1']:.3f}, counts {z['rule_caption_predicted_counts']}  (no heads: the caption "
-          f"vocabulary's own reach)")
+    for key, title in (("basic_motions", "shapes only"), ("basic_motions_calibrated", "intensity calibrated")):
+        z, before = trained[key], untrained[key]
+        print(f"BasicMotions TEST zero-shot, {title}" + (
+            f" (on the TRAIN series' scales, labels unused: {z['intensity_thresholds']})" if z["intensity_thresholds"] else ""))
+        print(f"{'  accuracy':44s} {z['zero_shot_accuracy']:8.3f} {before['zero_shot_accuracy']:9.3f}"
+              f"  chance 0.250, probe {z['probe_accuracy']:.3f}")
+        print(f"{'  macro-F1':44s} {z['zero_shot_macro_f1']:8.3f} {before['zero_shot_macro_f1']:9.3f}"
+              f"  probe {z['probe_macro_f1']:.3f}")
+        print(f"{'  predicted counts':44s} {str(z['zero_shot_predicted_counts']):>18s} "
+              f"{str(before['zero_shot_predicted_counts']):>18s}  (true 10 each, {', '.join(ZERO_SHOT_CLASSES)})")
+        print(f"{'  confusion (rows: true class)':44s} {z['zero_shot_confusion']}")
+        print(f"{'  from rule captions (no heads)':44s} accuracy {z['rule_caption_accuracy']:.3f}, macro-F1 "
+              f"{z['rule_caption_macro_f1']:.3f}, counts {z['rule_caption_predicted_counts']}")
 
 
 def main(argv=None):
@@ -256,9 +292,10 @@ def main(argv=None):
                          *args.align_args.split()])
     trained = VQShapeForTextAlignment.from_pretrained(aligned)
     trained.set_text_encoder(encoder)
-    past_values = held_out_series(trained.config.vqshape_config.input_length, args.max_series)
+    past_values, calibration = held_out_series(trained.config.vqshape_config.input_length, args.max_series)
     results = {"vqshape": args.vqshape, "aligned": aligned, "held_out_series": len(past_values),
-               "trained": measure(trained, past_values), "untrained": measure(untrained, past_values)}
+               "trained": measure(trained, past_values, calibration),
+               "untrained": measure(untrained, past_values, calibration)}
     print_report(results)
     print(f"\nwall time {time.time() - started:.0f} s")
     if args.json:

@@ -27,7 +27,11 @@ if importlib.util.find_spec("modeling_vqshape") is None:  # run from a checkout 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_vqshape.configuration_vqshape_text import DEFAULT_TEXT_MODEL  # noqa: E402
 from modeling_vqshape.data import bundled_data_dir, load_pretraining_dataset, prepare_series  # noqa: E402
-from modeling_vqshape.modeling_vqshape_text import VQShapeForTextAlignment, load_text_encoder  # noqa: E402
+from modeling_vqshape.modeling_vqshape_text import (  # noqa: E402
+    VQShapeForTextAlignment,
+    calibrations_by_source,
+    load_text_encoder,
+)
 
 # Human names of the classes of some bundled sets (aeon gives numbers), from the UCR/UEA archive descriptions.
 CLASS_NAMES = {
@@ -41,7 +45,8 @@ CLASS_NAMES = {
     },
     "BasicMotions": {name: name for name in ("standing", "walking", "running", "badminton")},
 }
-TERMS = ("loss", "code_text_loss", "token_text_loss", "class_text_loss", "pretraining_loss")
+EVALUATED = ("code_text_loss", "token_text_loss", "intensity_text_loss")
+TERMS = ("loss", "code_text_loss", "token_text_loss", "intensity_text_loss", "class_text_loss", "pretraining_loss")
 
 
 def parse_args(argv=None):
@@ -67,6 +72,8 @@ def parse_args(argv=None):
     parser.add_argument("--class_text_weight", type=float, default=0.1,
                         help="Weight of the class prompt loss; at 1 it pulls the token heads off their attributes "
                              "(benchmarks/bench_text_alignment.py: held-out attribute accuracy falls below majority).")
+    parser.add_argument("--intensity_text_weight", type=float, default=1.0,
+                        help="Weight of the channel intensity <-> intensity phrase loss (sources with raw scales).")
     parser.add_argument("--logging_steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report_to", default="tensorboard" if importlib.util.find_spec("tensorboard") else "none")
@@ -85,11 +92,11 @@ def parse_args(argv=None):
 
 
 def load_labelled(names, input_length, max_series, split="TRAIN"):
-    """Univariate rows of bundled sets with global label ids: `(past_values, labels, class names)`; every channel of
-    a multivariate series becomes a row with its series' label."""
+    """Univariate rows of bundled sets, in their own units, with global label ids: `(past_values, labels, class
+    names, source of each row)`; every channel of a multivariate series becomes a row with its series' label."""
     from aeon.datasets import load_from_ts_file
 
-    rows, labels, class_names = [], [], []
+    rows, labels, class_names, sources = [], [], [], []
     for name in names:
         series, targets = load_from_ts_file(str(bundled_data_dir() / name / f"{name}_{split}.ts"))
         names_of = CLASS_NAMES[name]
@@ -97,26 +104,36 @@ def load_labelled(names, input_length, max_series, split="TRAIN"):
         class_names += list(names_of.values())
         ids = {key: first + i for i, key in enumerate(names_of)}
         for item, target in list(zip(series, targets))[:max_series]:
-            channels = prepare_series([np.asarray(item, dtype=np.float64)], input_length)
+            channels = prepare_series([np.asarray(item, dtype=np.float64)], input_length, normalize=False)
             rows.append(channels)
             labels += [ids[str(target)]] * len(channels)
+            sources += [name] * len(channels)
     if not rows:
-        return np.zeros((0, input_length), np.float32), np.zeros(0, np.int64), class_names
-    return np.concatenate(rows), np.asarray(labels, dtype=np.int64), class_names
+        return np.zeros((0, input_length), np.float32), np.zeros(0, np.int64), class_names, sources
+    return np.concatenate(rows), np.asarray(labels, dtype=np.int64), class_names, sources
 
 
 def get_dataloaders(accelerator, args, input_length):
     with accelerator.main_process_first():
         data = load_pretraining_dataset(args.data, input_length=input_length, column=args.dataset_column,
                                         validation_split=args.validation_split, balance=False,
-                                        max_series_per_source=args.max_series_per_dataset, seed=args.seed)
-        labelled, labels, class_names = load_labelled(args.labelled_data, input_length, args.max_series_per_dataset)
+                                        max_series_per_source=args.max_series_per_dataset, seed=args.seed,
+                                        normalize=False)  # in their own units: intensity reads the scale
+        labelled, labels, class_names, labelled_sources = load_labelled(args.labelled_data, input_length,
+                                                                        args.max_series_per_dataset)
     unlabelled = torch.as_tensor(np.asarray(data["train"].with_format("numpy")["past_values"]), dtype=torch.float32)
-    train = TensorDataset(torch.cat([unlabelled, torch.from_numpy(labelled)]),
-                          torch.cat([torch.full((len(unlabelled),), -100), torch.from_numpy(labels)]))
+    labelled = torch.from_numpy(labelled)
+    calibration, calibrations = calibrations_by_source(unlabelled, data["train"]["source"])
+    labelled_calibration, _ = calibrations_by_source(labelled, [f"labelled {name}" for name in labelled_sources])
+    train = TensorDataset(torch.cat([unlabelled, labelled]),
+                          torch.cat([torch.full((len(unlabelled),), -100), torch.from_numpy(labels)]),
+                          torch.cat([calibration, labelled_calibration]))
     validation = torch.as_tensor(np.asarray(data["validation"].with_format("numpy")["past_values"]),
                                  dtype=torch.float32)
-    validation = TensorDataset(validation, torch.full((len(validation),), -100))
+    validation = TensorDataset(validation, torch.full((len(validation),), -100),
+                               calibrations_by_source(validation, data["validation"]["source"], calibrations)[0])
+    accelerator.print("intensity calibration (log-scale terciles) per source: " + ", ".join(
+        f"{source} {[round(v, 3) for v in thresholds.tolist()]}" for source, thresholds in sorted(calibrations.items())))
     train_loader = DataLoader(train, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
                               generator=torch.Generator().manual_seed(args.seed))
     validation_loader = DataLoader(validation, batch_size=256)
@@ -124,16 +141,17 @@ def get_dataloaders(accelerator, args, input_length):
 
 
 def evaluate(model, dataloader, accelerator):
-    """Mean alignment losses on held-out series."""
+    """Mean alignment losses on held-out series (intensity over the batches with calibrated rows)."""
     model.eval()
     totals = []
     with torch.no_grad():
-        for past_values, labels in dataloader:
-            outputs = model(past_values=past_values)
-            row = torch.stack([outputs.code_text_loss, outputs.token_text_loss]).float()
+        for past_values, labels, calibration in dataloader:
+            outputs = model(past_values=past_values, intensity_thresholds=calibration)
+            row = torch.stack([getattr(outputs, term) if getattr(outputs, term) is not None else torch.tensor(math.nan)
+                               for term in EVALUATED]).float()
             totals.append(accelerator.gather_for_metrics(row.expand(past_values.shape[0], -1)))
     model.train()
-    return dict(zip(("code_text_loss", "token_text_loss"), torch.cat(totals).mean(0).tolist()))
+    return dict(zip(EVALUATED, torch.cat(totals).nanmean(0).tolist()))
 
 
 def main(argv=None):
@@ -146,7 +164,8 @@ def main(argv=None):
     model = VQShapeForTextAlignment.from_vqshape(args.model_name_or_path, text_encoder=load_text_encoder(args.text_model),
                                                  text_model_name_or_path=text_name,
                                                  freeze_backbone=not args.joint_training,
-                                                 class_text_weight=args.class_text_weight)
+                                                 class_text_weight=args.class_text_weight,
+                                                 intensity_text_weight=args.intensity_text_weight)
     train_dataloader, eval_dataloader, class_names, corpus = get_dataloaders(
         accelerator, args, model.config.vqshape_config.input_length)
     if class_names:
@@ -168,8 +187,8 @@ def main(argv=None):
     completed_steps, log = 0, []
     model.train()
     for _ in range(math.ceil(args.max_train_steps / max(len(train_dataloader), 1))):
-        for past_values, labels in train_dataloader:
-            outputs = model(past_values=past_values, labels=labels)
+        for past_values, labels, calibration in train_dataloader:
+            outputs = model(past_values=past_values, labels=labels, intensity_thresholds=calibration)
             loss = outputs.loss
             accelerator.backward(loss)
             optimizer.step()

