@@ -12,11 +12,15 @@ series never seen in training (the TEST splits of the sets bundled with aeon) an
 - code naming: share of codebook entries whose top held-out shape phrase names the rule label of its decoded shape;
 - text -> code retrieval: for each held-out shape phrase, whether a code with that rule label is among the top 1 / 5
   codes (beside the expected rate of a random ranking);
+- intensity accuracy: the same for each channel of the sets stored in their own units, each set calibrated on its
+  TEST split;
 - zero-shot BasicMotions (its labels never train anything): accuracy and macro-F1 on its TEST split from the class
-  names alone, beside chance (0.25) and a supervised logistic-regression probe on the same series embeddings (TRAIN ->
-  TEST); the predicted class counts; and the same zero-shot read from the tokens' rule captions themselves (each token
-  the sum of its rule values' bank embeddings, no projection heads, centred by the mean over the held-out series): what
-  a perfect alignment with the captions would give, so that a failure of the vocabulary is told from one of the heads.
+  names alone, shapes only and with the intensity calibrated on the TRAIN series (their scales only), beside chance
+  (0.25) and a supervised logistic-regression probe on the same series embeddings (TRAIN -> TEST); the predicted class
+  counts and the confusion matrix; and the same zero-shot read from the rule captions themselves (each token the sum
+  of its rule values' bank embeddings plus its channel's centred intensity value, no projection heads, centred by the
+  mean over the held-out series): what a perfect alignment with the captions would give, so that a failure of the
+  vocabulary is told from one of the heads.
 
 Every figure is also given for the untrained alignment (projection heads at initialisation) as a second baseline.
 """

@@ -121,6 +121,11 @@ class VQShapeTextConfig(PretrainedConfig):
             When not set, series embeddings carry no intensity (they depend on the shapes only).
         intensity_text_weight (`float`, defaults to 1.0):
             Weight of the channel intensity <-> intensity phrase loss.
+        standardize_codes (`bool`, *optional*):
+            Feed the projection heads code vectors standardised by the codebook's per-dimension mean and std (codes are
+            small, about 0.1, next to the other token inputs, and heads fed raw codes barely tell them apart). When not
+            given: `True`, except for phrase banks without the series attributes (models saved before them), whose
+            heads were trained on raw codes.
     """
 
     model_type = "vqshape_text"
@@ -145,6 +150,7 @@ class VQShapeTextConfig(PretrainedConfig):
         pretraining_weight: float = 1.0,
         intensity_thresholds: list | None = None,
         intensity_text_weight: float = 1.0,
+        standardize_codes: bool | None = None,
         **kwargs,
     ):
         if vqshape_config is None:
@@ -171,6 +177,9 @@ class VQShapeTextConfig(PretrainedConfig):
         self.intensity_thresholds = (None if intensity_thresholds is None
                                      else [[float(value) for value in pair] for pair in intensity_thresholds])
         self.intensity_text_weight = intensity_text_weight
+        # banks saved before the series attributes existed were trained on raw code vectors: keep them as they were
+        self.standardize_codes = (set(SERIES_ATTRIBUTES) <= set(self.phrase_bank) if standardize_codes is None
+                                  else bool(standardize_codes))
         self._validate()
         super().__init__(**kwargs)
 

@@ -226,11 +226,12 @@ def _mlp(in_features: int, out_features: int, hidden_features: int) -> nn.Sequen
     return nn.Sequential(nn.Linear(in_features, hidden_features), nn.GELU(), nn.Linear(hidden_features, out_features))
 
 
-def token_inputs(token_features: torch.Tensor, code_dim: int) -> torch.Tensor:
+def token_inputs(token_features: torch.Tensor, code_dim: int, code_mean=0.0, code_std=1.0) -> torch.Tensor:
     """Token features [code, t, l, mu, sigma] -> projection inputs [code, t, t + l/2, l, log l, mu, log sigma]: logs,
-    because lengths and scales span orders of magnitude. `(..., code_dim + 4)` -> `(..., code_dim + 6)`."""
+    because lengths and scales span orders of magnitude; the code standardised by `code_mean` and `code_std`.
+    `(..., code_dim + 4)` -> `(..., code_dim + 6)`."""
     code, start, length, offset, scale = token_features.split([code_dim, 1, 1, 1, 1], dim=-1)
-    return torch.cat([code, start, start + length / 2, length, length.clamp(min=1e-6).log(), offset,
+    return torch.cat([(code - code_mean) / code_std, start, start + length / 2, length, length.clamp(min=1e-6).log(), offset,
                       (scale + 1e-4).log()], dim=-1)
 
 
@@ -528,13 +529,23 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
             shapes = self.backbone.vqshape.shape_decoder(self.backbone.vqshape.codebook.weight[None])[0]
             return shape_labels(shapes)
 
+    def code_statistics(self):
+        """`(mean, std)` of the codebook entries per dimension (not differentiated), or `(0, 1)` when the config
+        keeps codes unstandardised."""
+        if not self.config.standardize_codes:
+            return 0.0, 1.0
+        codebook = self.backbone.vqshape.codebook.weight.detach()
+        return codebook.mean(dim=0), codebook.std(dim=0) + 1e-6
+
     def code_embeddings(self) -> torch.Tensor:
         """`(num_codes, text_dim)` unit-norm text-space embeddings of the codebook entries."""
-        return F.normalize(self.code_projection(self.backbone.vqshape.codebook.weight), dim=-1)
+        mean, std = self.code_statistics()
+        return F.normalize(self.code_projection((self.backbone.vqshape.codebook.weight - mean) / std), dim=-1)
 
     def token_embeddings(self, token_features: torch.Tensor) -> torch.Tensor:
         """`(..., code_dim + 4)` token features -> `(..., num_attributes, text_dim)`, unit-norm per attribute."""
-        projected = self.token_projection(token_inputs(token_features, self.config.vqshape_config.code_dim))
+        projected = self.token_projection(token_inputs(token_features, self.config.vqshape_config.code_dim,
+                                                       *self.code_statistics()))
         # "... (attributes dim) -> ... attributes dim"
         return F.normalize(projected.reshape(*projected.shape[:-1], len(ATTRIBUTES), self.config.text_dim), dim=-1)
 

@@ -175,6 +175,23 @@ def test_forward_loss_backpropagates_into_heads_only(aligned, series_batch):
     torch.testing.assert_close(aligned.logit_scale_value(), torch.tensor(1 / 0.07))
 
 
+def test_heads_see_standardised_codes(aligned, series_batch):
+    """Code vectors are small (~0.1) next to the other token inputs; the heads see them standardised by the codebook's
+    statistics, so rescaling the codebook changes nothing the heads see."""
+    assert aligned.config.standardize_codes
+    outputs = aligned.backbone.vqshape(series_batch, return_dict=True)
+    for standardize, unchanged in ((True, True), (False, False)):
+        model = _copy_without_encoder(aligned, standardize_codes=standardize).eval()
+        before = model.code_embeddings(), model.token_embeddings(outputs.token_features)
+        with torch.no_grad():
+            model.backbone.vqshape.codebook.weight.mul_(10)
+        features = outputs.token_features.clone()
+        features[..., : TINY["code_dim"]] *= 10
+        after = model.code_embeddings(), model.token_embeddings(features)
+        for first, second in zip(before, after):
+            assert torch.allclose(first, second, atol=1e-5) == unchanged
+
+
 def test_logit_scale_is_clamped(aligned):
     with torch.no_grad():
         original = aligned.logit_scale.clone()
@@ -253,8 +270,11 @@ def test_intensity_calibration_enters_series_embeddings_and_explanations(aligned
 
 def test_banks_saved_before_intensity_still_load(aligned, series_batch, tmp_path):
     old_bank = {attribute: values for attribute, values in SMALL_BANK.items() if attribute != "intensity"}
-    old = VQShapeForTextAlignment(VQShapeTextConfig(**{**aligned.config.to_dict(), "phrase_bank": old_bank}))
+    new_keys = ("intensity_thresholds", "intensity_text_weight", "standardize_codes")
+    old_config = {k: v for k, v in aligned.config.to_dict().items() if k not in new_keys}
+    old = VQShapeForTextAlignment(VQShapeTextConfig(**{**old_config, "phrase_bank": old_bank}))
     assert not old.has_intensity and len(old.phrases) == 3 * 20
+    assert not old.config.standardize_codes  # its heads were trained on raw code vectors
     old.backbone.load_state_dict(aligned.backbone.state_dict())
     bank = aligned.text_bank.state_dict()
     bank["phrase_embeddings"] = bank["phrase_embeddings"][[
