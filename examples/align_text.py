@@ -147,7 +147,8 @@ def evaluate(model, dataloader, accelerator):
     with torch.no_grad():
         for past_values, labels, calibration in dataloader:
             outputs = model(past_values=past_values, intensity_thresholds=calibration)
-            row = torch.stack([getattr(outputs, term) if getattr(outputs, term) is not None else torch.tensor(math.nan)
+            nan = outputs.code_text_loss.new_tensor(math.nan)  # on the losses' device
+            row = torch.stack([getattr(outputs, term) if getattr(outputs, term) is not None else nan
                                for term in EVALUATED]).float()
             totals.append(accelerator.gather_for_metrics(row.expand(past_values.shape[0], -1)))
     model.train()

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 from transformers import PretrainedConfig
 
 from .configuration_vqshape import VQShapeConfig
@@ -53,12 +54,12 @@ PHRASE_BANK = {
                  "extended over a long time", "a long span"],
     },
     "amplitude": {
-        "small": ["small amplitude", "a subtle change", "a slight variation", "low intensity",
-                  "a faint movement", "a tiny fluctuation"],
-        "moderate": ["moderate amplitude", "a noticeable change", "a medium variation", "moderate intensity",
-                     "a visible movement", "a medium fluctuation"],
-        "large": ["large amplitude", "a strong change", "a big variation", "high intensity",
-                  "a dramatic movement", "a huge fluctuation"],
+        "small": ["small amplitude", "a subtle change", "a slight variation", "a small swing",
+                  "a faint ripple", "a tiny fluctuation"],
+        "moderate": ["moderate amplitude", "a noticeable change", "a medium variation", "a medium swing",
+                     "a clear ripple", "a medium fluctuation"],
+        "large": ["large amplitude", "a strong change", "a big variation", "a big swing",
+                  "a dramatic excursion", "a huge fluctuation"],
     },
     "level": {
         "low": ["at a low level", "below average values", "low values", "near the bottom",
@@ -172,10 +173,16 @@ class VQShapeTextConfig(PretrainedConfig):
         self.class_text_weight = class_text_weight
         self.freeze_backbone = freeze_backbone
         self.pretraining_weight = pretraining_weight
-        if intensity_thresholds is not None and len(intensity_thresholds) and not isinstance(intensity_thresholds[0], (list, tuple)):
-            intensity_thresholds = [intensity_thresholds]  # one pair for every channel
-        self.intensity_thresholds = (None if intensity_thresholds is None
-                                     else [[float(value) for value in pair] for pair in intensity_thresholds])
+        self.intensity_thresholds = None
+        if intensity_thresholds is not None:  # lists, arrays or tensors; one pair stands for every channel
+            try:
+                pairs = np.asarray(intensity_thresholds, dtype=np.float64)
+                if pairs.ndim not in (1, 2):
+                    raise ValueError(f"{pairs.ndim} dimensions")
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"VQShapeTextConfig: `intensity_thresholds` must be [low, high] pairs of numbers, got "
+                                 f"{intensity_thresholds!r}.") from error
+            self.intensity_thresholds = (pairs[None] if pairs.ndim == 1 else pairs).tolist()
         self.intensity_text_weight = intensity_text_weight
         # banks saved before the series attributes existed were trained on raw code vectors: keep them as they were
         self.standardize_codes = (set(SERIES_ATTRIBUTES) <= set(self.phrase_bank) if standardize_codes is None
@@ -196,7 +203,8 @@ class VQShapeTextConfig(PretrainedConfig):
             if "intensity" not in self.phrase_bank:
                 raise ValueError("VQShapeTextConfig: `intensity_thresholds` is set but the phrase bank has no "
                                  "'intensity' phrases; rebuild the alignment with the current PHRASE_BANK.")
-            if not self.intensity_thresholds or not all(len(pair) == 2 and all(map(math.isfinite, pair)) and pair[0] < pair[1]
+            if not self.intensity_thresholds or not all(isinstance(pair, list) and len(pair) == 2
+                                                        and all(map(math.isfinite, pair)) and pair[0] < pair[1]
                                                         for pair in self.intensity_thresholds):
                 raise ValueError(f"VQShapeTextConfig: `intensity_thresholds` must be pairs of increasing finite "
                                  f"log-scale values (one pair, or one per channel), got {self.intensity_thresholds}.")
@@ -221,4 +229,12 @@ class VQShapeTextConfig(PretrainedConfig):
                              f"{self.logit_scale_init} and {self.logit_scale_max}.")
 
 
-__all__ = ["VQShapeTextConfig", "ATTRIBUTES", "SERIES_ATTRIBUTES", "BANK_ATTRIBUTES", "PHRASE_BANK", "DEFAULT_TEXT_MODEL", "DEFAULT_CLASS_TEMPLATES"]
+__all__ = [
+    "VQShapeTextConfig",
+    "ATTRIBUTES",
+    "SERIES_ATTRIBUTES",
+    "BANK_ATTRIBUTES",
+    "PHRASE_BANK",
+    "DEFAULT_TEXT_MODEL",
+    "DEFAULT_CLASS_TEMPLATES",
+]

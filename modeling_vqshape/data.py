@@ -15,7 +15,6 @@ unbiased variance, as the original data loader does, because the reconstruction 
 Errors about unusable inputs are raised here, before any training starts.
 """
 
-import os
 import zlib
 from functools import partial
 from pathlib import Path

@@ -46,9 +46,10 @@ LEVEL_THRESHOLDS = (-0.4, 0.4)
 SHAPE_MIN_CORRELATION = 0.6
 # intensity (series level, per channel): the channel's standard deviation before instance normalisation, on a log
 # scale, against its domain's terciles (`calibrate_intensity`): below the first still, below the second moderate, else
-# vigorous. A domain whose terciles are closer than MIN_INTENSITY_SPREAD (log units) has no usable scale.
+# vigorous. A domain whose terciles are closer than MIN_INTENSITY_SPREAD (log units) has no usable scale: sets stored
+# z-normalised measure 0.00-0.05 even after resampling (ACSF1), the bundled sets kept in their units 0.23-1.21.
 INTENSITY_QUANTILES = (1 / 3, 2 / 3)
-MIN_INTENSITY_SPREAD = 0.05
+MIN_INTENSITY_SPREAD = 0.1
 # momentum of the running mean of token vectors (BatchNorm's default)
 TOKEN_MEAN_MOMENTUM = 0.1
 SHAPE_VALUES = tuple(PHRASE_BANK["shape"])  # rising, falling, flat, peak, dip, step up, step down, oscillation
@@ -162,9 +163,9 @@ def calibrations_by_source(values: torch.Tensor, sources, calibrations: dict | N
     for source in sorted(set(sources)):
         if source not in calibrations:
             thresholds = intensity_thresholds(scale[torch.tensor([s == source for s in sources])])
-            calibrations[source] = thresholds if thresholds is not None else torch.full((2,), float("nan"))
-    rows = [calibrations[source] for source in sources]
-    return (torch.stack(rows) if rows else torch.zeros(0, 2)), calibrations
+            calibrations[source] = thresholds if thresholds is not None else torch.full((2,), math.nan)
+    rows = [calibrations[source].to(values.device) for source in sources]
+    return (torch.stack(rows) if rows else torch.zeros(0, 2, device=values.device)), calibrations
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -512,11 +513,12 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
 
     @property
     def backbone_frozen(self) -> bool:
-        return not any(parameter.requires_grad for parameter in self.backbone.parameters())
+        return self.config.freeze_backbone
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.backbone_frozen:
+        if self.backbone_frozen:  # also after from_pretrained, which loads the backbone's parameters trainable
+            self.backbone.requires_grad_(False)
             self.backbone.eval()  # frozen features stay deterministic
         return self
 
@@ -572,9 +574,8 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         if not self.has_intensity:
             raise ValueError("This model's phrase bank has no intensity phrases (it was built before the attribute "
                              "existed); rebuild it with VQShapeForTextAlignment.from_vqshape(...) to use intensity.")
-        series, batch_size, num_channels = self.backbone.vqshape._flatten_channels(past_values)
-        scale = instance_normalize(series)[2].reshape(batch_size, num_channels)
-        groups = [scale[:, channel] for channel in range(num_channels)] if per_channel else [scale]
+        scale = self.channel_scales(past_values)
+        groups = [scale[:, channel] for channel in range(scale.shape[1])] if per_channel else [scale]
         pairs = [intensity_thresholds(group) for group in groups]
         flat = [channel for channel, pair in enumerate(pairs) if pair is None]
         if flat:
@@ -586,26 +587,42 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         self.config.intensity_thresholds = [pair.tolist() for pair in pairs]
         return self.config.intensity_thresholds
 
+    def channel_scales(self, past_values: torch.Tensor) -> torch.Tensor:
+        """`(batch_size, num_channels)`: each channel's standard deviation, as VQShape's instance normalisation computes
+        it (the `scale` it returns), whichever head produced the tokens."""
+        series, batch_size, num_channels = self.backbone.vqshape._flatten_channels(past_values)
+        return instance_normalize(series.detach())[2].reshape(batch_size, num_channels)
+
     def _intensity_calibration(self, intensity_thresholds, batch_size: int, num_channels: int):
         """`(batch_size, num_channels, 2)` thresholds: per row from the argument (`(batch_size, 2)` or
         `(batch_size, num_channels, 2)`, NaN: unknown), else the stored calibration; None when neither is given (the
         embeddings then carry no intensity)."""
         if not self.has_intensity:
+            if intensity_thresholds is not None:
+                raise ValueError("intensity_thresholds were given, but this model's phrase bank has no intensity "
+                                 "phrases (it was built before the attribute existed); rebuild it with "
+                                 "VQShapeForTextAlignment.from_vqshape(...) to use intensity.")
             return None
         device = self.text_bank.text_mean.device
         if intensity_thresholds is not None:
             thresholds = torch.as_tensor(intensity_thresholds, dtype=torch.float32, device=device)
+            given = tuple(thresholds.shape)
             thresholds = thresholds[:, None] if thresholds.dim() == 2 else thresholds
             where = "per row"
+            if thresholds.dim() == 3 and thresholds.shape[-1] == 2 and not bool(
+                    (thresholds[..., 0] < thresholds[..., 1]).logical_or(thresholds.isnan().any(dim=-1)).all()):
+                raise ValueError("Per-row intensity thresholds must be increasing [low, high] pairs (NaN for an unknown "
+                                 "calibration); use calibrations_by_source(...) or calibrate_intensity(...).")
         elif self.config.intensity_thresholds is not None:
             thresholds = torch.tensor(self.config.intensity_thresholds, dtype=torch.float32, device=device)[None]
+            given = tuple(thresholds.shape[1:])
             where = "stored (config.intensity_thresholds)"
         else:
             return None
         if thresholds.dim() != 3 or thresholds.shape[-1] != 2 or thresholds.shape[0] not in (1, batch_size) \
                 or thresholds.shape[1] not in (1, num_channels):
             raise ValueError(
-                f"The {where} intensity thresholds have shape {tuple(thresholds.shape)}, which does not fit "
+                f"The {where} intensity thresholds have shape {given}, which does not fit "
                 f"{batch_size} series of {num_channels} channel(s): calibrate_intensity(...) on series with the same "
                 f"channels, or pass per-row thresholds of shape (batch_size, 2) or (batch_size, num_channels, 2)."
             )
@@ -616,7 +633,9 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         `(relative intensity, embeddings)`: `(batch_size, num_channels)` and `(batch_size, num_channels, text_dim)`,
         unit-norm, with NaN relative intensity where the calibration is unknown."""
         relative = relative_intensity(scale.detach(), thresholds)
-        return relative, F.normalize(self.intensity_projection(relative.nan_to_num(0.0).unsqueeze(-1)), dim=-1)
+        known = torch.isfinite(relative)
+        inputs = torch.where(known, relative, torch.zeros_like(relative)).unsqueeze(-1)
+        return relative, F.normalize(self.intensity_projection(inputs), dim=-1)
 
     def intensity_vectors(self, relative: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         """What a channel's intensity adds to each of its token vectors: its embedding less the mean intensity
@@ -626,8 +645,9 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         mean = self.intensity_vector_mean
         if self.training and known.any():
             mean = embeddings.detach()[known].mean(dim=0)
-            self.intensity_vector_mean.lerp_(mean, TOKEN_MEAN_MOMENTUM)
-        return (embeddings - mean) * known.unsqueeze(-1).to(embeddings)
+            self.intensity_vector_mean.lerp_(mean.to(self.intensity_vector_mean.dtype), TOKEN_MEAN_MOMENTUM)
+        centred = embeddings - mean.to(embeddings.dtype)
+        return torch.where(known.unsqueeze(-1), centred, torch.zeros_like(centred))
 
     def token_vectors(self, token_embeddings: torch.Tensor, intensity_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """A token's single text-space vector: the sum of its attribute embeddings (a caption's bag of phrases), less
@@ -637,19 +657,19 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         vectors = token_embeddings.sum(dim=-2)
         if self.training:
             mean = vectors.detach().reshape(-1, vectors.shape[-1]).mean(dim=0)
-            self.token_vector_mean.lerp_(mean, TOKEN_MEAN_MOMENTUM)
+            self.token_vector_mean.lerp_(mean.to(self.token_vector_mean.dtype), TOKEN_MEAN_MOMENTUM)
         else:
             mean = self.token_vector_mean
-        vectors = vectors - mean
+        vectors = vectors - mean.to(vectors.dtype)
         return vectors if intensity_vectors is None else vectors + intensity_vectors.unsqueeze(-2)
 
-    def _token_and_intensity_vectors(self, outputs, token_embeddings, intensity_thresholds):
+    def _token_and_intensity_vectors(self, past_values, token_embeddings, intensity_thresholds):
         """Token vectors with their channels' intensity where a calibration is known: `(token_vectors, relative
         intensity, intensity embeddings)`, the last two None without a calibration."""
-        thresholds = self._intensity_calibration(intensity_thresholds, *outputs.code_indices.shape[:2])
+        thresholds = self._intensity_calibration(intensity_thresholds, *token_embeddings.shape[:2])
         if thresholds is None:
             return self.token_vectors(token_embeddings), None, None
-        relative, intensity = self.intensity_embeddings(outputs.scale, thresholds)
+        relative, intensity = self.intensity_embeddings(self.channel_scales(past_values), thresholds)
         return self.token_vectors(token_embeddings, self.intensity_vectors(relative, intensity)), relative, intensity
 
     def series_embeddings(self, token_vectors: torch.Tensor) -> torch.Tensor:
@@ -697,7 +717,7 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         code_labels = self.code_shape_labels()
         labels_per_token = caption_labels(code_labels, code_indices, start, length, offset, scale)
         token_embeddings = self.token_embeddings(token_features)
-        token_vectors, relative, intensity = self._token_and_intensity_vectors(outputs, token_embeddings,
+        token_vectors, relative, intensity = self._token_and_intensity_vectors(past_values, token_embeddings,
                                                                                 intensity_thresholds)
         series_embeddings = self.series_embeddings(token_vectors)
         logit_scale = self.logit_scale_value()
@@ -781,7 +801,7 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         try:
             outputs = self.backbone.vqshape(past_values, return_dict=True)
             token_embeddings = self.token_embeddings(outputs.token_features)
-            token_vectors, relative, intensity = self._token_and_intensity_vectors(outputs, token_embeddings,
+            token_vectors, relative, intensity = self._token_and_intensity_vectors(past_values, token_embeddings,
                                                                                     intensity_thresholds)
             return {"outputs": outputs, "token_embeddings": token_embeddings, "token_vectors": token_vectors,
                     "series_embeddings": self.series_embeddings(token_vectors), "intensity_embeddings": intensity,
@@ -807,7 +827,7 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         scores = self.code_embeddings() @ self.text_bank.phrase_embeddings[indices].t()  # (num_codes, num_phrases)
         top = scores.topk(min(top_k, len(indices)), dim=-1)
         if past_values is not None:
-            code_indices = self.encode(past_values)["outputs"].code_indices
+            code_indices = self.backbone.vqshape(past_values, return_dict=True).code_indices
             usage = torch.bincount(code_indices.reshape(-1), minlength=scores.shape[0])
         else:
             usage = self.code_counts

@@ -257,15 +257,59 @@ def test_intensity_calibration_enters_series_embeddings_and_explanations(aligned
         model.zero_shot_classify(torch.randn(2, 64, 3))
     with pytest.raises(ValueError, match="look standardised.*raw series"):
         model.calibrate_intensity((reference - reference.mean(1, keepdim=True)) / reference.std(1, keepdim=True))
-    # per-row calibrations (training on several domains): NaN rows add no intensity and no intensity loss
-    model.config.intensity_thresholds = None
-    model.train()
+    # per-row thresholds (batch, channels, 2) equal to the stored ones give the same embeddings
+    per_row = torch.tensor(thresholds)[None].expand(2, 2, 2)
+    torch.testing.assert_close(model.encode(torch.cat([still, vigorous]), per_row)["series_embeddings"],
+                               encoded["series_embeddings"])
+    with pytest.raises(ValueError, match="increasing"):
+        model.encode(still, torch.tensor([[1.0, 0.0]]))
+
+
+def test_intensity_loss_and_running_mean_use_calibrated_rows_only(aligned, series_batch):
+    model = _copy_without_encoder(aligned).train()
     rows = torch.tensor([[0.0, 1.0], [0.0, 1.0], [math.nan, math.nan], [math.nan, math.nan]])
     out = model(series_batch, intensity_thresholds=rows)
-    assert out.intensity_text_loss is not None and torch.isfinite(out.intensity_text_loss)
+    # the loss over the batch equals the loss over its calibrated rows alone
+    alone = _copy_without_encoder(aligned).train()
+    alone.load_state_dict(model.state_dict())
+    alone.intensity_vector_mean.zero_()
+    torch.testing.assert_close(out.intensity_text_loss,
+                               alone(series_batch[:2], intensity_thresholds=rows[:2]).intensity_text_loss)
+    # the running mean moved (training) and is what evaluation subtracts
+    assert model.intensity_vector_mean.abs().sum() > 0
+    model.eval()
+    before = model.encode(series_batch, rows)["series_embeddings"]
+    model.intensity_vector_mean.add_(1.0)
+    after = model.encode(series_batch, rows)["series_embeddings"]
+    assert not torch.allclose(before[:2], after[:2]) and torch.equal(before[2:], after[2:])
+    # NaN rows only, or no calibration at all: no intensity loss
+    model.train()
     assert model(series_batch, intensity_thresholds=torch.full((4, 2), math.nan)).intensity_text_loss is None
     assert model(series_batch).intensity_text_loss is None
-    model.eval()
+    # joint training reads the scales from the input too; bf16 autocast keeps the float32 running means
+    joint = _copy_without_encoder(aligned, freeze_backbone=False).train()
+    joint_out = joint(series_batch, intensity_thresholds=rows)
+    assert joint_out.pretraining_loss is not None and torch.isfinite(joint_out.intensity_text_loss)
+    joint_out.loss.backward()
+    assert joint.backbone.vqshape.patch_encoder.input_projection.weight.grad is not None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(model(series_batch, intensity_thresholds=rows).loss)
+    assert model.intensity_vector_mean.dtype == torch.float32
+    with pytest.raises(ValueError, match="no intensity phrases"):
+        old_bank = {attribute: values for attribute, values in SMALL_BANK.items() if attribute != "intensity"}
+        VQShapeForTextAlignment(VQShapeTextConfig(vqshape_config=TINY, phrase_bank=old_bank)).encode(series_batch, rows)
+
+
+def test_a_calibration_is_saved_with_the_model(aligned, series_batch, tmp_path):
+    model = _copy_without_encoder(aligned).eval()
+    reference = torch.randn(30, 64, generator=torch.Generator().manual_seed(4)) * torch.logspace(-1, 1, 30)[:, None]
+    thresholds = model.calibrate_intensity(reference)
+    model.save_pretrained(tmp_path / "calibrated")
+    reloaded = VQShapeForTextAlignment.from_pretrained(tmp_path / "calibrated").eval()
+    assert reloaded.config.intensity_thresholds == thresholds
+    torch.testing.assert_close(reloaded.zero_shot_classify(series_batch).logits,
+                               model.zero_shot_classify(series_batch).logits, rtol=0, atol=0)
+    assert reloaded.encode(series_batch)["intensity"] is not None
 
 
 def test_banks_saved_before_intensity_still_load(aligned, series_batch, tmp_path):
@@ -340,6 +384,10 @@ def test_save_reload_keeps_bank_and_scores(aligned, saved, series_batch):
     torch.testing.assert_close(reloaded.zero_shot_classify(series_batch).logits,
                                aligned.zero_shot_classify(series_batch).logits, rtol=0, atol=0)
     assert reloaded.explain(series_batch) == aligned.explain(series_batch)
+    # the backbone stays frozen after loading, in training too
+    assert not any(p.requires_grad for p in reloaded.backbone.parameters())
+    assert reloaded.train()(series_batch).pretraining_loss is None
+    reloaded.eval()
     config = json.loads((saved / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_vqshape_text.VQShapeForTextAlignment"
     assert config["vqshape_config"]["num_codes"] == TINY["num_codes"]
