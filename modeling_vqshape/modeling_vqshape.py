@@ -411,6 +411,7 @@ class VQShapeForPreTrainingOutput(ModelOutput):
             subsequences they point to, in the input's scale.
         code_indices: `(batch_size, num_channels, num_tokens)`.
         token_features: `(batch_size, num_channels, num_tokens, code_dim + 4)`.
+        loc, scale: `(batch_size, num_channels)` the mean and scale each series was normalised with.
     """
 
     loss: torch.FloatTensor | None = None
@@ -425,6 +426,8 @@ class VQShapeForPreTrainingOutput(ModelOutput):
     target_shapes: torch.FloatTensor | None = None
     code_indices: torch.LongTensor | None = None
     token_features: torch.FloatTensor | None = None
+    loc: torch.FloatTensor | None = None
+    scale: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -751,6 +754,8 @@ class VQShapeForPreTraining(VQShapePreTrainedModel):
             target_shapes=per_channel(target_shapes),
             code_indices=per_channel(tokens.code_indices),
             token_features=per_channel(tokens.features),
+            loc=loc.reshape(batch_size, num_channels),
+            scale=scale.reshape(batch_size, num_channels),
         )
         return output if return_dict else output.to_tuple()
 

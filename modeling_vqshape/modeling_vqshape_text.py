@@ -589,7 +589,7 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
 
     def channel_scales(self, past_values: torch.Tensor) -> torch.Tensor:
         """`(batch_size, num_channels)`: each channel's standard deviation, as VQShape's instance normalisation computes
-        it (the `scale` it returns), whichever head produced the tokens."""
+        it (the `scale` its heads return), without running the model."""
         series, batch_size, num_channels = self.backbone.vqshape._flatten_channels(past_values)
         return instance_normalize(series.detach())[2].reshape(batch_size, num_channels)
 
@@ -663,13 +663,14 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         vectors = vectors - mean.to(vectors.dtype)
         return vectors if intensity_vectors is None else vectors + intensity_vectors.unsqueeze(-2)
 
-    def _token_and_intensity_vectors(self, past_values, token_embeddings, intensity_thresholds):
+    def _token_and_intensity_vectors(self, scale, token_embeddings, intensity_thresholds):
         """Token vectors with their channels' intensity where a calibration is known: `(token_vectors, relative
-        intensity, intensity embeddings)`, the last two None without a calibration."""
+        intensity, intensity embeddings)`, the last two None without a calibration. `scale`: the backbone's
+        `(batch_size, num_channels)` instance-normalisation scales."""
         thresholds = self._intensity_calibration(intensity_thresholds, *token_embeddings.shape[:2])
         if thresholds is None:
             return self.token_vectors(token_embeddings), None, None
-        relative, intensity = self.intensity_embeddings(self.channel_scales(past_values), thresholds)
+        relative, intensity = self.intensity_embeddings(scale, thresholds)
         return self.token_vectors(token_embeddings, self.intensity_vectors(relative, intensity)), relative, intensity
 
     def series_embeddings(self, token_vectors: torch.Tensor) -> torch.Tensor:
@@ -717,7 +718,7 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         code_labels = self.code_shape_labels()
         labels_per_token = caption_labels(code_labels, code_indices, start, length, offset, scale)
         token_embeddings = self.token_embeddings(token_features)
-        token_vectors, relative, intensity = self._token_and_intensity_vectors(past_values, token_embeddings,
+        token_vectors, relative, intensity = self._token_and_intensity_vectors(outputs.scale, token_embeddings,
                                                                                 intensity_thresholds)
         series_embeddings = self.series_embeddings(token_vectors)
         logit_scale = self.logit_scale_value()
@@ -801,7 +802,7 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         try:
             outputs = self.backbone.vqshape(past_values, return_dict=True)
             token_embeddings = self.token_embeddings(outputs.token_features)
-            token_vectors, relative, intensity = self._token_and_intensity_vectors(past_values, token_embeddings,
+            token_vectors, relative, intensity = self._token_and_intensity_vectors(outputs.scale, token_embeddings,
                                                                                     intensity_thresholds)
             return {"outputs": outputs, "token_embeddings": token_embeddings, "token_vectors": token_vectors,
                     "series_embeddings": self.series_embeddings(token_vectors), "intensity_embeddings": intensity,
