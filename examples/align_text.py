@@ -228,7 +228,8 @@ def main(argv=None):
             print(upload_to_hub(args.output_dir, args.hub_model_id, private=args.hub_private))
         print(f"\nSaved to {os.path.abspath(args.output_dir)}; load with "
               f"VQShapeForTextAlignment.from_pretrained({args.output_dir!r}).")
-    accelerator.end_training()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # also ends the process group: last
     return history
 
 

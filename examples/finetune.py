@@ -181,7 +181,8 @@ def main(argv=None):
               f"  model = AutoModelForSequenceClassification.from_pretrained({args.output_dir!r})\n"
               f"  inputs = AutoFeatureExtractor.from_pretrained({args.output_dir!r})(series)\n"
               f"  names = [model.config.id2label[i] for i in model(**inputs).logits.argmax(-1).tolist()]")
-    accelerator.end_training()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # also ends the process group: last
     return metrics
 
 

@@ -315,6 +315,9 @@ def main(argv=None):
               f"  import modeling_vqshape\n  from transformers import AutoModel, AutoFeatureExtractor\n"
               f"  model = AutoModel.from_pretrained({args.output_dir!r})\n"
               f"  feature_extractor = AutoFeatureExtractor.from_pretrained({args.output_dir!r})")
+    # every rank reaches the teardown together: a rank that destroys the process group while another is still
+    # writing can leave the launcher waiting forever (gloo)
+    accelerator.wait_for_everyone()
     accelerator.end_training()  # also ends the process group: last
     return history
 

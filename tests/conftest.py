@@ -1,4 +1,7 @@
+import contextlib
 import os
+import signal
+import subprocess
 
 # huggingface_hub reads these when imported: set them before anything imports it.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -52,3 +55,29 @@ def series_batch():
             torch.randn(64, generator=generator) * 10 + 3,
         ]
     )
+
+
+def run_bounded(command, env, timeout):
+    """Run a script and every process it starts (a launcher's ranks run in sessions of their own). Past `timeout` each
+    of them dumps its Python stacks (faulthandler, on SIGABRT) and is killed, and the test fails with those stacks: a
+    hang says where it hung and leaves no rank behind."""
+    import psutil
+
+    process = subprocess.Popen(command, env={**env, "PYTHONFAULTHANDLER": "1"}, cwd=REPO_ROOT, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        tree = [psutil.Process(process.pid)]
+        tree += tree[0].children(recursive=True)
+        for member in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.send_signal(signal.SIGABRT)
+        _, alive = psutil.wait_procs(tree, timeout=30)
+        for member in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.kill()
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{command[1:]} ran past {timeout} s; the stacks at that moment:\n{stdout[-3000:]}\n"
+                    f"{stderr[-12000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
