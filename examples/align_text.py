@@ -140,6 +140,14 @@ def get_dataloaders(accelerator, args, input_length):
     return train_loader, validation_loader, class_names, {"unlabelled": len(unlabelled), "labelled": len(labelled)}
 
 
+def loss_terms(outputs, names):
+    """The named losses as one float tensor on the losses' device; a term the batch did not have (no labelled or no
+    calibrated rows) is NaN, so that every rank contributes a row of the same shape."""
+    nan = outputs.code_text_loss.new_tensor(math.nan)
+    return torch.stack([getattr(outputs, name).detach() if getattr(outputs, name) is not None else nan
+                        for name in names]).float()
+
+
 def evaluate(model, dataloader, accelerator):
     """Mean alignment losses on held-out series (intensity over the batches with calibrated rows)."""
     model.eval()
@@ -147,9 +155,7 @@ def evaluate(model, dataloader, accelerator):
     with torch.no_grad():
         for past_values, labels, calibration in dataloader:
             outputs = model(past_values=past_values, intensity_thresholds=calibration)
-            nan = outputs.code_text_loss.new_tensor(math.nan)  # on the losses' device
-            row = torch.stack([getattr(outputs, term) if getattr(outputs, term) is not None else nan
-                               for term in EVALUATED]).float()
+            row = loss_terms(outputs, EVALUATED)
             totals.append(accelerator.gather_for_metrics(row.expand(past_values.shape[0], -1)))
     model.train()
     return dict(zip(EVALUATED, torch.cat(totals).nanmean(0).tolist()))
@@ -197,10 +203,12 @@ def main(argv=None):
             optimizer.zero_grad()
             completed_steps += 1
             progress.update(1)
-            terms = {term: getattr(outputs, term).item() for term in TERMS if getattr(outputs, term) is not None}
-            terms["logit_scale"] = float(outputs.logit_scale)
-            progress.set_postfix(loss=f"{terms['loss']:.3f}", scale=f"{terms['logit_scale']:.1f}")
+            progress.set_postfix(loss=f"{loss.item():.3f}", scale=f"{float(outputs.logit_scale):.1f}")
             if completed_steps % args.logging_steps == 0:
+                # means over the ranks' batches, each term over the ranks that had it
+                means = accelerator.gather(loss_terms(outputs, TERMS)[None]).nanmean(0).tolist()
+                terms = {term: value for term, value in zip(TERMS, means) if not math.isnan(value)}
+                terms["logit_scale"] = float(outputs.logit_scale)
                 accelerator.log({f"train/{k}": v for k, v in terms.items()}, step=completed_steps)
                 log.append({"step": completed_steps, **terms})
                 progress.write(f"step {completed_steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in terms.items()))

