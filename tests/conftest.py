@@ -84,7 +84,11 @@ def run_bounded(command, env, timeout):
         for member in alive:
             with contextlib.suppress(psutil.NoSuchProcess):
                 member.kill()
-        stdout, stderr = process.communicate()
+        try:
+            stdout, stderr = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # a process that left the tree (orphaned) still holds the pipes
+            process.kill()
+            stdout, stderr = "", "(no output: a process outside the launcher's tree kept the pipes open)"
         pytest.fail(f"{command[1:]} ran past {timeout} s; the stacks at that moment:\n{stdout[-3000:]}\n"
                     f"{stderr[-12000:]}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
