@@ -26,6 +26,7 @@ from transformers import AutoConfig, get_scheduler
 if importlib.util.find_spec("modeling_vqshape") is None:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining  # noqa: E402
+from modeling_vqshape.configuration_vqshape import DIVERSE_CODEBOOK, ORIGINAL_CODEBOOK  # noqa: E402
 from modeling_vqshape.modeling_vqshape import code_usage  # noqa: E402
 from modeling_vqshape.data import describe, load_pretraining_dataset, stream_pretraining_dataset  # noqa: E402
 from modeling_vqshape.hub import push_folder_to_hub, write_model_card  # noqa: E402
@@ -59,6 +60,11 @@ def parse_args(argv=None):
     parser.add_argument("--shuffle_buffer_size", type=int, default=10_000, help="Rows shuffled together when streaming.")
     parser.add_argument("--config_name", default=None, help="Config file, Hub id or 'paper'; default: a small config.")
     parser.add_argument("--config_overrides", default=None, help="key=value,... applied to the config.")
+    parser.add_argument("--codebook_recipe", default="diverse", choices=["diverse", "original"],
+                        help="Codebook options of a new model: 'diverse' (k-means initialisation, cosine lookup, "
+                             "rotation trick, dead-code re-seeding; see DIVERSE_CODEBOOK) or 'original' (the paper's "
+                             "code). "
+                             "--config_overrides and --model_name_or_path's config take precedence.")
     parser.add_argument("--model_name_or_path", default=None, help="Continue pre-training this checkpoint.")
     parser.add_argument("--output_dir", default="vqshape-pretrained")
     parser.add_argument("--per_device_train_batch_size", type=int, default=64)
@@ -72,6 +78,9 @@ def parse_args(argv=None):
     parser.add_argument("--lr_scheduler_type", default="cosine")
     parser.add_argument("--num_warmup_steps", type=int, default=50)
     parser.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
+    parser.add_argument("--num_threads", type=int, default=None,
+                        help="CPU threads per process; default: the machine's cores divided among its processes, "
+                             "or OMP_NUM_THREADS when set other than by `accelerate launch` (which sets 1).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpointing_steps", type=int, default=None)
     parser.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint folder or 'latest'.")
@@ -106,14 +115,34 @@ def get_model(args):
     overrides = parse_overrides(args.config_overrides)
     if args.model_name_or_path:
         return VQShapeForPreTraining.from_pretrained(args.model_name_or_path, **overrides)
+    recipe = DIVERSE_CODEBOOK if args.codebook_recipe == "diverse" else ORIGINAL_CODEBOOK
     if args.config_name == "paper":
-        base = {}  # VQShapeConfig() defaults: the paper's model
+        base = dict(recipe)  # VQShapeConfig() defaults: the paper's model
+    elif args.config_name:
+        base = {**recipe, **AutoConfig.from_pretrained(args.config_name).to_diff_dict()}
     else:
-        base = AutoConfig.from_pretrained(args.config_name).to_diff_dict() if args.config_name else dict(SMALL_CONFIG)
+        base = {**SMALL_CONFIG, **recipe}
     if "d_model" in overrides:
         base.pop("ffn_dim", None)  # recomputed from the new width unless given
     base = {key: value for key, value in base.items() if key not in ("model_type", "transformers_version")}
     return VQShapeForPreTraining(VQShapeConfig(**{**base, **overrides}))
+
+
+def set_cpu_threads(accelerator, num_threads=None):
+    """On CPU, run `num_threads` threads per process, by default the machine's cores divided among its processes.
+    OMP_NUM_THREADS set by the user is kept; `accelerate launch` sets it to 1 when not told otherwise, which would
+    leave all but one core idle (pass --num_threads 1 to really want one)."""
+    if accelerator.device.type != "cpu":
+        return
+    if num_threads is None:
+        chosen = os.environ.get("OMP_NUM_THREADS")
+        launched = "ACCELERATE_DYNAMO_BACKEND" in os.environ  # set by `accelerate launch` for its processes
+        if chosen and not (launched and chosen == "1"):
+            return
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        num_threads = max(1, cores // local_processes)
+    torch.set_num_threads(num_threads)
 
 
 def get_dataloaders(accelerator, args, input_length):
@@ -203,6 +232,9 @@ def main(argv=None):
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, dispatch_batches=False),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # VQ leaves some unused
     )
+    set_cpu_threads(accelerator, args.num_threads)
+    if accelerator.device.type == "cpu":
+        accelerator.print(f"CPU threads per process: {torch.get_num_threads()}")
     set_seed(args.seed)
     model = get_model(args)
     config = model.config
@@ -243,6 +275,8 @@ def main(argv=None):
 
     progress = tqdm(range(max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process)
     recent_codes = deque(maxlen=args.usage_window)
+    codebook = accelerator.unwrap_model(model).vqshape.codebook
+    logged_reseeded = int(getattr(codebook, "reseeded_codes", 0))  # the same on every rank
     running = torch.zeros(len(TERMS), device=accelerator.device)
     model.train()
     epoch = start_epoch
@@ -271,12 +305,18 @@ def main(argv=None):
             progress.set_postfix(loss=f"{terms[0]:.3f}", rec=f"{terms[1]:.3f}", vq=f"{terms[2]:.3f}",
                                  shape=f"{terms[3]:.3f}", dis=f"{terms[4]:.3f}",
                                  ppl=f"{outputs.perplexity.item():.1f}", dead=dead_codes)
+            reseeded = int(getattr(codebook, "reseeded_codes", 0))
             if completed_steps % args.logging_steps == 0:
                 means = accelerator.reduce(running / args.logging_steps, reduction="mean")
                 accelerator.log({**{f"train/{k}": v for k, v in zip(TERMS, means.tolist())},
                                  "train/perplexity": outputs.perplexity.item(), "train/dead_codes": dead_codes,
-                                 "train/lr": scheduler.get_last_lr()[0]}, step=completed_steps)
+                                 "train/reseeded_codes": reseeded, "train/lr": scheduler.get_last_lr()[0]},
+                                step=completed_steps)
                 running.zero_()
+                if reseeded > logged_reseeded and accelerator.is_main_process:  # re-seeding events
+                    progress.write(f"step {completed_steps}: re-seeded {reseeded - logged_reseeded} dead codes "
+                                   f"({reseeded} since the start)")
+                logged_reseeded = reseeded
             if args.checkpointing_steps and completed_steps % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, args.output_dir, completed_steps, epoch, batches_done)
             if args.eval_steps and completed_steps % args.eval_steps == 0 and completed_steps < max_train_steps:

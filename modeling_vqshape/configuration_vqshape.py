@@ -2,6 +2,29 @@
 
 from transformers import PretrainedConfig
 
+CODEBOOK_CHOICES = {
+    "codebook_init": ("uniform", "kmeans"),
+    "code_lookup": ("euclidean", "cosine"),
+    "codebook_update": ("gradient", "ema"),
+}
+
+# The codebook options that `examples/pretrain.py` gives the models it creates (`benchmarks/bench_codebook.py` compares
+# them with the original recipe and with each option alone). VQShapeConfig's own defaults stay the original's.
+DIVERSE_CODEBOOK = {
+    "codebook_init": "kmeans",
+    "code_lookup": "cosine",
+    "rotation_trick": True,
+    "dead_code_threshold": 0.1,
+}
+ORIGINAL_CODEBOOK = {
+    "codebook_init": "uniform",
+    "code_lookup": "euclidean",
+    "codebook_update": "gradient",
+    "codebook_projection": False,
+    "rotation_trick": False,
+    "dead_code_threshold": 0.0,
+}
+
 
 class VQShapeConfig(PretrainedConfig):
     r"""
@@ -64,6 +87,38 @@ class VQShapeConfig(PretrainedConfig):
             Dropout on the classification head's input.
         freeze_backbone (`bool`, defaults to `False`):
             Whether the classification head leaves the VQShape backbone untrained.
+
+    Codebook learning (each default is the original's behaviour, which converted and older checkpoints keep;
+    `DIVERSE_CODEBOOK` is the combination the example scripts use):
+
+        codebook_init (`str`, defaults to `"uniform"`):
+            `"uniform"`: entries drawn in +-1/num_codes (the original). `"kmeans"`: the first training batch's code
+            vectors are clustered (k-means++ seeding, `kmeans_iterations` Lloyd steps) and the centroids become the
+            codebook, so every entry starts where the encoder's outputs are.
+        kmeans_iterations (`int`, defaults to 10):
+            Lloyd iterations of the k-means initialisation.
+        code_lookup (`str`, defaults to `"euclidean"`):
+            `"euclidean"`: nearest entry by squared distance (the original). `"cosine"`: code vectors and entries are
+            L2-normalised before the lookup (ViT-VQGAN), so the quantised codes, and the shape decoder's input, have
+            unit norm. Changes the forward pass.
+        codebook_update (`str`, defaults to `"gradient"`):
+            `"gradient"`: entries are trained by the codebook loss (the original). `"ema"`: entries are exponential
+            moving averages of the code vectors assigned to them (VQ-VAE-2), decay `codebook_ema_decay`.
+        codebook_ema_decay (`float`, defaults to 0.99):
+            Decay of the EMA codebook update.
+        codebook_projection (`bool`, defaults to `False`):
+            SimVQ (Zhu et al. 2024): the stored entries are frozen and the codebook is their image under one learned
+            linear map, so every gradient step moves all entries. Changes the forward pass.
+        rotation_trick (`bool`, defaults to `False`):
+            Pass gradients from quantised codes to code vectors through the rotation and rescaling that takes each
+            vector to its code (Fifty et al. 2024) instead of copying them (straight-through). Forward values are
+            unchanged.
+        dead_code_threshold (`float`, defaults to 0.0):
+            Re-seed dead codes during training: a code whose moving average share of the tokens falls below
+            `dead_code_threshold / num_codes` is replaced by a code vector of the current batch (drawn in proportion
+            to its distance from its own code) and counted in the `reseeded_codes` buffer. 0 turns it off.
+        usage_ema_decay (`float`, defaults to 0.99):
+            Decay of the moving average of code usage that `dead_code_threshold` reads (about 1 / (1 - decay) steps).
     """
 
     model_type = "vqshape"
@@ -103,6 +158,15 @@ class VQShapeConfig(PretrainedConfig):
         classifier_features: str = "tokens",
         classifier_dropout: float = 0.1,
         freeze_backbone: bool = False,
+        codebook_init: str = "uniform",
+        kmeans_iterations: int = 10,
+        code_lookup: str = "euclidean",
+        codebook_update: str = "gradient",
+        codebook_ema_decay: float = 0.99,
+        codebook_projection: bool = False,
+        rotation_trick: bool = False,
+        dead_code_threshold: float = 0.0,
+        usage_ema_decay: float = 0.99,
         **kwargs,
     ):
         self.input_length = input_length
@@ -138,6 +202,15 @@ class VQShapeConfig(PretrainedConfig):
         self.classifier_features = classifier_features
         self.classifier_dropout = classifier_dropout
         self.freeze_backbone = freeze_backbone
+        self.codebook_init = codebook_init
+        self.kmeans_iterations = kmeans_iterations
+        self.code_lookup = code_lookup
+        self.codebook_update = codebook_update
+        self.codebook_ema_decay = codebook_ema_decay
+        self.codebook_projection = codebook_projection
+        self.rotation_trick = rotation_trick
+        self.dead_code_threshold = dead_code_threshold
+        self.usage_ema_decay = usage_ema_decay
         self._validate()
         super().__init__(**kwargs)
 
@@ -160,6 +233,7 @@ class VQShapeConfig(PretrainedConfig):
             "input_length", "num_patches", "patch_length", "d_model", "num_encoder_layers", "num_encoder_heads",
             "num_tokenizer_layers", "num_tokenizer_heads", "num_decoder_layers", "num_decoder_heads", "ffn_dim",
             "num_tokens", "num_codes", "code_dim", "shape_length", "shape_smoothing", "num_input_channels",
+            "kmeans_iterations",
         )
         for name in positive:
             value = getattr(self, name)
@@ -210,9 +284,25 @@ class VQShapeConfig(PretrainedConfig):
             raise ValueError(
                 f"VQShapeConfig: `classifier_features` must be 'tokens' or 'histogram', got {self.classifier_features!r}."
             )
+        for name, choices in CODEBOOK_CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"VQShapeConfig: `{name}` must be one of {choices}, got {getattr(self, name)!r}.")
+        for name in ("codebook_ema_decay", "usage_ema_decay"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"VQShapeConfig: `{name}` must lie in (0, 1), got {getattr(self, name)}.")
+        if not 0.0 <= self.dead_code_threshold < 1.0:
+            raise ValueError(
+                f"VQShapeConfig: `dead_code_threshold` must lie in [0, 1) (a share of the uniform usage 1/num_codes; "
+                f"0 turns re-seeding off), got {self.dead_code_threshold}."
+            )
+        if self.codebook_projection and self.codebook_update == "ema":
+            raise ValueError(
+                "VQShapeConfig: `codebook_projection=True` (SimVQ) learns the codebook through a linear map and cannot "
+                "be combined with `codebook_update='ema'`; choose one."
+            )
         for name in ("entropy_temperature", "layer_norm_eps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"VQShapeConfig: `{name}` must be positive, got {getattr(self, name)}.")
 
 
-__all__ = ["VQShapeConfig"]
+__all__ = ["VQShapeConfig", "DIVERSE_CODEBOOK", "ORIGINAL_CODEBOOK"]

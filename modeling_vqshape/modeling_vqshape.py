@@ -234,26 +234,219 @@ class VQShapeAttributeDecoder(nn.Module):
         return self.code_head(hidden_states), start, length, offset, scale
 
 
+def _world_size() -> int:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_world_size() if distributed else 1
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over the ranks of a distributed run (in place); the tensor itself on one process."""
+    if _world_size() > 1:
+        torch.distributed.all_reduce(tensor)
+    return tensor
+
+
+def _gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """The rows of every rank of a distributed run, concatenated in rank order (ranks may hold different numbers)."""
+    if _world_size() == 1:
+        return tensor
+    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(_world_size())]
+    torch.distributed.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
+    largest = int(max(sizes))
+    padded = torch.cat([tensor, tensor.new_zeros(largest - len(tensor), *tensor.shape[1:])])
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    torch.distributed.all_gather(gathered, padded)
+    return torch.cat([rows[: int(size)] for rows, size in zip(gathered, sizes)])
+
+
+def _from_first_rank(tensor: torch.Tensor) -> torch.Tensor:
+    """Rank 0's value on every rank (in place), so that a codebook changed outside the optimiser stays identical."""
+    if _world_size() > 1:
+        torch.distributed.broadcast(tensor, src=0)
+    return tensor
+
+
+def kmeans(vectors: torch.Tensor, num_clusters: int, iterations: int, spherical: bool = False):
+    """k-means++ seeding, then Lloyd iterations; clusters left empty keep their centre. Uses the global RNG.
+
+    Args:
+        vectors: `(num_vectors, code_dim)`; with fewer vectors than clusters, seeds repeat.
+        spherical: cluster directions (vectors and centres L2-normalised, cosine assignment).
+    Returns:
+        `(centres, counts)`: `(num_clusters, code_dim)` and `(num_clusters,)` vectors assigned to each.
+    """
+    vectors = vectors.detach().float()
+    if spherical:
+        vectors = F.normalize(vectors, dim=-1)
+    centres = vectors[torch.randint(len(vectors), (1,), device=vectors.device)]
+    nearest = torch.cdist(vectors, centres).pow(2).squeeze(1)
+    for _ in range(1, num_clusters):  # k-means++: the next seed drawn in proportion to the squared distance
+        weights = nearest if nearest.sum() > 0 else torch.ones_like(nearest)
+        seed = vectors[torch.multinomial(weights, 1)]
+        centres = torch.cat([centres, seed])
+        nearest = torch.minimum(nearest, (vectors - seed).pow(2).sum(-1))
+    for _ in range(iterations):
+        assignment = torch.cdist(vectors, centres).argmin(dim=1)
+        counts = torch.bincount(assignment, minlength=num_clusters).to(vectors.dtype)
+        sums = torch.zeros_like(centres).index_add_(0, assignment, vectors)
+        updated = sums / counts.clamp(min=1).unsqueeze(1)
+        if spherical:
+            updated = F.normalize(updated, dim=-1)
+        centres = torch.where(counts.unsqueeze(1) > 0, updated, centres)
+    counts = torch.bincount(torch.cdist(vectors, centres).argmin(dim=1), minlength=num_clusters).to(vectors.dtype)
+    return centres, counts
+
+
+def straight_through(z_e: torch.Tensor, nearest: torch.Tensor) -> torch.Tensor:
+    """The quantised codes: the value of `nearest`, the gradient copied to `z_e` (VQ-VAE)."""
+    return z_e + (nearest - z_e).detach()
+
+
+def rotation_trick(z_e: torch.Tensor, nearest: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """The quantised codes with the rotation trick (Fifty et al. 2024, Eq. 5): the value of `nearest`; the gradient
+    reaches `z_e` through the fixed rotation R and rescaling that take `z_e` to `nearest`, so it keeps its angle to
+    the code. R e = e - 2 (r.e) r + 2 (e_hat.e) q_hat with r = normalise(e_hat + q_hat); R, e_hat, q_hat and the scale
+    are constants of the backward pass.
+
+    Args:
+        z_e, nearest: `(num_vectors, code_dim)`.
+    """
+    z_norm = z_e.norm(dim=-1, keepdim=True).clamp(min=eps)
+    code_norm = nearest.norm(dim=-1, keepdim=True).clamp(min=eps)
+    e_hat = (z_e / z_norm).detach()
+    q_hat = (nearest / code_norm).detach()
+    r = F.normalize(e_hat + q_hat, dim=-1)
+    rotated = z_e - 2 * (z_e * r).sum(-1, keepdim=True) * r + 2 * (z_e * e_hat).sum(-1, keepdim=True) * q_hat
+    rotated = (code_norm / z_norm).detach() * rotated
+    return rotated + (nearest - rotated).detach()  # the exact value of nearest; the gradient of the rotation
+
+
+@dataclass
+class _Quantized:
+    """What the codebook gives for `num_vectors` code vectors."""
+
+    z_e: torch.Tensor  # (num_vectors, code_dim) the vectors as looked up (L2-normalised for cosine lookup)
+    codes: torch.Tensor  # (num_vectors, code_dim) quantised: the value of nearest, a gradient to z_e
+    nearest: torch.Tensor  # (num_vectors, code_dim) nearest entries, not straight-through
+    code_indices: torch.Tensor  # (num_vectors,)
+    distances: torch.Tensor  # (num_vectors, num_codes) squared distances to every entry
+
+
 class VQShapeCodebook(nn.Module):
-    """Euclidean vector quantiser: every code vector goes to its nearest entry."""
+    """Vector quantiser: every code vector goes to its nearest entry.
+
+    With the original config it is the original's Euclidean lookup of a gradient-trained table. The options of
+    `VQShapeConfig` (codebook_init, code_lookup, codebook_update, codebook_projection, rotation_trick,
+    dead_code_threshold) add k-means initialisation, cosine lookup, EMA updates, the SimVQ projection, the rotation
+    trick and dead-code re-seeding; their statistics are buffers, registered only when an option needs them, so that
+    original checkpoints keep their exact state dict. Changes made outside the optimiser (initialisation, re-seeding,
+    EMA) use statistics summed over the ranks of a distributed run and rank 0's draws, so every rank keeps the same
+    codebook.
+    """
 
     def __init__(self, config: VQShapeConfig):
         super().__init__()
+        self.num_codes = config.num_codes
+        self.cosine = config.code_lookup == "cosine"
+        self.kmeans_iterations = config.kmeans_iterations
+        self.ema_decay = config.codebook_ema_decay
+        self.usage_decay = config.usage_ema_decay
+        self.dead_threshold = config.dead_code_threshold / config.num_codes
+        self.quantize = rotation_trick if config.rotation_trick else straight_through
         self.weight = nn.Parameter(torch.empty(config.num_codes, config.code_dim))
+        # SimVQ: the stored entries are frozen, the codebook is their image under a learned linear map
+        self.projection = nn.Linear(config.code_dim, config.code_dim, bias=False) if config.codebook_projection else None
+        self.ema = config.codebook_update == "ema"
+        if self.ema or self.projection is not None:
+            self.weight.requires_grad_(False)
+        if config.codebook_init == "kmeans":
+            self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        if self.ema:
+            self.register_buffer("ema_counts", torch.empty(config.num_codes))
+            self.register_buffer("ema_sums", torch.empty(config.num_codes, config.code_dim))
+        if self.dead_threshold > 0:
+            self.register_buffer("usage", torch.empty(config.num_codes))  # moving average share of the tokens
+            self.register_buffer("reseeded_codes", torch.zeros((), dtype=torch.long))  # re-seeded since creation
 
-    def forward(self, z_e: torch.Tensor):
+    @property
+    def codes(self) -> torch.Tensor:
+        """The codebook as looked up, `(num_codes, code_dim)`: the entries, their SimVQ image, normalised for cosine
+        lookup."""
+        codes = self.weight if self.projection is None else self.projection(self.weight)
+        return F.normalize(codes, dim=-1) if self.cosine else codes
+
+    def forward(self, z_e: torch.Tensor) -> _Quantized:
         """
         Args:
             z_e: `(num_vectors, code_dim)`.
-        Returns:
-            `(code_indices, nearest_codes, distances)`: `(num_vectors,)`, `(num_vectors, code_dim)` and
-            `(num_vectors, num_codes)` squared distances.
         """
-        codes = self.weight
+        if self.cosine:
+            z_e = F.normalize(z_e, dim=-1)
+        if self.training:
+            self._prepare(z_e.detach())
+        codes = self.codes
+        if self.ema:  # updated in place after the lookup: backward must see the entries used here
+            codes = codes.clone()
         # |z|^2 + |e|^2 - 2 z.e, the original's expansion (the argmin must agree with it exactly)
         distances = (z_e**2).sum(dim=1, keepdim=True) + (codes**2).sum(dim=1) - 2 * (z_e @ codes.t())
         code_indices = distances.argmin(dim=1)
-        return code_indices, F.embedding(code_indices, codes), distances
+        nearest = F.embedding(code_indices, codes)
+        if self.training:
+            self._update_statistics(z_e.detach(), code_indices)
+        return _Quantized(z_e, self.quantize(z_e, nearest), nearest, code_indices, distances)
+
+    # ---- training-time codebook changes (no gradient) ----
+
+    def _set_entries(self, rows: torch.Tensor, vectors: torch.Tensor):
+        """Make the looked-up codes of `rows` equal `vectors` (through the inverse SimVQ map when there is one)."""
+        if self.projection is not None:  # entries C with C W^T = vectors
+            vectors = vectors @ torch.linalg.pinv(self.projection.weight.detach().float().t()).to(vectors.dtype)
+        self.weight.data[rows] = vectors.to(self.weight.dtype)
+
+    @torch.no_grad()
+    def _prepare(self, z_e: torch.Tensor):
+        if hasattr(self, "initialized") and not self.initialized:  # the first batch of every rank, clustered once
+            centres, counts = kmeans(_gather_rows(z_e), self.num_codes, self.kmeans_iterations, spherical=self.cosine)
+            self._set_entries(slice(None), centres)
+            _from_first_rank(self.weight.data)
+            self.initialized.fill_(True)
+            if self.ema:
+                self.ema_counts.copy_(_from_first_rank(counts.to(self.ema_counts.dtype)))
+                self.ema_sums.copy_(self.weight * self.ema_counts.unsqueeze(1))
+        if self.dead_threshold > 0:
+            dead = (self.usage < self.dead_threshold).nonzero().squeeze(1)
+            if len(dead):
+                self._reseed(dead, z_e)
+
+    def _reseed(self, dead: torch.Tensor, z_e: torch.Tensor):
+        """Replace the `dead` codes by code vectors of this batch, drawn without replacement in proportion to their
+        squared distance from the codebook, so that poorly represented vectors get codes first. Rank 0 draws."""
+        distances = torch.cdist(z_e.float(), self.codes.float()).min(dim=1).values.pow(2) + 1e-12
+        picked = torch.multinomial(distances, len(dead), replacement=len(dead) > len(z_e))
+        self._set_entries(dead, z_e[picked])
+        _from_first_rank(self.weight.data)
+        self.usage[dead] = 1.0 / self.num_codes  # a fresh code counts as used at the uniform rate
+        if self.ema:
+            self.ema_counts[dead] = self.ema_counts.mean()
+            self.ema_sums[dead] = self.weight[dead] * self.ema_counts[dead].unsqueeze(1)
+        self.reseeded_codes += len(dead)
+
+    @torch.no_grad()
+    def _update_statistics(self, z_e: torch.Tensor, code_indices: torch.Tensor):
+        if not (self.ema or self.dead_threshold > 0):
+            return
+        one_hot = F.one_hot(code_indices, self.num_codes).float()  # (num_vectors, num_codes); float32 even under bf16
+        counts = _all_reduce_sum(one_hot.sum(dim=0))
+        if self.dead_threshold > 0:
+            self.usage.lerp_(counts / counts.sum().clamp(min=1), 1 - self.usage_decay)
+        if self.ema:  # VQ-VAE-2: moving averages of counts and sums; Laplace smoothing keeps every count positive
+            sums = _all_reduce_sum(one_hot.t() @ z_e.float())
+            self.ema_counts.lerp_(counts, 1 - self.ema_decay)
+            self.ema_sums.lerp_(sums, 1 - self.ema_decay)
+            total = self.ema_counts.sum()
+            smoothed = (self.ema_counts + 1e-5) / (total + self.num_codes * 1e-5) * total
+            entries = self.ema_sums / smoothed.unsqueeze(1)
+            self.weight.data.copy_(F.normalize(entries, dim=-1) if self.cosine else entries)
 
 
 class VQShapeAttributeEncoder(nn.Module):
@@ -490,8 +683,20 @@ class VQShapePreTrainedModel(PreTrainedModel):
         # loaded by from_pretrained are kept. Each branch names the module that owns the parameter directly: for
         # remote code, transformers skips modules without parameters of their own.
         if isinstance(module, VQShapeCodebook):
-            bound = 1.0 / self.config.num_codes
-            init.uniform_(module.weight, -bound, bound)
+            if module.projection is None:
+                bound = 1.0 / self.config.num_codes
+                init.uniform_(module.weight, -bound, bound)
+            else:  # SimVQ's frozen entries: N(0, 1/code_dim), mapped by a default-initialised linear layer
+                init.normal_(module.weight, std=self.config.code_dim**-0.5)
+            if hasattr(module, "initialized"):
+                init.zeros_(module.initialized)
+            if hasattr(module, "usage"):
+                init.constant_(module.usage, 1.0 / self.config.num_codes)
+                init.zeros_(module.reseeded_codes)
+            if hasattr(module, "ema_counts"):
+                init.zeros_(module.ema_counts)
+                init.zeros_(module.ema_sums)
+
         elif isinstance(module, nn.Embedding):  # the patch encoder's position embeddings
             init.normal_(module.weight)
         elif isinstance(module, VQShapeTokenizer):
@@ -601,16 +806,18 @@ class VQShapeModel(VQShapePreTrainedModel):
         assert hidden_states.shape == (batch_size, num_tokens, self.config.d_model)
         z_e, start, length, offset, scale = self.attribute_decoder(hidden_states)
         # "batch tokens dim -> (batch tokens) dim" for the nearest-code search over all vectors at once
-        code_indices, nearest, distances = self.codebook(z_e.reshape(-1, code_dim))
-        nearest = nearest.reshape(batch_size, num_tokens, code_dim)
-        codes = z_e + (nearest - z_e).detach()  # straight-through estimator
+        quantized = self.codebook(z_e.reshape(-1, code_dim))
+
+        def per_series(tensor):  # "(batch tokens) ... -> batch tokens ..."
+            return tensor.reshape(batch_size, num_tokens, *tensor.shape[1:])
+
         return _Tokens(
             hidden_states=hidden_states,
-            z_e=z_e,
-            codes=codes,
-            nearest_codes=nearest,
-            code_indices=code_indices.reshape(batch_size, num_tokens),
-            distances=distances,
+            z_e=per_series(quantized.z_e),
+            codes=per_series(quantized.codes),
+            nearest_codes=per_series(quantized.nearest),
+            code_indices=per_series(quantized.code_indices),
+            distances=quantized.distances,
             start=start,
             length=length,
             offset=offset,

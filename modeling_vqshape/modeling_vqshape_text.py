@@ -528,7 +528,7 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
     def code_shape_labels(self) -> torch.Tensor:
         """`(num_codes,)` rule shape value of each codebook entry's decoded shape."""
         with torch.no_grad():
-            shapes = self.backbone.vqshape.shape_decoder(self.backbone.vqshape.codebook.weight[None])[0]
+            shapes = self.backbone.vqshape.shape_decoder(self.backbone.vqshape.codebook.codes[None])[0]
             return shape_labels(shapes)
 
     def code_statistics(self):
@@ -536,13 +536,13 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         keeps codes unstandardised."""
         if not self.config.standardize_codes:
             return 0.0, 1.0
-        codebook = self.backbone.vqshape.codebook.weight.detach()
+        codebook = self.backbone.vqshape.codebook.codes.detach()
         return codebook.mean(dim=0), codebook.std(dim=0) + 1e-6
 
     def code_embeddings(self) -> torch.Tensor:
         """`(num_codes, text_dim)` unit-norm text-space embeddings of the codebook entries."""
         mean, std = self.code_statistics()
-        return F.normalize(self.code_projection((self.backbone.vqshape.codebook.weight - mean) / std), dim=-1)
+        return F.normalize(self.code_projection((self.backbone.vqshape.codebook.codes - mean) / std), dim=-1)
 
     def token_embeddings(self, token_features: torch.Tensor) -> torch.Tensor:
         """`(..., code_dim + 4)` token features -> `(..., num_attributes, text_dim)`, unit-norm per attribute."""

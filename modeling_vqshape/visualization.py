@@ -59,7 +59,7 @@ def _save(figure: Figure, output, dpi: int):
 def decode_codebook(model) -> np.ndarray:
     """Every codebook entry decoded to its standardised shape, `(num_codes, shape_length)`."""
     base = _base_model(model)
-    codes = base.codebook.weight.detach().unsqueeze(0)  # (1, num_codes, code_dim)
+    codes = base.codebook.codes.detach().unsqueeze(0)  # (1, num_codes, code_dim)
     return base.shape_decoder(codes)[0].float().cpu().numpy()
 
 
@@ -74,6 +74,30 @@ def code_usage(model, series, feature_extractor=None, batch_size: int = 64) -> n
         histogram = base(past_values[start:start + batch_size], return_dict=True).histogram  # (batch, channels, codes)
         counts += histogram.sum(dim=(0, 1)).cpu()
     return counts.numpy()
+
+
+def codebook_summary(model, usage) -> dict:
+    """What a dataset makes of the codebook, from its usage counts per code (`code_usage`).
+
+    Returns:
+        `{"codes_used": share of the codes used at least once, "perplexity": exp of the entropy of the code
+        distribution, "shape_values": {value: number of used codes whose decoded shape has that rule value}}`, the
+        values being the text alignment's shape words (`SHAPE_VALUES`: rising, falling, flat, peak, dip, step up, step
+        down, oscillation).
+    """
+    from .modeling_vqshape_text import SHAPE_VALUES, shape_labels
+
+    counts = np.asarray(usage, dtype=np.float64)
+    probabilities = counts / max(counts.sum(), 1.0)
+    nonzero = probabilities[probabilities > 0]
+    labels = shape_labels(torch.from_numpy(decode_codebook(model))).numpy()
+    used_labels = labels[counts > 0]
+    return {
+        "codes_used": float((counts > 0).mean()),
+        "perplexity": float(np.exp(-(nonzero * np.log(nonzero)).sum())),
+        "shape_values": {value: int((used_labels == index).sum()) for index, value in enumerate(SHAPE_VALUES)
+                         if (used_labels == index).any()},
+    }
 
 
 @torch.no_grad()

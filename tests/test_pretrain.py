@@ -81,6 +81,8 @@ def test_resume_gives_the_same_weights_and_ignores_partial_checkpoints(tmp_path)
     assert f"Resuming from {resumed / 'checkpoint-4'}" in output
     straight, again = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert straight.keys() == again.keys()
+    # the scripts' codebook recipe: its k-means flag and usage statistics are buffers, resumed with the weights
+    assert {"vqshape.codebook.initialized", "vqshape.codebook.usage", "vqshape.codebook.reseeded_codes"} <= set(straight)
     for key in straight:
         torch.testing.assert_close(again[key], straight[key], rtol=1e-5, atol=1e-6, msg=key)
 
@@ -95,6 +97,33 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     for key in ("validation_step_0", "validation_final"):
         assert ddp[key]["loss"] == pytest.approx(single[key]["loss"], rel=2e-2)
     assert sorted(os.listdir(tmp_path / "ddp")) == sorted(os.listdir(tmp_path / "single"))
+
+
+def test_new_models_get_the_codebook_recipe(tmp_path):
+    from modeling_vqshape.configuration_vqshape import DIVERSE_CODEBOOK, ORIGINAL_CODEBOOK
+
+    args = ["--max_train_steps", "1", "--per_device_train_batch_size", "8"]
+    run(args + ["--config_name", "paper"], tmp_path / "paper")
+    run(args + ["--codebook_recipe", "original"], tmp_path / "original")
+    paper = json.loads((tmp_path / "paper" / "config.json").read_text())
+    original = json.loads((tmp_path / "original" / "config.json").read_text())
+    assert {key: paper[key] for key in DIVERSE_CODEBOOK} == DIVERSE_CODEBOOK
+    assert paper["num_codes"] == 8  # the tiny overrides still apply
+    assert {key: original[key] for key in ORIGINAL_CODEBOOK} == ORIGINAL_CODEBOOK
+    assert "vqshape.codebook.usage" in weights(tmp_path / "paper")
+    assert not any("usage" in key or "initialized" in key for key in weights(tmp_path / "original"))
+
+
+def test_cpu_threads_use_the_cores_unless_chosen(tmp_path):
+    # `accelerate launch` sets OMP_NUM_THREADS=1 (run_script does too): the script still uses every core of the
+    # machine; --num_threads chooses; outside the launcher OMP_NUM_THREADS is the user's choice and is kept
+    cores = len(os.sched_getaffinity(0))
+    one_rank = ["-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision",
+                "no", "--dynamo_backend", "no"]
+    args = ["--max_train_steps", "1", "--per_device_train_batch_size", "8"]
+    assert f"CPU threads per process: {cores}" in run(args, tmp_path / "launched", one_rank)
+    assert "CPU threads per process: 1\n" in run(args + ["--num_threads", "1"], tmp_path / "chosen", one_rank)
+    assert "CPU threads per process: 1\n" in run(args, tmp_path / "plain")
 
 
 def test_streaming_trains_resumes_exactly_and_needs_a_step_budget(tmp_path):

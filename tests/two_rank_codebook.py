@@ -1,0 +1,57 @@
+"""Run by tests/test_codebook.py on two CPU ranks (accelerate, gloo): a tiny VQShape with the scripts' codebook recipe
+trains a few steps on different series per rank; the codebook is compared across ranks after the k-means
+initialisation, after a forced re-seeding and after further steps. Rank 0 writes the findings to argv[1] as JSON."""
+
+import json
+import sys
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+
+from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining
+from modeling_vqshape.configuration_vqshape import DIVERSE_CODEBOOK
+from tests.conftest import TINY
+
+
+def main(output):
+    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    torch.manual_seed(0)  # the same initial weights on both ranks, as set_seed gives
+    model = VQShapeForPreTraining(VQShapeConfig(**TINY, **DIVERSE_CODEBOOK))
+    initial = model.vqshape.codebook.weight.detach().clone()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    codebook = accelerator.unwrap_model(model).vqshape.codebook
+    torch.manual_seed(100 + accelerator.process_index)  # each rank its own series and its own random draws
+
+    def step():
+        past_values = torch.randn(16, 64).cumsum(-1)
+        accelerator.backward(model(past_values=past_values).loss)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    def same_on_every_rank():
+        table = codebook.weight.detach()
+        gathered = accelerator.gather(table[None])  # (ranks, num_codes, code_dim)
+        return {"equal": bool((gathered == gathered[0]).all()), "changed": not torch.equal(table, initial)}
+
+    findings = {}
+    step()
+    findings["after_init"] = same_on_every_rank()
+    with torch.no_grad():
+        codebook.usage[2] = 0.0  # dead on every rank (the usage average is kept equal by summing counts over ranks)
+    step()
+    findings["reseeded"] = int(codebook.reseeded_codes)
+    findings["after_reseed"] = same_on_every_rank()
+    for _ in range(3):
+        step()
+    findings["after_training"] = same_on_every_rank()
+    if accelerator.is_main_process:
+        with open(output, "w") as handle:
+            json.dump(findings, handle)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
