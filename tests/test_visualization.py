@@ -12,6 +12,7 @@ from matplotlib.image import imread
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining
 from modeling_vqshape.visualization import (
     code_usage,
+    codebook_summary,
     decode_codebook,
     demo_series,
     explain_series,
@@ -36,6 +37,27 @@ def model():
 def dataset():
     rng = np.random.default_rng(0)
     return rng.normal(size=(12, 90)).cumsum(axis=1)
+
+
+def test_codebook_summary_counts_used_codes_and_their_shape_words(model):
+    import copy
+
+    t = torch.linspace(0, 1, TINY["shape_length"])
+    bump = torch.exp(-0.5 * ((t - 0.5) / 0.1) ** 2)
+    curves = torch.stack([t, -t, bump, t, torch.sin(6 * torch.pi * t), -t, -bump, t])  # one curve per code
+
+    class FixedShapes(torch.nn.Module):  # a shape decoder that draws the curves above
+        def forward(self, codes):
+            return curves[None].expand(codes.shape[0], -1, -1)
+
+    stub = copy.deepcopy(model)
+    stub.vqshape.shape_decoder = FixedShapes()
+    usage = np.array([5, 3, 2, 0, 1, 0, 0, 0])  # used: rising, falling, peak and oscillation codes
+    summary = codebook_summary(stub, usage)
+    assert summary["codes_used"] == 0.5
+    shares = usage[usage > 0] / usage.sum()
+    assert summary["perplexity"] == pytest.approx(np.exp(-(shares * np.log(shares)).sum()))
+    assert summary["shape_values"] == {"rising": 1, "falling": 1, "peak": 1, "oscillation": 1}
 
 
 def test_distinct_codes_decode_to_distinct_standardised_curves(model):
