@@ -63,8 +63,7 @@ def parse_args(argv=None):
     parser.add_argument("--codebook_recipe", default="diverse", choices=["diverse", "original"],
                         help="Codebook options of a new model: 'diverse' (k-means initialisation, cosine lookup, "
                              "rotation trick, dead-code re-seeding; see DIVERSE_CODEBOOK) or 'original' (the paper's "
-                             "code). "
-                             "--config_overrides and --model_name_or_path's config take precedence.")
+                             "code). --config_overrides take precedence; --model_name_or_path keeps its config.")
     parser.add_argument("--model_name_or_path", default=None, help="Continue pre-training this checkpoint.")
     parser.add_argument("--output_dir", default="vqshape-pretrained")
     parser.add_argument("--per_device_train_batch_size", type=int, default=64)

@@ -114,6 +114,16 @@ def test_new_models_get_the_codebook_recipe(tmp_path):
     assert not any("usage" in key or "initialized" in key for key in weights(tmp_path / "original"))
 
 
+def test_reseeding_events_are_logged(tmp_path):
+    # a code below 0.9 of the uniform share, with a short usage average, dies within a step or two
+    output = run(["--max_train_steps", "4", "--per_device_train_batch_size", "8"], tmp_path,
+                 overrides=",dead_code_threshold=0.9,usage_ema_decay=0.5")
+    events = [line for line in output.splitlines() if "dead codes (" in line]
+    assert events and all(line.startswith("step ") and "re-seeded" in line for line in events), output[-2000:]
+    total = int(events[-1].split("(")[-1].split()[0])
+    assert total == int(weights(tmp_path)["vqshape.codebook.reseeded_codes"]) > 0
+
+
 def test_cpu_threads_use_the_cores_unless_chosen(tmp_path):
     # `accelerate launch` sets OMP_NUM_THREADS=1 (run_script does too): the script still uses every core of the
     # machine; --num_threads chooses; outside the launcher OMP_NUM_THREADS is the user's choice and is kept
