@@ -136,12 +136,17 @@ def disentanglement_loss(
     return (F.relu(threshold - pairwise) * off_diagonal).mean()
 
 
-def code_usage(code_indices: torch.Tensor, num_codes: int):
-    """Perplexity of the hard code assignments and the fraction of the codebook they use."""
-    counts = torch.bincount(code_indices.reshape(-1), minlength=num_codes).to(torch.float32)
+def usage_from_counts(counts: torch.Tensor):
+    """Perplexity of a code distribution given as counts per code, `(num_codes,)`, and the fraction of codes used."""
+    counts = counts.to(torch.float32)
     probabilities = counts / counts.sum().clamp(min=1)
     perplexity = torch.exp(-(probabilities * probabilities.clamp(min=1e-10).log()).sum())
     return perplexity, (counts > 0).to(torch.float32).mean()
+
+
+def code_usage(code_indices: torch.Tensor, num_codes: int):
+    """Perplexity of the hard code assignments and the fraction of the codebook they use."""
+    return usage_from_counts(torch.bincount(code_indices.reshape(-1), minlength=num_codes))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -85,16 +85,16 @@ def codebook_summary(model, usage) -> dict:
         values being the text alignment's shape words (`SHAPE_VALUES`: rising, falling, flat, peak, dip, step up, step
         down, oscillation).
     """
+    from .modeling_vqshape import usage_from_counts
     from .modeling_vqshape_text import SHAPE_VALUES, shape_labels
 
-    counts = np.asarray(usage, dtype=np.float64)
-    probabilities = counts / max(counts.sum(), 1.0)
-    nonzero = probabilities[probabilities > 0]
+    counts = np.asarray(usage)
+    perplexity, used = usage_from_counts(torch.as_tensor(counts))
     labels = shape_labels(torch.from_numpy(decode_codebook(model))).numpy()
     used_labels = labels[counts > 0]
     return {
-        "codes_used": float((counts > 0).mean()),
-        "perplexity": float(np.exp(-(nonzero * np.log(nonzero)).sum())),
+        "codes_used": used.item(),
+        "perplexity": perplexity.item(),
         "shape_values": {value: int((used_labels == index).sum()) for index, value in enumerate(SHAPE_VALUES)
                          if (used_labels == index).any()},
     }
