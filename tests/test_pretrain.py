@@ -156,3 +156,16 @@ def test_streaming_trains_resumes_exactly_and_needs_a_step_budget(tmp_path):
     refused = subprocess.run([sys.executable, SCRIPT, "--streaming", "--max_train_steps", "0"], env=env,
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "--streaming reads a corpus of unknown length" in refused.stderr
+
+
+@pytest.mark.slow
+def test_torch_compile_flag_compiles_trains_and_saves_a_plain_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    run(["--max_train_steps", "3", "--per_device_train_batch_size", "8", "--torch_compile"], tmp_path / "out")
+    assert any((tmp_path / "inductor").rglob("*.py")), "inductor generated no code: the model was not compiled"
+    saved = weights(tmp_path / "out")
+    assert not any(key.startswith("_orig_mod") for key in saved)  # unwrapped before saving
+    from modeling_vqshape import VQShapeForPreTraining
+
+    model = VQShapeForPreTraining.from_pretrained(tmp_path / "out")
+    assert torch.equal(model.state_dict()["vqshape.codebook.weight"], saved["vqshape.codebook.weight"])
