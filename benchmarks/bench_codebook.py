@@ -66,7 +66,8 @@ def parse_args(argv=None):
 
 
 def overrides_text(overrides: dict) -> str:
-    return ",".join(f"{key}={json.dumps(value) if isinstance(value, bool) else value}" for key, value in overrides.items())
+    return ",".join(f"{key}={json.dumps(value) if isinstance(value, bool) else value}"
+                    for key, value in overrides.items())
 
 
 def pretrain(variant: str, seed: int, args) -> Path:

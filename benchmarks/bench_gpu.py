@@ -23,8 +23,9 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining  # noqa: E402
 from original_vqshape import build_original, original_training_loss  # noqa: E402
+
+from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining  # noqa: E402
 
 SMOKE = dict(input_length=64, num_patches=8, patch_length=8, d_model=16, num_encoder_layers=1, num_encoder_heads=2,
              num_tokenizer_layers=1, num_tokenizer_heads=2, num_decoder_layers=1, num_decoder_heads=2, num_tokens=4,
@@ -74,7 +75,8 @@ def our_model(config: VQShapeConfig, device):
 def original_model(config: VQShapeConfig, device, repo: str):
     torch.manual_seed(0)
     model = build_original(config, repo).to(device)
-    return model, lambda inputs: original_training_loss(model, config, inputs), lambda inputs: model(inputs, mode="tokenize")
+    return (model, lambda inputs: original_training_loss(model, config, inputs),
+            lambda inputs: model(inputs, mode="tokenize"))
 
 
 def timed(run, steps: int, warmup: int, device) -> float:
@@ -122,7 +124,6 @@ def measure(name: str, setting: str, config, device, args) -> dict:
            "inference_series_per_s": args.batch_size / inference_seconds,
            "inference_tokens_per_s": args.batch_size * config.num_tokens / inference_seconds,
            "inference_peak_mib": peak_mib(device)}
-    del model, optimizer
     return row
 
 

@@ -47,8 +47,9 @@ def build(path: str, args):
     """A function of a `(batch_size, input_length)` batch that runs `path`."""
     torch.manual_seed(0)
     if path == "original":
-        from modeling_vqshape import VQShapeConfig
         from original_vqshape import build_original
+
+        from modeling_vqshape import VQShapeConfig
 
         model = build_original(VQShapeConfig(**DEFAULTS), args.original_repo).eval()
         return lambda x: model(x, mode="tokenize")
@@ -140,7 +141,8 @@ def main():
     parser.add_argument("--original-repo", help="checkout of github.com/YunshiWen/VQShape to compare against")
     parser.add_argument("--baseline-repo", nargs="+", default=[],
                         help="checkouts of this package at other commits (before/after), each timed as 'baseline N'")
-    parser.add_argument("--agreement-model", default="vqshape-pretrained" if os.path.isdir("vqshape-pretrained") else None)
+    parser.add_argument("--agreement-model",
+                        default="vqshape-pretrained" if os.path.isdir("vqshape-pretrained") else None)
     args = parser.parse_args()
     paths = args.paths or [
         "tokens", "tokens bf16", "tokens compiled", "full",
@@ -165,7 +167,8 @@ def main():
     if "original" in results and "full" in results:
         print(f"full / original tokenize: {results['full'][0] / results['original'][0]:.2f}x")
     if args.agreement_model:
-        print(f"bf16 autocast vs fp32, {args.agreement_model} on the bundled TEST splits: {agreement(args.agreement_model)}")
+        print(f"bf16 autocast vs fp32, {args.agreement_model} on the bundled TEST splits: "
+              f"{agreement(args.agreement_model)}")
 
 
 if __name__ == "__main__":

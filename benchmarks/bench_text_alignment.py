@@ -74,7 +74,8 @@ def held_out_series(input_length, max_series):
 
 
 def encode_in_batches(model, past_values, calibration=None, batch_size=256):
-    parts = [model.encode(past_values[i : i + batch_size], None if calibration is None else calibration[i : i + batch_size])
+    parts = [model.encode(past_values[i : i + batch_size],
+                          None if calibration is None else calibration[i : i + batch_size])
              for i in range(0, len(past_values), batch_size)]
     outputs = [part["outputs"] for part in parts]
     return {
@@ -242,12 +243,15 @@ def print_report(results):
     print(f"{'metric':44s} {'trained':>8s} {'untrained':>9s} {'baseline':>22s}")
     for attribute in [a for a in (*ATTRIBUTES, "intensity") if a in trained["attributes"]]:
         row, before = trained["attributes"][attribute], untrained["attributes"][attribute]
-        print(f"{'attribute ' + attribute + ' acc, held-out paraphrases':44s} {row['accuracy_held_out_paraphrases']:8.3f} "
-              f"{before['accuracy_held_out_paraphrases']:9.3f}  chance {row['chance']:.3f} majority {row['majority']:.3f}"
+        print(f"{'attribute ' + attribute + ' acc, held-out paraphrases':44s} "
+              f"{row['accuracy_held_out_paraphrases']:8.3f} "
+              f"{before['accuracy_held_out_paraphrases']:9.3f}  chance {row['chance']:.3f} "
+              f"majority {row['majority']:.3f}"
               f"   (trained paraphrases {row['accuracy_trained_paraphrases']:.3f})")
     naming, before = trained["code_naming"], untrained["code_naming"]
     print(f"{'codes whose top phrase = rule label':44s} {naming['share_matching']:8.3f} {before['share_matching']:9.3f}"
-          f"  chance {naming['chance']:.3f} majority {naming['majority']:.3f}   (used codes {naming['share_matching_used_codes']:.3f})")
+          f"  chance {naming['chance']:.3f} majority {naming['majority']:.3f}"
+          f"   (used codes {naming['share_matching_used_codes']:.3f})")
     for k in (1, 5):
         r, before = trained["retrieval"], untrained["retrieval"]
         label = f"text -> code R@{k} ({r['queries']} held-out queries)"
@@ -256,7 +260,8 @@ def print_report(results):
     for key, title in (("basic_motions", "shapes only"), ("basic_motions_calibrated", "intensity calibrated")):
         z, before = trained[key], untrained[key]
         print(f"BasicMotions TEST zero-shot, {title}" + (
-            f" (on the TRAIN series' scales, labels unused: {z['intensity_thresholds']})" if z["intensity_thresholds"] else ""))
+            f" (on the TRAIN series' scales, labels unused: {z['intensity_thresholds']})"
+            if z["intensity_thresholds"] else ""))
         print(f"{'  accuracy':44s} {z['zero_shot_accuracy']:8.3f} {before['zero_shot_accuracy']:9.3f}"
               f"  chance 0.250, probe {z['probe_accuracy']:.3f}")
         print(f"{'  macro-F1':44s} {z['zero_shot_macro_f1']:8.3f} {before['zero_shot_macro_f1']:9.3f}"

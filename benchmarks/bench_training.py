@@ -30,8 +30,9 @@ def ours(batch_size):
 
 
 def original(batch_size, repo):
-    from modeling_vqshape import VQShapeConfig
     from original_vqshape import build_original, original_training_loss
+
+    from modeling_vqshape import VQShapeConfig
 
     config = VQShapeConfig()
     model = build_original(config, repo)
@@ -77,7 +78,8 @@ def main():
     for _ in range(args.rounds):
         for name in names:
             with context.Pool(1) as pool:
-                throughput, peak = pool.apply(measure, (name, args.batch_size, args.steps, args.warmup, args.original_repo))
+                throughput, peak = pool.apply(measure, (name, args.batch_size, args.steps, args.warmup,
+                                                        args.original_repo))
             best = figures.get(name, (0.0, 0.0))
             figures[name] = (max(best[0], throughput), max(best[1], peak))
     for name in names:

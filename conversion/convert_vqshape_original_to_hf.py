@@ -11,7 +11,6 @@ recorded outputs at the fixture's tolerances) before anything is written. Nothin
 """
 
 import argparse
-import json
 import math
 import os
 import pickle
@@ -79,7 +78,8 @@ ORIGINAL_TO_CONFIG = {
     "mask_ratio": "mask_ratio",
 }
 # Older checkpoints have no tokenizer keys: their tokenizer was built with the encoder's heads and layers.
-LEGACY_FALLBACKS = {"num_tokenizer_layers": "num_transformer_enc_layers", "num_tokenizer_heads": "num_transformer_enc_heads"}
+LEGACY_FALLBACKS = {"num_tokenizer_layers": "num_transformer_enc_layers",
+                    "num_tokenizer_heads": "num_transformer_enc_heads"}
 
 
 class ConversionError(Exception):

@@ -58,7 +58,8 @@ def parse_args(argv=None):
     parser.add_argument("--data", nargs="+", default=["bundled"], help="Unlabelled series: any data module spec.")
     parser.add_argument("--dataset_column", default=None)
     parser.add_argument("--labelled_data", nargs="*", default=["GunPoint", "ItalyPowerDemand", "PickupGestureWiimoteZ"],
-                        help=f"Bundled sets whose training labels train the class prompts; known: {sorted(CLASS_NAMES)}.")
+                        help="Bundled sets whose training labels train the class prompts; known: "
+                             f"{sorted(CLASS_NAMES)}.")
     parser.add_argument("--zero_shot_dataset", default="BasicMotions", help="Never used as a labelled set.")
     parser.add_argument("--max_series_per_dataset", type=int, default=300)
     parser.add_argument("--validation_split", type=float, default=0.1)
@@ -133,7 +134,8 @@ def get_dataloaders(accelerator, args, input_length):
     validation = TensorDataset(validation, torch.full((len(validation),), -100),
                                calibrations_by_source(validation, data["validation"]["source"], calibrations)[0])
     accelerator.print("intensity calibration (log-scale terciles) per source: " + ", ".join(
-        f"{source} {[round(v, 3) for v in thresholds.tolist()]}" for source, thresholds in sorted(calibrations.items())))
+        f"{source} {[round(v, 3) for v in thresholds.tolist()]}"
+        for source, thresholds in sorted(calibrations.items())))
     train_loader = DataLoader(train, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
                               generator=torch.Generator().manual_seed(args.seed))
     validation_loader = DataLoader(validation, batch_size=256)
@@ -168,7 +170,8 @@ def main(argv=None):
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     set_seed(args.seed)
     text_name = args.text_model_name or args.text_model
-    model = VQShapeForTextAlignment.from_vqshape(args.model_name_or_path, text_encoder=load_text_encoder(args.text_model),
+    model = VQShapeForTextAlignment.from_vqshape(args.model_name_or_path,
+                                                 text_encoder=load_text_encoder(args.text_model),
                                                  text_model_name_or_path=text_name,
                                                  freeze_backbone=not args.joint_training,
                                                  class_text_weight=args.class_text_weight,

@@ -27,9 +27,9 @@ if importlib.util.find_spec("modeling_vqshape") is None:  # run from a checkout 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining  # noqa: E402
 from modeling_vqshape.configuration_vqshape import DIVERSE_CODEBOOK, ORIGINAL_CODEBOOK  # noqa: E402
-from modeling_vqshape.modeling_vqshape import code_usage  # noqa: E402
 from modeling_vqshape.data import describe, load_pretraining_dataset, stream_pretraining_dataset  # noqa: E402
 from modeling_vqshape.hub import push_folder_to_hub, write_model_card  # noqa: E402
+from modeling_vqshape.modeling_vqshape import code_usage  # noqa: E402
 
 # The default run: a small VQShape that pre-trains on the bundled corpus on a 2-core CPU in minutes.
 SMALL_CONFIG = dict(
@@ -57,7 +57,8 @@ def parse_args(argv=None):
     parser.add_argument("--streaming", action="store_true",
                         help="Read the corpus file by file as training consumes it (for corpora that do not fit in "
                              "memory); needs --max_train_steps.")
-    parser.add_argument("--shuffle_buffer_size", type=int, default=10_000, help="Rows shuffled together when streaming.")
+    parser.add_argument("--shuffle_buffer_size", type=int, default=10_000,
+                        help="Rows shuffled together when streaming.")
     parser.add_argument("--config_name", default=None, help="Config file, Hub id or 'paper'; default: a small config.")
     parser.add_argument("--config_overrides", default=None, help="key=value,... applied to the config.")
     parser.add_argument("--codebook_recipe", default="diverse", choices=["diverse", "original"],
@@ -78,7 +79,8 @@ def parse_args(argv=None):
     parser.add_argument("--num_warmup_steps", type=int, default=50)
     parser.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
     parser.add_argument("--torch_compile", action="store_true",
-                        help="Compile the model with torch.compile (inductor); pays off on GPUs, see docs/benchmarks.md.")
+                        help="Compile the model with torch.compile (inductor); pays off on GPUs, see "
+                             "docs/benchmarks.md.")
     parser.add_argument("--num_threads", type=int, default=None,
                         help="CPU threads per process; default: the machine's cores divided among its processes, "
                              "or OMP_NUM_THREADS when set other than by `accelerate launch` (which sets 1).")
@@ -231,7 +233,8 @@ def main(argv=None):
         log_with=None if args.report_to == "none" else args.report_to, project_dir=args.output_dir,
         # every process reads its own shard (a streamed corpus too): batch dispatching would draw from the global
         # RNG at each epoch start, and a resumed run would then mask patches differently
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed, dispatch_batches=False),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed,
+                                                  dispatch_batches=False),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],  # VQ leaves some unused
     )
     set_cpu_threads(accelerator, args.num_threads)
@@ -247,7 +250,8 @@ def main(argv=None):
     if args.streaming:
         max_train_steps = args.max_train_steps
     else:
-        steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+        steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes
+                                    / args.gradient_accumulation_steps)
         max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     # a prepared scheduler steps once per process per optimizer step
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps *
@@ -284,7 +288,8 @@ def main(argv=None):
     epoch = start_epoch
     while completed_steps < max_train_steps:  # epochs, until the step budget is spent
         train_dataloader.set_epoch(epoch)
-        epoch_batches = accelerator.skip_first_batches(train_dataloader, batches_done) if batches_done else train_dataloader
+        epoch_batches = (accelerator.skip_first_batches(train_dataloader, batches_done) if batches_done
+                         else train_dataloader)
         for batch in epoch_batches:
             batches_done += 1
             with accelerator.accumulate(model):
@@ -345,7 +350,8 @@ def main(argv=None):
     unwrapped.save_pretrained(args.output_dir, is_main_process=accelerator.is_main_process,
                               save_function=accelerator.save)
     if accelerator.is_main_process:
-        training = {"data": args.data, "series": corpus, "steps": completed_steps, "processes": accelerator.num_processes,
+        training = {"data": args.data, "series": corpus, "steps": completed_steps,
+                    "processes": accelerator.num_processes,
                     "global_batch_size": args.per_device_train_batch_size * accelerator.num_processes
                     * args.gradient_accumulation_steps, "learning_rate": args.learning_rate, **history}
         with open(os.path.join(args.output_dir, "training_results.json"), "w") as handle:

@@ -1,5 +1,7 @@
 """VQShape for Hugging Face transformers. Importing this package registers the Auto classes."""
 
+__version__ = "0.2.0"
+
 from transformers import (
     AutoConfig,
     AutoFeatureExtractor,
@@ -9,6 +11,7 @@ from transformers import (
 )
 
 from .configuration_vqshape import VQShapeConfig
+from .configuration_vqshape_text import VQShapeTextConfig
 from .modeling_vqshape import (
     VQShapeForPreTraining,
     VQShapeForPreTrainingOutput,
@@ -18,7 +21,6 @@ from .modeling_vqshape import (
     VQShapeModelOutput,
     VQShapePreTrainedModel,
 )
-from .configuration_vqshape_text import VQShapeTextConfig
 from .modeling_vqshape_text import VQShapeForTextAlignment, VQShapeForTextAlignmentOutput, VQShapeZeroShotOutput
 from .processing_vqshape import VQShapeFeatureExtractor
 

@@ -99,7 +99,8 @@ def _read_labelled_ts(path) -> ClassificationSplit:
 
 
 def _read_labelled_hf(split, series_column: str, label_column: str, name: str) -> ClassificationSplit:
-    """Rows of a `datasets.Dataset`: a series `(time,)` or `(channels, time)` and a label (names kept for ClassLabel)."""
+    """Rows of a `datasets.Dataset`: a series `(time,)` or `(channels, time)` and a label (names kept for
+    ClassLabel)."""
     for column in (series_column, label_column):
         if column not in split.column_names:
             raise ValueError(f"dataset {name!r} has no column {column!r}; it has {split.column_names}.")
@@ -254,11 +255,11 @@ def train_linear_probes(
     """Train `nn.Sequential(nn.Dropout(p), nn.Linear)` with `AdamW(lr, weight_decay)` for each `(weight_decay, p)` of
     `settings`, all at once.
 
-    The settings are stacked into one `(num_settings, num_features, num_classes)` weight: Adam's state is elementwise and
-    each setting's loss only reaches its own slice, so this is the same as training them one by one; AdamW's decoupled
-    decay, `param *= 1 - lr * weight_decay`, is applied per setting before each step. Settings with the same dropout
-    share the dropout masks of a step. Initialisation is `nn.Linear`'s, from `seed`; minibatches of `batch_size` are
-    shuffled by `seed` (full batch when there are fewer rows).
+    The settings are stacked into one `(num_settings, num_features, num_classes)` weight: Adam's state is elementwise
+    and each setting's loss only reaches its own slice, so this is the same as training them one by one; AdamW's
+    decoupled decay, `param *= 1 - lr * weight_decay`, is applied per setting before each step. Settings with the same
+    dropout share the dropout masks of a step. Initialisation is `nn.Linear`'s, from `seed`; minibatches of
+    `batch_size` are shuffled by `seed` (full batch when there are fewer rows).
 
     Args:
         features: `(num_series, num_features)`, already scaled.
@@ -271,7 +272,8 @@ def train_linear_probes(
     num_settings = len(settings)
     generator = torch.Generator().manual_seed(seed)
     bound = 1.0 / math.sqrt(num_features)  # nn.Linear's default initialisation
-    weight = ((torch.rand(num_settings, num_features, num_classes, generator=generator) * 2 - 1) * bound).requires_grad_()
+    weight = ((torch.rand(num_settings, num_features, num_classes, generator=generator) * 2 - 1)
+              * bound).requires_grad_()
     bias = ((torch.rand(num_settings, num_classes, generator=generator) * 2 - 1) * bound).requires_grad_()
     decay = torch.tensor([weight_decay for weight_decay, _ in settings])
     # settings grouped by dropout rate: one mask per rate and step, and one matmul per rate
@@ -360,7 +362,8 @@ def select_and_evaluate(
         weight_decay=weight_decay,
         dropout=dropout,
         validation_accuracy=accuracy[best].item(),
-        validation_scores={setting: (accuracy[i].item(), cross_entropy[i].item()) for i, setting in enumerate(settings)},
+        validation_scores={setting: (accuracy[i].item(), cross_entropy[i].item())
+                           for i, setting in enumerate(settings)},
         metrics=classification_metrics(test_labels, predictions),
         predictions=predictions,
     )
@@ -430,7 +433,8 @@ def run_protocol(
         train_targets = np.searchsorted(classes, train.labels)
         unseen = ~np.isin(test.labels, classes)
         if unseen.any():
-            raise ValueError(f"{name}: test labels {sorted(set(test.labels[unseen]))} never occur in the training split.")
+            raise ValueError(f"{name}: test labels {sorted(set(test.labels[unseen]))} never occur in the "
+                             "training split.")
         test_targets = np.searchsorted(classes, test.labels)
         started = time.perf_counter()
         features = {split: extract_features(model, feature_extractor, part.series, feature_batch_size)
@@ -542,8 +546,9 @@ def write_results(rows, output_dir) -> dict:
 
 def load_feature_model(name_or_path: str, device=None, **kwargs):
     """`(VQShapeModel, VQShapeFeatureExtractor)` from a folder or Hub id holding any VQShape checkpoint."""
-    import modeling_vqshape  # noqa: F401  (registers the Auto classes)
     from transformers import AutoFeatureExtractor, AutoModel
+
+    import modeling_vqshape  # noqa: F401  (registers the Auto classes)
 
     model = AutoModel.from_pretrained(name_or_path, **kwargs).eval()
     if device is not None:

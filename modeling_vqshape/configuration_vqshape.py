@@ -282,7 +282,8 @@ class VQShapeConfig(PretrainedConfig):
                 raise ValueError(f"VQShapeConfig: `{name}` must lie in [0, 1), got {getattr(self, name)}.")
         if self.classifier_features not in ("tokens", "histogram"):
             raise ValueError(
-                f"VQShapeConfig: `classifier_features` must be 'tokens' or 'histogram', got {self.classifier_features!r}."
+                f"VQShapeConfig: `classifier_features` must be 'tokens' or 'histogram', got "
+                f"{self.classifier_features!r}."
             )
         for name, choices in CODEBOOK_CHOICES.items():
             if getattr(self, name) not in choices:

@@ -219,11 +219,13 @@ class VQShapeTextConfig(PretrainedConfig):
         shortest = min(len(phrases) for values in self.phrase_bank.values() for phrases in values.values())
         if not 0 <= self.num_heldout_paraphrases < shortest:
             raise ValueError(f"VQShapeTextConfig: `num_heldout_paraphrases` must leave at least one training "
-                             f"paraphrase per value (the shortest list has {shortest}), got {self.num_heldout_paraphrases}.")
+                             f"paraphrase per value (the shortest list has {shortest}), got "
+                             f"{self.num_heldout_paraphrases}.")
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError(f"VQShapeTextConfig: `class_names` has duplicates: {self.class_names}.")
         if not all("{}" in template for template in self.class_templates):
-            raise ValueError(f"VQShapeTextConfig: every class template must contain '{{}}', got {self.class_templates}.")
+            raise ValueError(f"VQShapeTextConfig: every class template must contain '{{}}', got "
+                             f"{self.class_templates}.")
         if not 1.0 <= self.logit_scale_init <= self.logit_scale_max:
             raise ValueError(f"VQShapeTextConfig: need 1 <= logit_scale_init <= logit_scale_max, got "
                              f"{self.logit_scale_init} and {self.logit_scale_max}.")

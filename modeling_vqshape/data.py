@@ -10,9 +10,9 @@ A corpus is named by one or more *specs*:
 - with `column`, any other spec is a `datasets` dataset name or path (`datasets.load_dataset(spec, split=...)`).
 
 Every series becomes `(channels, time)`; channels are split into univariate series; VQShapeFeatureExtractor fills NaNs
-and resamples linearly to `input_length`; then each series is instance-normalised, (x - mean) / sqrt(var + 1e-5) with the
-unbiased variance, as the original data loader does, because the reconstruction loss is measured in the input's scale.
-Errors about unusable inputs are raised here, before any training starts.
+and resamples linearly to `input_length`; then each series is instance-normalised, (x - mean) / sqrt(var + 1e-5) with
+the unbiased variance, as the original data loader does, because the reconstruction loss is measured in the input's
+scale. Errors about unusable inputs are raised here, before any training starts.
 """
 
 import zlib
@@ -284,7 +284,8 @@ def build_pretraining_dataset(
         parts["train"] = [(name, np.tile(values, (-(-largest // len(values)), 1))) for name, values in parts["train"]]
 
     features = datasets.Features(
-        {"past_values": datasets.List(datasets.Value("float32"), length=input_length), "source": datasets.Value("string")}
+        {"past_values": datasets.List(datasets.Value("float32"), length=input_length),
+         "source": datasets.Value("string")}
     )
 
     def to_dataset(items):
@@ -337,7 +338,8 @@ def stream_pretraining_dataset(specs=("bundled",), input_length: int = 512, colu
         positions[name] = positions.get(name, -1) + 1
         shards.append((name, positions[name], reader))
     features = datasets.Features(
-        {"past_values": datasets.List(datasets.Value("float32"), length=input_length), "source": datasets.Value("string")}
+        {"past_values": datasets.List(datasets.Value("float32"), length=input_length),
+         "source": datasets.Value("string")}
     )
 
     def stream(split, selected):
@@ -364,7 +366,8 @@ def stream_pretraining_dataset(specs=("bundled",), input_length: int = 512, colu
 def describe(dataset_dict) -> dict:
     """Series per source and split, for logs and the model card."""
     return {
-        split: {str(name): int(count) for name, count in zip(*np.unique(np.asarray(part["source"]), return_counts=True))}
+        split: {str(name): int(count)
+                for name, count in zip(*np.unique(np.asarray(part["source"]), return_counts=True))}
         for split, part in dataset_dict.items()
     }
 

@@ -19,7 +19,6 @@ from transformers.utils import ModelOutput
 
 from .configuration_vqshape import VQShapeConfig
 
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Pure functions
 # ---------------------------------------------------------------------------------------------------------------------
@@ -148,7 +147,8 @@ def code_usage(code_indices: torch.Tensor, num_codes: int):
     """Perplexity of the hard code assignments and the fraction of the codebook they use."""
     indices = code_indices.reshape(-1)
     # counts by scatter, not bincount: bincount's output size depends on the values, which torch.compile cannot trace
-    counts = torch.zeros(num_codes, device=indices.device).index_add_(0, indices, torch.ones_like(indices, dtype=torch.float32))
+    counts = torch.zeros(num_codes, device=indices.device).index_add_(0, indices,
+                                                                      torch.ones_like(indices, dtype=torch.float32))
     return usage_from_counts(counts)
 
 
@@ -239,7 +239,8 @@ class VQShapeTokenizer(nn.Module):
 
         hidden = self.query_tokens  # (1, num_tokens, d_model) until the first cross-attention makes it per series
         for index, layer in enumerate(layers):
-            query, key, value = F.linear(hidden, layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias).chunk(3, -1)
+            query, key, value = F.linear(hidden, layer.self_attn.in_proj_weight,
+                                         layer.self_attn.in_proj_bias).chunk(3, -1)
             hidden = layer.norm1(hidden + attention(layer.self_attn, query, key, value))
             attn = layer.multihead_attn
             query = F.linear(hidden, attn.in_proj_weight[:d_model], attn.in_proj_bias[:d_model])
@@ -397,7 +398,8 @@ class VQShapeCodebook(nn.Module):
         self.quantize = rotation_trick if config.rotation_trick else straight_through
         self.weight = nn.Parameter(torch.empty(config.num_codes, config.code_dim))
         # SimVQ: the stored entries are frozen, the codebook is their image under a learned linear map
-        self.projection = nn.Linear(config.code_dim, config.code_dim, bias=False) if config.codebook_projection else None
+        self.projection = (nn.Linear(config.code_dim, config.code_dim, bias=False) if config.codebook_projection
+                           else None)
         self.ema = config.codebook_update == "ema"
         if self.ema or self.projection is not None:
             self.weight.requires_grad_(False)
@@ -574,7 +576,8 @@ class VQShapeUpsample(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """`(rows, channels, 1, time)` channels-last -> `(rows, channels, 1, factor * time)`."""
-        return conv1d_channels_last(F.interpolate(hidden, scale_factor=(1.0, float(self.factor)), mode="nearest"), self.conv)
+        return conv1d_channels_last(F.interpolate(hidden, scale_factor=(1.0, float(self.factor)), mode="nearest"),
+                                    self.conv)
 
 
 class VQShapeShapeDecoder(nn.Module):
@@ -992,7 +995,8 @@ class VQShapeForPreTraining(VQShapePreTrainedModel):
         tokens = self.vqshape.tokenize(patch_embeddings)
         reconstruction = self.vqshape.reconstruct(tokens, loc, scale)
         shapes = self.vqshape.decode_shapes(tokens, loc, scale)
-        target_shapes = extract_subsequence(series, tokens.start, tokens.length, config.shape_length, config.shape_smoothing)
+        target_shapes = extract_subsequence(series, tokens.start, tokens.length, config.shape_length,
+                                            config.shape_smoothing)
 
         losses = {
             "reconstruction_loss": reconstruction_loss(reconstruction, series),

@@ -116,7 +116,8 @@ def caption_labels(code_shape_labels, code_indices, start, length, offset, scale
     """
 
     def bucket(values, thresholds):  # index of the first threshold above the value
-        return torch.bucketize(values.contiguous(), torch.tensor(thresholds, dtype=values.dtype, device=values.device), right=True)
+        return torch.bucketize(values.contiguous(), torch.tensor(thresholds, dtype=values.dtype, device=values.device),
+                               right=True)
 
     return torch.stack(
         [
@@ -232,8 +233,8 @@ def token_inputs(token_features: torch.Tensor, code_dim: int, code_mean=0.0, cod
     because lengths and scales span orders of magnitude; the code standardised by `code_mean` and `code_std`.
     `(..., code_dim + 4)` -> `(..., code_dim + 6)`."""
     code, start, length, offset, scale = token_features.split([code_dim, 1, 1, 1, 1], dim=-1)
-    return torch.cat([(code - code_mean) / code_std, start, start + length / 2, length, length.clamp(min=1e-6).log(), offset,
-                      (scale + 1e-4).log()], dim=-1)
+    return torch.cat([(code - code_mean) / code_std, start, start + length / 2, length, length.clamp(min=1e-6).log(),
+                      offset, (scale + 1e-4).log()], dim=-1)
 
 
 class VQShapeTextBank(nn.Module):
@@ -388,7 +389,8 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
             self.register_buffer("intensity_vector_mean", torch.zeros(config.text_dim))
         # the bank as flat lists, in config order: (attribute index, value index, text, held out)
         self.phrases = [
-            (BANK_ATTRIBUTES.index(attribute), value_index, text, rank >= len(paraphrases) - config.num_heldout_paraphrases)
+            (BANK_ATTRIBUTES.index(attribute), value_index, text,
+             rank >= len(paraphrases) - config.num_heldout_paraphrases)
             for attribute in BANK_ATTRIBUTES if attribute in config.phrase_bank
             for value_index, value in enumerate(ATTRIBUTE_VALUES[attribute])
             for paraphrases in [config.phrase_bank[attribute][value]]
@@ -509,7 +511,7 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
             return class_names, self.text_bank.class_embeddings
         return class_names, self.embed_class_prompts(class_names, templates)
 
-    # ---- the time-series side -----------------------------------------------------------------------------------------
+    # ---- the time-series side ----------------------------------------------------------------------------------------
 
     @property
     def backbone_frozen(self) -> bool:
@@ -580,7 +582,8 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         flat = [channel for channel, pair in enumerate(pairs) if pair is None]
         if flat:
             raise ValueError(
-                f"Cannot calibrate intensity: the scales of {'channel(s) ' + str(flat) if per_channel else 'the series'} "
+                f"Cannot calibrate intensity: the scales of "
+                f"{'channel(s) ' + str(flat) if per_channel else 'the series'} "
                 f"hardly vary (log-scale terciles closer than {MIN_INTENSITY_SPREAD}); the series look standardised "
                 f"already. Pass the raw series, in their own units, of at least a few dozen recordings."
             )
@@ -611,8 +614,8 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
             where = "per row"
             if thresholds.dim() == 3 and thresholds.shape[-1] == 2 and not bool(
                     (thresholds[..., 0] < thresholds[..., 1]).logical_or(thresholds.isnan().any(dim=-1)).all()):
-                raise ValueError("Per-row intensity thresholds must be increasing [low, high] pairs (NaN for an unknown "
-                                 "calibration); use calibrations_by_source(...) or calibrate_intensity(...).")
+                raise ValueError("Per-row intensity thresholds must be increasing [low, high] pairs (NaN for an "
+                                 "unknown calibration); use calibrations_by_source(...) or calibrate_intensity(...).")
         elif self.config.intensity_thresholds is not None:
             thresholds = torch.tensor(self.config.intensity_thresholds, dtype=torch.float32, device=device)[None]
             given = tuple(thresholds.shape[1:])
@@ -649,7 +652,8 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         centred = embeddings - mean.to(embeddings.dtype)
         return torch.where(known.unsqueeze(-1), centred, torch.zeros_like(centred))
 
-    def token_vectors(self, token_embeddings: torch.Tensor, intensity_vectors: torch.Tensor | None = None) -> torch.Tensor:
+    def token_vectors(self, token_embeddings: torch.Tensor,
+                      intensity_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """A token's single text-space vector: the sum of its attribute embeddings (a caption's bag of phrases), less
         the mean token vector (the batch's in training, the running mean otherwise), so that what all series share
         does not decide their class; plus its channel's centred intensity vector when given (`intensity_vectors`).
@@ -836,7 +840,8 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         return [
             {
                 "code": code,
-                "phrases": [(self.phrases[indices[j]][2], round(float(s), 4)) for s, j in zip(top.values[code], top.indices[code])],
+                "phrases": [(self.phrases[indices[j]][2], round(float(s), 4))
+                            for s, j in zip(top.values[code], top.indices[code])],
                 "rule_label": SHAPE_VALUES[int(rule[code])],
                 "usage": int(usage[code]),
             }
@@ -882,7 +887,8 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
     def token_phrases(self, token_embeddings: torch.Tensor) -> list:
         """`(num_tokens, num_attributes, text_dim)` -> one caption per token: per attribute the value of the best
         bank phrase, written with that value's first paraphrase."""
-        words = [self._best_phrases(attribute, token_embeddings[:, index]) for index, attribute in enumerate(ATTRIBUTES)]
+        words = [self._best_phrases(attribute, token_embeddings[:, index])
+                 for index, attribute in enumerate(ATTRIBUTES)]
         return [f"{shape} {position}, {duration}, {amplitude}, {level}"
                 for shape, position, duration, amplitude, level in zip(*words)]
 
@@ -915,12 +921,14 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
             others = [c for c in range(len(class_names)) if c != predicted]
             support = similarity[row, :, predicted] - (similarity[row][:, others].mean(dim=-1) if others else 0)
             order = support.argsort(descending=True)[:top_k].tolist()
-            phrases = self.token_phrases(token_embeddings[row].reshape(num_channels * num_tokens, len(ATTRIBUTES), -1)[order])
+            phrases = self.token_phrases(
+                token_embeddings[row].reshape(num_channels * num_tokens, len(ATTRIBUTES), -1)[order])
             tokens = []
             for phrase, flat_index in zip(phrases, order):
                 channel, token = divmod(flat_index, num_tokens)
                 if encoded["intensity"] is not None and encoded["intensity"][row, channel] >= 0:
-                    phrase += "; " + self._best_phrases("intensity", encoded["intensity_embeddings"][row, channel, None])[0]
+                    phrase += "; " + self._best_phrases("intensity",
+                                                        encoded["intensity_embeddings"][row, channel, None])[0]
                 start = float(outputs.shape_start[row, channel, token])
                 tokens.append({
                     "phrase": phrase,

@@ -70,16 +70,19 @@ class VQShapeFeatureExtractor(FeatureExtractionMixin):
                 raise ValueError("series is empty; pass at least one series.")
             if all(np.isscalar(value) for value in series):
                 return [np.asarray(series)[None]], False
-            items = [np.asarray(item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else item) for item in series]
+            items = [np.asarray(item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else item)
+                     for item in series]
             ranks = {item.ndim for item in items}
             if ranks == {1}:
                 return [item[None] for item in items], False
             if ranks == {2}:
                 return items, True
             raise ValueError(
-                f"a list of series must hold only 1-D (time,) or only 2-D (channels, time) arrays, got ranks {sorted(ranks)}."
+                f"a list of series must hold only 1-D (time,) or only 2-D (channels, time) arrays, got ranks "
+                f"{sorted(ranks)}."
             )
-        raise ValueError(f"series must be a numpy array, a torch tensor or a list of series, got {type(series).__name__}.")
+        raise ValueError(f"series must be a numpy array, a torch tensor or a list of series, got "
+                         f"{type(series).__name__}.")
 
     def __call__(self, series, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
         """

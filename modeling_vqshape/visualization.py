@@ -7,7 +7,8 @@ when given `output`. The arrays a plot draws come from small functions (`decode_
 Command line:
     python -m modeling_vqshape.visualization atlas --model PATH --output atlas.png [--data series.npy]
     python -m modeling_vqshape.visualization explain --model PATH --output explain.png [--series series.npy --index 0]
-    python -m modeling_vqshape.visualization histogram --model PATH --data series.npy --output usage.png [--labels y.npy]
+    python -m modeling_vqshape.visualization histogram --model PATH --data series.npy --output usage.png
+        [--labels y.npy]
 """
 
 import argparse
@@ -162,8 +163,13 @@ def plot_codebook_atlas(model, usage=None, dataset=None, feature_extractor=None,
             raise ValueError(f"usage must hold one count per code, shape ({num_codes},); got {usage.shape}.")
     columns = columns or max(1, math.ceil(math.sqrt(num_codes)))
     rows = math.ceil(num_codes / columns)
-    figure = Figure(figsize=(panel_size * columns, panel_size * rows + 0.4), layout="constrained")
-    axes = figure.subplots(rows, columns, squeeze=False, sharex=True, sharey=True)
+    height = panel_size * rows + 0.4
+    # a fixed grid with the same limits set on every panel: shared axes or a constrained layout make drawing
+    # quadratic in the number of panels (each set_ylim walks every sibling), minutes for the paper's 512 codes
+    figure = Figure(figsize=(panel_size * columns, height))
+    axes = figure.subplots(rows, columns, squeeze=False, gridspec_kw=dict(
+        left=0.02, right=0.98, bottom=0.1 / height, top=1 - 0.4 / height, wspace=0.08,
+        hspace=0.3))
     limit = float(np.abs(shapes).max()) * 1.1 if num_codes else 1.0
     for index, axis in enumerate(axes.flat):
         axis.set_xticks([])
@@ -173,6 +179,7 @@ def plot_codebook_atlas(model, usage=None, dataset=None, feature_extractor=None,
             continue
         unused = usage is not None and usage[index] == 0
         axis.plot(shapes[index], color="#bbbbbb" if unused else code_colour(index), linewidth=1.5)
+        axis.set_xlim(0, shapes.shape[1] - 1)
         axis.set_ylim(-limit, limit)
         title = f"{index}" if usage is None else f"{index} (n={int(usage[index])})"
         axis.set_title(title, fontsize=7, pad=2)

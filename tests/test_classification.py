@@ -166,6 +166,7 @@ def test_features_are_flattened_over_channels_and_deterministic(tiny_config):
     assert model.training  # the caller's mode is restored
 
 
+@pytest.mark.slow
 def test_classify_script_end_to_end_writes_csv_and_markdown(tiny_checkpoint, tmp_path):
     classify = load_script("classify")
     output_dir = tmp_path / "results"
@@ -215,6 +216,7 @@ def test_classification_head_round_trip_keeps_label_names_and_logits(tmp_path):
         torch.testing.assert_close(reloaded(past_values).logits, model(past_values).logits, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", [(), TWO_CPU_RANKS], ids=["one_process", "two_ranks"])
 def test_finetune_script_saves_a_head_that_reloads_with_named_classes(tiny_checkpoint, tmp_path, launcher):
     from transformers import AutoFeatureExtractor, AutoModelForSequenceClassification
@@ -222,7 +224,8 @@ def test_finetune_script_saves_a_head_that_reloads_with_named_classes(tiny_check
     output_dir = tmp_path / "finetuned"
     # evaluation batches of 3: on two ranks the 8 test series end in a padded batch, which must count once
     command = [sys.executable, *launcher, str(REPO_ROOT / "examples" / "finetune.py"), "--model_name_or_path",
-               str(tiny_checkpoint), "--dataset", "BasicMotions", "--max_train_samples", "12", "--max_eval_samples", "8",
+               str(tiny_checkpoint), "--dataset", "BasicMotions", "--max_train_samples", "12",
+               "--max_eval_samples", "8",
                "--max_train_steps", "3", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "3",
                "--classifier_features", "tokens", "--output_dir", str(output_dir)]
     result = run_script(command)

@@ -15,7 +15,6 @@ from modeling_vqshape.modeling_vqshape import kmeans, rotation_trick, straight_t
 
 from .conftest import REPO_ROOT, TINY, TWO_CPU_RANKS, run_script
 
-
 # no patch masking, no dropout: a training forward sees the code vectors that `code_vectors` computes
 DETERMINISTIC = dict(TINY, mask_ratio=0.0, dropout=0.0)
 
@@ -250,6 +249,7 @@ def test_options_are_validated():
         VQShapeConfig(**TINY, usage_ema_decay=1.0)
 
 
+@pytest.mark.slow
 def test_two_ranks_keep_one_codebook(tmp_path):
     pytest.importorskip("accelerate")
     output = tmp_path / "codebooks.json"

@@ -139,7 +139,8 @@ def test_streaming_reads_the_same_rows_with_a_seeded_split():
     assert len(rows["train"]) + len(rows["validation"]) == len(eager["train"]) + len(eager["validation"])
     assert 0 < len(rows["validation"]) < 0.25 * len(rows["train"])
     again = stream_pretraining_dataset(["GunPoint", "ItalyPowerDemand"], input_length=LENGTH, seed=3)
-    assert all(torch.equal(a, b) for a, b in zip(rows["validation"], (row["past_values"] for row in again["validation"])))
+    assert all(torch.equal(a, b)
+               for a, b in zip(rows["validation"], (row["past_values"] for row in again["validation"])))
     balanced = stream_pretraining_dataset(["GunPoint", "ItalyPowerDemand"], input_length=LENGTH, balance=True)
     sources = [row["source"] for row in balanced["train"]]
     assert abs(sources.count("GunPoint") - sources.count("ItalyPowerDemand")) <= 1  # small set repeated

@@ -66,6 +66,7 @@ def load_in_fresh_process(hub, root, mode, expected):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_push_creates_a_private_repo_with_everything(pushed, hub):
     _, _, _, commit, _ = pushed
     repo = hub.repos[REPO_ID]
@@ -78,6 +79,7 @@ def test_push_creates_a_private_repo_with_everything(pushed, hub):
     assert repo.head[2]["atlas.png"].startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["package", "remote"])
 def test_pushed_model_loads_by_repo_id_in_a_fresh_process(pushed, hub, mode):
     root, _, expected, _, _ = pushed
@@ -86,6 +88,7 @@ def test_pushed_model_loads_by_repo_id_in_a_fresh_process(pushed, hub, mode):
     assert ("transformers_modules" in printed) == (mode == "remote")
 
 
+@pytest.mark.slow
 def test_second_push_of_an_unchanged_model_creates_no_new_files(pushed, hub):
     _, model, _, commit, kwargs = pushed
     before = len(hub.requests)
@@ -95,6 +98,7 @@ def test_second_push_of_an_unchanged_model_creates_no_new_files(pushed, hub):
     assert not any(path.endswith("/commit/main") for _, path in hub.requests[before:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("repo_id", ["lab/vqshape geneactiv", "lab/vqshape/geneactiv", "lab/../x", "lab/-x--y", ""])
 def test_invalid_repo_id_fails_before_anything_is_sent(hub, repo_id):
     before = len(hub.requests)
@@ -105,6 +109,7 @@ def test_invalid_repo_id_fails_before_anything_is_sent(hub, repo_id):
     assert len(hub.requests) == before
 
 
+@pytest.mark.slow
 def test_converter_push_to_hub_uses_the_same_helper(hub, tmp_path):
     from conversion.convert_vqshape_original_to_hf import convert
 
@@ -113,8 +118,10 @@ def test_converter_push_to_hub_uses_the_same_helper(hub, tmp_path):
     assert {"atlas.png", "model.safetensors", "modeling_vqshape.py", "preprocessor_config.json"} <= set(files)
     assert b"](atlas.png)" in files["README.md"]
     local = tmp_path / "converted"
-    assert (local / "atlas.png").read_bytes() == files["atlas.png"]  # the folder holds what was pushed
-    assert (local / "README.md").read_bytes() == files["README.md"]
+    # the folder holds exactly what was pushed, byte for byte
+    assert set(files) == {path.name for path in local.iterdir()}
+    for name, content in files.items():
+        assert (local / name).read_bytes() == content, name
 
 
 def test_model_card_metadata_round_trips(tmp_path):

@@ -89,7 +89,8 @@ def saved(tmp_path_factory):
 def run_loader(root, mode, source, expected):
     workdir = root / f"run-{mode}"
     workdir.mkdir(exist_ok=True)
-    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_CACHE", "TRANSFORMERS_CACHE", "PYTHONPATH")}
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("HF_HUB_CACHE", "TRANSFORMERS_CACHE", "PYTHONPATH")}
     env.update(HF_HOME=str(root / "hf_home"), HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(root / "modules"))
     if mode == "package":
         env["PYTHONPATH"] = str(REPO_ROOT)

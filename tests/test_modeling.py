@@ -141,13 +141,20 @@ def test_save_load_round_trip_is_identical_with_every_auto_class(tmp_path, tiny_
 def test_classification_head_shapes_loss_and_round_trip(tmp_path, tiny_config, series_batch):
     labels = torch.tensor([0, 1, 2, 1])
     for features, per_channel in (("tokens", 4 * (tiny_config.code_dim + 4)), ("histogram", 8)):
-        config = VQShapeConfig(**{**tiny_config.to_diff_dict(), "classifier_features": features, "num_input_channels": 2,
+        config = VQShapeConfig(**{**tiny_config.to_diff_dict(), "classifier_features": features,
+                                  "num_input_channels": 2,
                                   "id2label": {0: "walking", 1: "running", 2: "standing"}})
         model = VQShapeForTimeSeriesClassification(config).eval()
         inputs = torch.stack([series_batch, -series_batch], dim=-1)
         out = model(inputs, labels=labels)
         assert out.logits.shape == (4, 3) and out.features.shape == (4, 2 * per_channel)
-        assert torch.isfinite(out.loss)
+        # the values, not only the shapes: a linear layer on the features, and the cross-entropy of those logits
+        tokens = model.vqshape(inputs)
+        frequencies = tokens.histogram.float() / tiny_config.num_tokens  # code frequencies, not counts
+        expected_features = (tokens.token_features if features == "tokens" else frequencies).flatten(1)
+        torch.testing.assert_close(out.features, expected_features)
+        torch.testing.assert_close(out.logits, model.classifier(expected_features))
+        torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
         model.save_pretrained(tmp_path / features)
         reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / features).eval()
         assert reloaded.config.id2label == {0: "walking", 1: "running", 2: "standing"}

@@ -106,6 +106,7 @@ def test_legacy_hyperparameters_take_the_encoders_tokenizer_shape():
     assert (config.num_tokenizer_heads, config.num_tokenizer_layers) == (4, 3)
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path):
     output_dir = tmp_path / "out"
     result = subprocess.run(
@@ -117,6 +118,7 @@ def test_command_line(tmp_path):
     assert (output_dir / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make_bad_file, message",
     [

@@ -12,6 +12,8 @@ import torch
 
 from .conftest import TWO_CPU_RANKS, run_script
 
+pytestmark = pytest.mark.slow  # every test here runs examples/pretrain.py as a program
+
 pytest.importorskip("accelerate")
 pytest.importorskip("datasets")
 pytest.importorskip("aeon")
@@ -82,14 +84,16 @@ def test_resume_gives_the_same_weights_and_ignores_partial_checkpoints(tmp_path)
     straight, again = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert straight.keys() == again.keys()
     # the scripts' codebook recipe: its k-means flag and usage statistics are buffers, resumed with the weights
-    assert {"vqshape.codebook.initialized", "vqshape.codebook.usage", "vqshape.codebook.reseeded_codes"} <= set(straight)
+    buffers = {"vqshape.codebook.initialized", "vqshape.codebook.usage", "vqshape.codebook.reseeded_codes"}
+    assert buffers <= set(straight)
     for key in straight:
         torch.testing.assert_close(again[key], straight[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     deterministic = ",dropout=0,mask_ratio=0"
-    run(["--max_train_steps", "4", "--per_device_train_batch_size", "8"], tmp_path / "ddp", TWO_CPU_RANKS, deterministic)
+    run(["--max_train_steps", "4", "--per_device_train_batch_size", "8"], tmp_path / "ddp", TWO_CPU_RANKS,
+        deterministic)
     run(["--max_train_steps", "4", "--per_device_train_batch_size", "16"], tmp_path / "single", (), deterministic)
     ddp, single = results(tmp_path / "ddp"), results(tmp_path / "single")
     assert (ddp["processes"], ddp["global_batch_size"]) == (2, single["global_batch_size"])
@@ -158,7 +162,6 @@ def test_streaming_trains_resumes_exactly_and_needs_a_step_budget(tmp_path):
     assert refused.returncode != 0 and "--streaming reads a corpus of unknown length" in refused.stderr
 
 
-@pytest.mark.slow
 def test_torch_compile_flag_compiles_trains_and_saves_a_plain_model(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     run(["--max_train_steps", "3", "--per_device_train_batch_size", "8", "--torch_compile"], tmp_path / "out")

@@ -59,6 +59,7 @@ def test_tokenizer_inference_path_computes_the_decoder(tiny_config):
         torch.testing.assert_close(model.tokenizer(encoded), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @needs_onnxruntime
 def test_onnx_export_matches_pytorch_with_a_dynamic_batch(tiny_config, series_batch, tmp_path, monkeypatch):
     from modeling_vqshape.export_onnx import check_onnx, export_tokens_onnx, main, onnx_session
@@ -97,9 +98,6 @@ def test_bf16_autocast_agreement_is_measured(tiny_config):
     assert agreement["identical_codes"] >= 0.9
     assert 0 < agreement["max_attribute_error"] < 0.1  # bf16 keeps 8 bits of mantissa: different, but close
     assert agreement["mean_attribute_error"] <= agreement["max_attribute_error"]
-    # float32 "autocast" on CPU changes nothing
-    exact = autocast_agreement(model.double(), series.double(), dtype=torch.float32)
-    assert exact["identical_codes"] == 1.0
 
 
 def test_codebook_search_stays_float32_under_autocast(tiny_config, series_batch):

