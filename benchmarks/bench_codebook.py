@@ -35,7 +35,7 @@ from modeling_vqshape import VQShapeFeatureExtractor, VQShapeForPreTraining  # n
 from modeling_vqshape.classification import load_classification_dataset, run_protocol  # noqa: E402
 from modeling_vqshape.configuration_vqshape import DIVERSE_CODEBOOK  # noqa: E402
 from modeling_vqshape.data import BUNDLED_DATASETS  # noqa: E402
-from modeling_vqshape.visualization import code_usage, codebook_summary  # noqa: E402
+from modeling_vqshape.visualization import code_counts, codebook_summary  # noqa: E402
 
 # each option alone, on top of the original recipe; "chosen" is DIVERSE_CODEBOOK, what the scripts use
 VARIANTS = {
@@ -109,7 +109,7 @@ def measure(model, folder: Path, tests: dict, probe_datasets: dict, probe_seeds)
     extractor = VQShapeFeatureExtractor.from_pretrained(folder)
     with open(folder / "training_results.json") as handle:
         validation = json.load(handle)["validation_final"]
-    usage = sum(code_usage(model, series, extractor, batch_size=256) for series in tests.values())
+    usage = sum(code_counts(model, series, extractor, batch_size=256) for series in tests.values())
     summary = codebook_summary(model, usage)
     row = {
         "reconstruction_loss": validation["reconstruction_loss"],

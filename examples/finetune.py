@@ -18,6 +18,7 @@ import math
 import os
 import sys
 
+import evaluate
 import numpy as np
 import torch
 from accelerate import Accelerator
@@ -29,12 +30,9 @@ from transformers import get_scheduler
 if importlib.util.find_spec("modeling_vqshape") is None:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from modeling_vqshape import VQShapeFeatureExtractor, VQShapeForTimeSeriesClassification  # noqa: E402
-from modeling_vqshape.classification import (  # noqa: E402
-    classification_metrics,
-    dataset_name,
-    load_classification_dataset,
-)
+from modeling_vqshape.classification import dataset_name, load_classification_dataset  # noqa: E402
 from modeling_vqshape.hub import push_folder_to_hub, write_model_card  # noqa: E402
+from modeling_vqshape.metrics import CLASSIFICATION_METRIC  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -94,18 +92,18 @@ def get_dataloaders(args, input_length):
     return train_dataloader, test_dataloader, label_names, num_channels
 
 
-def evaluate(model, dataloader, accelerator, label_names):
+def evaluate_model(model, dataloader, accelerator, label_names):
+    """Test metrics of the named classes, from the package's `evaluate` module, over every process's batches."""
+    metric = evaluate.load(CLASSIFICATION_METRIC)
+    names = np.asarray(label_names)
     model.eval()
-    predictions, references = [], []
     with torch.no_grad():
         for past_values, labels in dataloader:
             logits = model(past_values=past_values).logits
             predicted, labels = accelerator.gather_for_metrics((logits.argmax(-1), labels))
-            predictions.append(predicted.cpu())
-            references.append(labels.cpu())
+            metric.add_batch(predictions=names[predicted.cpu().numpy()], references=names[labels.cpu().numpy()])
     model.train()
-    names = np.asarray(label_names)
-    return classification_metrics(names[torch.cat(references).numpy()], names[torch.cat(predictions).numpy()])
+    return metric.compute()
 
 
 def main(argv=None):
@@ -157,7 +155,8 @@ def main(argv=None):
                     break
     progress.close()
 
-    metrics = evaluate(model, test_dataloader, accelerator, label_names)
+    metrics = evaluate_model(model, test_dataloader, accelerator, label_names)
+    per_class = metrics.pop("per_class")
     accelerator.print(f"test: {json.dumps(metrics)}")
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
@@ -166,7 +165,7 @@ def main(argv=None):
     if accelerator.is_main_process:
         name = dataset_name(args.dataset)
         with open(os.path.join(args.output_dir, "eval_results.json"), "w") as handle:
-            json.dump({"dataset": name, "split": "test", **metrics}, handle, indent=2)
+            json.dump({"dataset": name, "split": "test", **metrics, "per_class": per_class}, handle, indent=2)
         training = {"base_model": args.model_name_or_path, "dataset": name, "labels": label_names,
                     "classifier_features": args.classifier_features, "freeze_backbone": args.freeze_backbone,
                     "steps": completed_steps, "learning_rate": args.learning_rate, "seed": args.seed}

@@ -29,7 +29,7 @@ from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining  # noqa: E402
 from modeling_vqshape.configuration_vqshape import DIVERSE_CODEBOOK, ORIGINAL_CODEBOOK  # noqa: E402
 from modeling_vqshape.data import describe, load_pretraining_dataset, stream_pretraining_dataset  # noqa: E402
 from modeling_vqshape.hub import push_folder_to_hub, write_model_card  # noqa: E402
-from modeling_vqshape.modeling_vqshape import code_usage  # noqa: E402
+from modeling_vqshape.modeling_vqshape import usage_from_indices  # noqa: E402
 
 # The default run: a small VQShape that pre-trains on the bundled corpus on a 2-core CPU in minutes.
 SMALL_CONFIG = dict(
@@ -219,7 +219,7 @@ def _evaluate(model, dataloader, accelerator):
     model.train()
     metrics = dict(zip(TERMS, torch.cat(terms).mean(0).tolist()))
     num_codes = accelerator.unwrap_model(model).config.num_codes
-    perplexity, used = code_usage(torch.cat(codes), num_codes)
+    perplexity, used = usage_from_indices(torch.cat(codes), num_codes)
     metrics["perplexity"] = perplexity.item()
     metrics["dead_codes"] = num_codes - round(used.item() * num_codes)
     return metrics

@@ -15,10 +15,12 @@ For every dataset (a `TRAIN`/`TEST` pair):
    splits (`baseline_predictions`), and `write_results` writes per-seed and summary CSVs and a markdown table
    (mean +- sample standard deviation over seeds).
 
-Metrics (`classification_metrics`): accuracy, balanced accuracy and macro-F1, from scikit-learn.
+Metrics (`classification_metrics`): accuracy, balanced accuracy and macro-F1, from the package's `evaluate` module
+(`modeling_vqshape.metrics.CLASSIFICATION_METRIC`, scikit-learn's definitions), which also gives a per-class report.
 """
 
 import csv
+import functools
 import itertools
 import math
 import os
@@ -50,16 +52,24 @@ METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 # ---- metrics ---------------------------------------------------------------------------------------------------------
 
 
-def classification_metrics(labels, predictions) -> dict:
-    """Accuracy, balanced accuracy and macro-F1 (scikit-learn) of `predictions` against `labels` (any label type)."""
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+@functools.lru_cache(maxsize=1)
+def classification_metric():
+    """The package's `evaluate` module (modeling_vqshape/metrics/vqshape_classification.py), loaded once, offline."""
+    import evaluate
 
+    from .metrics import CLASSIFICATION_METRIC
+
+    return evaluate.load(CLASSIFICATION_METRIC)
+
+
+def classification_metrics(labels, predictions) -> dict:
+    """Accuracy, balanced accuracy and macro-F1 of `predictions` against `labels` (any label type), from the package's
+    `evaluate` module (scikit-learn's definitions)."""
     labels, predictions = np.asarray(labels), np.asarray(predictions)
-    return {
-        "accuracy": float(accuracy_score(labels, predictions)),
-        "balanced_accuracy": float(balanced_accuracy_score(labels, predictions)),
-        "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0)),
-    }
+    if labels.dtype.kind not in "iu":  # names (or other values) are compared as text
+        labels, predictions = labels.astype(str), predictions.astype(str)
+    scores = classification_metric().compute(predictions=predictions.tolist(), references=labels.tolist())
+    return {key: scores[key] for key in ("accuracy", "balanced_accuracy", "macro_f1")}
 
 
 # ---- data ------------------------------------------------------------------------------------------------------------

@@ -90,8 +90,10 @@ def shape_loss(shapes: torch.Tensor, target_shapes: torch.Tensor) -> torch.Tenso
     return F.mse_loss(shapes, target_shapes.detach())
 
 
-def _entropy(probabilities: torch.Tensor) -> torch.Tensor:
-    return -(probabilities * probabilities.clamp(min=1e-5).log()).sum(dim=-1)
+def _entropy(probabilities: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Entropy over the last dimension; probabilities below `eps` are logged as `eps` (the original's loss uses 1e-5,
+    which also keeps its gradient finite)."""
+    return -(probabilities * probabilities.clamp(min=eps).log()).sum(dim=-1)
 
 
 def codebook_loss(
@@ -139,11 +141,11 @@ def usage_from_counts(counts: torch.Tensor):
     """Perplexity of a code distribution given as counts per code, `(num_codes,)`, and the fraction of codes used."""
     counts = counts.to(torch.float32)
     probabilities = counts / counts.sum().clamp(min=1)
-    perplexity = torch.exp(-(probabilities * probabilities.clamp(min=1e-10).log()).sum())
+    perplexity = torch.exp(_entropy(probabilities, eps=1e-10))  # a measurement: a finer clamp than the loss's
     return perplexity, (counts > 0).to(torch.float32).mean()
 
 
-def code_usage(code_indices: torch.Tensor, num_codes: int):
+def usage_from_indices(code_indices: torch.Tensor, num_codes: int):
     """Perplexity of the hard code assignments and the fraction of the codebook they use."""
     indices = code_indices.reshape(-1)
     # counts by scatter, not bincount: bincount's output size depends on the values, which torch.compile cannot trace
@@ -1021,7 +1023,7 @@ class VQShapeForPreTraining(VQShapePreTrainedModel):
             + config.disentanglement_weight * losses["disentanglement_loss"]
         )
         with torch.no_grad():
-            perplexity, usage = code_usage(tokens.code_indices, config.num_codes)
+            perplexity, usage = usage_from_indices(tokens.code_indices, config.num_codes)
 
         def per_channel(tensor):  # "(batch channels) ... -> batch channels ..."
             return tensor.reshape(batch_size, num_channels, *tensor.shape[1:])

@@ -1,7 +1,7 @@
 """Pictures that explain a VQShape model: the codebook atlas, a per-series explanation and code-usage histograms.
 
 Every plot returns a `matplotlib.figure.Figure` built without pyplot (headless, no display needed) and saves a PNG
-when given `output`. The arrays a plot draws come from small functions (`decode_codebook`, `code_usage`,
+when given `output`. The arrays a plot draws come from small functions (`decode_codebook`, `code_counts`,
 `explain_series`) so they can be checked or reused.
 
 Command line:
@@ -65,7 +65,7 @@ def decode_codebook(model) -> np.ndarray:
 
 
 @torch.no_grad()
-def code_usage(model, series, feature_extractor=None, batch_size: int = 64) -> np.ndarray:
+def code_counts(model, series, feature_extractor=None, batch_size: int = 64) -> np.ndarray:
     """How often each code is used over a dataset of raw series (anything `VQShapeFeatureExtractor` takes),
     summed over series, channels and tokens, `(num_codes,)`."""
     base = _base_model(model)
@@ -78,7 +78,7 @@ def code_usage(model, series, feature_extractor=None, batch_size: int = 64) -> n
 
 
 def codebook_summary(model, usage) -> dict:
-    """What a dataset makes of the codebook, from its usage counts per code (`code_usage`).
+    """What a dataset makes of the codebook, from its usage counts per code (`code_counts`).
 
     Returns:
         `{"codes_used": share of the codes used at least once, "perplexity": exp of the entropy of the code
@@ -156,7 +156,7 @@ def plot_codebook_atlas(model, usage=None, dataset=None, feature_extractor=None,
     shapes = decode_codebook(model)
     num_codes = shapes.shape[0]
     if usage is None and dataset is not None:
-        usage = code_usage(model, dataset, feature_extractor)
+        usage = code_counts(model, dataset, feature_extractor)
     if usage is not None:
         usage = np.asarray(usage)
         if usage.shape != (num_codes,):
@@ -223,7 +223,7 @@ def plot_code_histogram(model, series=None, labels=None, usage=None, feature_ext
         if usage is None:
             if series is None:
                 raise ValueError("give series (a dataset of raw series) or usage (counts per code).")
-            usage = code_usage(model, series, feature_extractor)
+            usage = code_counts(model, series, feature_extractor)
         axis.bar(codes, usage, color=[code_colour(code) for code in codes])
         axis.set_ylabel("tokens")
     else:
@@ -234,7 +234,7 @@ def plot_code_histogram(model, series=None, labels=None, usage=None, feature_ext
         width = 0.8 / len(classes)
         for position, label in enumerate(classes):
             members = [item for item, keep in zip(series, labels == label) if keep]
-            counts = code_usage(model, members, feature_extractor)
+            counts = code_counts(model, members, feature_extractor)
             frequencies = counts / max(int(counts.sum()), 1)
             axis.bar(codes - 0.4 + width * (position + 0.5), frequencies, width=width, label=f"class {label}")
         axis.set_ylabel("fraction of tokens")

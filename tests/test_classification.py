@@ -58,6 +58,45 @@ def test_metrics_match_sklearn():
     assert metrics["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 3 / 4) / 3)
 
 
+@pytest.mark.parametrize("case", ["random names", "random integers", "one class", "a class never predicted",
+                                  "a predicted class never true"])
+def test_evaluate_module_equals_scikit_learn(case):
+    import evaluate
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_recall_fscore_support
+
+    from modeling_vqshape.metrics import CLASSIFICATION_METRIC
+
+    rng = np.random.default_rng(len(case))
+    references = rng.integers(0, 4, 50)
+    predictions = np.where(rng.random(50) < 0.6, references, rng.integers(0, 4, 50))
+    if case == "random names":
+        names = np.array(["standing", "walking", "running", "badminton"])
+        references, predictions = names[references], names[predictions]
+    elif case == "one class":
+        references, predictions = np.zeros(10, int), np.zeros(10, int)
+    elif case == "a class never predicted":
+        predictions = np.where(predictions == 3, 0, predictions)
+    elif case == "a predicted class never true":
+        references = np.where(references == 3, 0, references)
+    metric = evaluate.load(CLASSIFICATION_METRIC)
+    for start in range(0, len(references), 16):  # batches, as a training loop adds them
+        metric.add_batch(predictions=predictions[start: start + 16], references=references[start: start + 16])
+    scores = metric.compute()
+    labels = sorted(set(references.tolist()) | set(predictions.tolist()))
+    assert scores["accuracy"] == accuracy_score(references, predictions)
+    assert scores["balanced_accuracy"] == balanced_accuracy_score(references, predictions)
+    assert scores["macro_f1"] == f1_score(references, predictions, average="macro", zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(references, predictions, labels=labels,
+                                                                     zero_division=0)
+    assert list(scores["per_class"]) == labels
+    for index, label in enumerate(labels):
+        assert scores["per_class"][label] == {"precision": precision[index], "recall": recall[index],
+                                              "f1": f1[index], "support": support[index]}
+    # the package's helper returns the same three numbers
+    assert classification_metrics(references, predictions) == {key: scores[key] for key in
+                                                                ("accuracy", "balanced_accuracy", "macro_f1")}
+
+
 def test_scalers_are_fitted_on_the_training_rows_only():
     rng = np.random.default_rng(0)
     train, test = rng.normal(3, 2, (20, 5)), rng.normal(-50, 9, (7, 5))

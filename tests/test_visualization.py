@@ -11,7 +11,7 @@ from matplotlib.image import imread
 
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining
 from modeling_vqshape.visualization import (
-    code_usage,
+    code_counts,
     codebook_summary,
     decode_codebook,
     demo_series,
@@ -77,7 +77,7 @@ def test_distinct_codes_decode_to_distinct_standardised_curves(model):
 
 def test_atlas_draws_every_code_with_its_usage(model, dataset, tmp_path):
     path = tmp_path / "atlas.png"
-    usage = code_usage(model, dataset)
+    usage = code_counts(model, dataset)
     assert usage.sum() == len(dataset) * TINY["num_tokens"]
     figure = plot_codebook_atlas(model, dataset=dataset, output=path, dpi=100)
     panels = [axis for axis in figure.axes if axis.lines]
@@ -123,7 +123,7 @@ def test_explanation_places_each_shape_where_the_model_says(model, tmp_path):
 def test_histograms_of_a_dataset_and_per_class(model, dataset, tmp_path):
     figure = plot_code_histogram(model, dataset, output=tmp_path / "usage.png")
     heights = [patch.get_height() for patch in figure.axes[0].patches]
-    np.testing.assert_array_equal(heights, code_usage(model, dataset))
+    np.testing.assert_array_equal(heights, code_counts(model, dataset))
     labels = np.arange(len(dataset)) % 2
     figure = plot_code_histogram(model, list(dataset), labels=labels, output=tmp_path / "classes.png")
     heights = np.array([patch.get_height() for patch in figure.axes[0].patches]).reshape(2, TINY["num_codes"])
