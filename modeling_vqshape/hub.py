@@ -234,19 +234,60 @@ def save_for_hub(model, folder, feature_extractor=None, description: str | None 
 
 
 def upload_to_hub(folder, repo_id: str, private: bool = False, commit_message: str = DEFAULT_COMMIT_MESSAGE,
-                  token: str | None = None, revision: str | None = None, endpoint: str | None = None):
+                  token: str | None = None, revision: str | None = None, endpoint: str | None = None,
+                  repo_type: str | None = None, space_sdk: str | None = None):
     """Create `repo_id` if needed (private when asked) and upload `folder` in one commit; returns the `CommitInfo`.
     Files identical to the ones on the Hub are not uploaded; when none changed, no commit is made and the info of the
-    current head is returned."""
+    current head is returned. `repo_type="space"` (with `space_sdk`) makes it a Space, as metrics are."""
     from huggingface_hub import HfApi
 
     check_repo_id(repo_id)
     api = HfApi(token=token, endpoint=endpoint)
-    api.create_repo(repo_id, private=private, exist_ok=True)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, space_sdk=space_sdk)
     if revision is not None and revision != "main":
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
     return api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message=commit_message,
-                             revision=revision)
+                             revision=revision, repo_type=repo_type)
+
+
+METRIC_APP = """import evaluate
+from evaluate.utils import launch_gradio_widget
+
+launch_gradio_widget(evaluate.load("{repo_id}"))
+"""
+
+
+def push_metric_to_hub(repo_id: str, private: bool = False, token: str | None = None, endpoint: str | None = None,
+                       commit_message: str = "Add the VQShape classification metric") -> str:
+    """Publish the package's classification metric (`modeling_vqshape.metrics.CLASSIFICATION_METRIC`) as an `evaluate`
+    metric Space, so that `evaluate.load(repo_id)` finds it: the script under the repo's name, a metric card, the
+    widget app and its requirements. Returns the commit's URL."""
+    from .metrics import CLASSIFICATION_METRIC
+
+    check_repo_id(repo_id)
+    name = repo_id.split("/")[-1]  # evaluate.load(repo_id) reads the script named after the repo
+    with tempfile.TemporaryDirectory(prefix="vqshape-metric-") as folder:
+        folder = Path(folder)
+        shutil.copyfile(CLASSIFICATION_METRIC, folder / f"{name}.py")
+        (folder / "app.py").write_text(METRIC_APP.format(repo_id=repo_id), encoding="utf-8")
+        (folder / "requirements.txt").write_text("evaluate>=0.4\ndatasets>=2.18\nscikit-learn>=1.3\n", encoding="utf-8")
+        (folder / "README.md").write_text(
+            "---\n"
+            f"title: {name}\n"
+            "tags:\n- evaluate\n- metric\n- time-series-classification\n"
+            "sdk: gradio\napp_file: app.py\npinned: false\n"
+            "---\n\n"
+            f"# {name}\n\n"
+            "VQShape's classification metrics: accuracy, balanced accuracy, macro-F1 (never-predicted classes count as "
+            "0) and a per-class report of precision, recall, F1 and support, with scikit-learn's definitions. Labels "
+            "may be class names or integers.\n\n"
+            "```python\nimport evaluate\n\n"
+            f'metric = evaluate.load("{repo_id}")\n'
+            'metric.compute(predictions=["walking", "running"], references=["walking", "walking"])\n```\n',
+            encoding="utf-8")
+        commit = upload_to_hub(folder, repo_id, private, commit_message, token, endpoint=endpoint,
+                               repo_type="space", space_sdk="gradio")
+    return commit.commit_url if hasattr(commit, "commit_url") else str(commit)
 
 
 def publish(model, repo_id: str, feature_extractor=None, private: bool = False,
@@ -296,6 +337,7 @@ __all__ = [
     "eval_results",
     "publish",
     "push_folder_to_hub",
+    "push_metric_to_hub",
     "save_for_hub",
     "upload_to_hub",
     "write_atlas",

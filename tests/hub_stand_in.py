@@ -4,8 +4,9 @@ commit and download files: a ThreadingHTTPServer on 127.0.0.1 (port 0) in a daem
 Endpoints: POST /api/repos/create, POST /api/validate-yaml, POST /api/models/{repo}/preupload/{revision} (every file
 "regular", with the git oid of the file already there so unchanged files are skipped), POST
 /api/models/{repo}/commit/{revision} (NDJSON, base64 content), GET /api/models/{repo}[/revision/{revision}],
-GET /api/models/{repo}/tree/{revision}, GET/HEAD /{repo}/resolve/{revision}/{path} (ETag, X-Repo-Commit,
-Content-Length). Anything else answers 404 and is recorded in `unknown`.
+GET /api/models/{repo}/tree/{revision}, the same under /api/spaces/ for Spaces (a created repo's `type` and `sdk` are
+kept), GET/HEAD /{repo}/resolve/{revision}/{path} (ETag, X-Repo-Commit, Content-Length). Anything else answers 404
+and is recorded in `unknown`.
 """
 
 import base64
@@ -25,8 +26,9 @@ def git_oid(content: bytes) -> str:
 
 
 class _Repo:
-    def __init__(self, private: bool):
+    def __init__(self, private: bool, kind: str = "model", sdk: str | None = None):
         self.private = private
+        self.kind, self.sdk = kind, sdk  # "model" or "space" (with its SDK)
         self.commits = []  # [(oid, message, {path: bytes})], oldest first
 
     @property
@@ -125,16 +127,17 @@ class HubStandIn:
             if repo_id in self.repos:
                 return self._send(handler, 409, {"error": "You already created this model repo",
                                                  "url": f"{self.endpoint}/{repo_id}"})
-            self.repos[repo_id] = _Repo(private=payload.get("visibility") == "private" or bool(payload.get("private")))
+            self.repos[repo_id] = _Repo(private=payload.get("visibility") == "private" or bool(payload.get("private")),
+                                        kind=payload.get("type") or "model", sdk=payload.get("sdk"))
             return self._send(handler, 200, {"url": f"{self.endpoint}/{repo_id}", "name": repo_id})
         if method == "POST" and path == "/api/validate-yaml":
             return self._send(handler, 200, {"errors": [], "warnings": []})
 
-        match = re.fullmatch(rf"/api/models/{_REPO}(?:/(?P<action>preupload|commit|revision|tree)/(?P<rev>[^/]+)"
-                             r"(?:/(?P<sub>.*))?)?", path)
+        match = re.fullmatch(rf"/api/(?P<kind>models|spaces)/{_REPO}(?:/(?P<action>preupload|commit|revision|tree)/"
+                             r"(?P<rev>[^/]+)(?:/(?P<sub>.*))?)?", path)
         if match:
             repo = self.repos.get(match["repo"])
-            if repo is None:
+            if repo is None or repo.kind + "s" != match["kind"]:
                 return self._not_found(handler, method)
             action = match["action"]
             files = repo.head[2]

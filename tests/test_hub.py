@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +151,21 @@ def test_model_card_metadata_round_trips(tmp_path):
 def test_check_repo_id_accepts_ordinary_ids():
     for repo_id in ("lab/vqshape-geneactiv", "vqshape", "Org_1/model.v2"):
         assert check_repo_id(repo_id) == repo_id
+
+
+@pytest.mark.slow
+def test_classification_metric_publishes_as_an_evaluate_space(hub):
+    from modeling_vqshape.hub import push_metric_to_hub
+    from modeling_vqshape.metrics import CLASSIFICATION_METRIC
+
+    push_metric_to_hub("lab/vqshape-classification", endpoint=hub.endpoint, token="hf_stand_in")
+    space = hub.repos["lab/vqshape-classification"]
+    assert (space.kind, space.sdk) == ("space", "gradio")
+    files = space.head[2]
+    assert set(files) == {"vqshape-classification.py", "app.py", "requirements.txt", "README.md"}
+    assert files["vqshape-classification.py"] == Path(CLASSIFICATION_METRIC).read_bytes()  # evaluate.load reads it
+    card = files["README.md"].decode()
+    assert card.startswith("---\n") and "sdk: gradio" in card and "app_file: app.py" in card
+    assert 'evaluate.load("lab/vqshape-classification")' in files["app.py"].decode()
+    assert b"scikit-learn" in files["requirements.txt"]
+
