@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .processing_vqshape import VQShapeFeatureExtractor
+from .processing_vqshape import VQShapeFeatureExtractor, resample_series
 
 WEIGHT_DECAYS = (0.0, 0.01, 0.1, 1.0, 10.0, 100.0)
 DROPOUTS = (0.0, 0.2, 0.5, 0.8)
@@ -175,12 +175,6 @@ def dataset_name(spec: str) -> str:
 
 
 # ---- features --------------------------------------------------------------------------------------------------------
-
-
-def resample_series(series: list, length: int) -> np.ndarray:
-    """`(channels, time)` arrays of any lengths (NaN gaps allowed) -> `(num_series, channels, length)` float32."""
-    past_values = VQShapeFeatureExtractor(input_length=length)(list(series), return_tensors="np")["past_values"]
-    return past_values.transpose(0, 2, 1)  # "batch time channels -> batch channels time"
 
 
 @torch.no_grad()

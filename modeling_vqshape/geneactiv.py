@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .processing_vqshape import VQShapeFeatureExtractor
+from .processing_vqshape import resample_series
 
 SAMPLES_PER_PAGE = 300
 HEX_PER_SAMPLE = 12
@@ -422,8 +422,7 @@ def build_geneactiv_dataset(recordings, annotations, window_length: int, stride:
 
     past_values = np.stack(windows).astype(np.float32)  # (num_windows, 3, window_length)
     if input_length is not None:
-        resampled = VQShapeFeatureExtractor(input_length=input_length)(past_values, return_tensors="np")["past_values"]
-        past_values = resampled.transpose(0, 2, 1)  # "batch time channels -> batch channels time"
+        past_values = resample_series(past_values, input_length)
     length = past_values.shape[-1]
     features = datasets.Features({
         "past_values": datasets.List(datasets.List(datasets.Value("float32"), length=length), length=len(CHANNELS)),

@@ -729,6 +729,25 @@ AUTO_MAP = {
 }
 
 
+def complete_saved_folder(save_directory, auto_map: dict, input_length: int):
+    """After `save_pretrained`: write the complete `auto_map` into config.json (a head lists only itself; written to a
+    temporary file, then renamed) and add the feature extractor, so that the folder loads with every Auto class, with
+    or without the package."""
+    config_path = os.path.join(save_directory, "config.json")
+    with open(config_path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    config["auto_map"] = dict(auto_map)
+    temporary_path = config_path + ".tmp"
+    with open(temporary_path, "w", encoding="utf-8") as handle:
+        json.dump(config, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(temporary_path, config_path)
+    if not os.path.exists(os.path.join(save_directory, "preprocessor_config.json")):
+        from .processing_vqshape import VQShapeFeatureExtractor
+
+        VQShapeFeatureExtractor(input_length=input_length).save_pretrained(save_directory)
+
+
 class VQShapePreTrainedModel(PreTrainedModel):
     config_class = VQShapeConfig
     base_model_prefix = "vqshape"
@@ -776,19 +795,7 @@ class VQShapePreTrainedModel(PreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if not kwargs.get("is_main_process", True):
             return
-        config_path = os.path.join(save_directory, "config.json")
-        with open(config_path, encoding="utf-8") as handle:
-            config = json.load(handle)
-        config["auto_map"] = dict(AUTO_MAP)
-        temporary_path = config_path + ".tmp"
-        with open(temporary_path, "w", encoding="utf-8") as handle:
-            json.dump(config, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(temporary_path, config_path)
-        if not os.path.exists(os.path.join(save_directory, "preprocessor_config.json")):
-            from .processing_vqshape import VQShapeFeatureExtractor
-
-            VQShapeFeatureExtractor(input_length=self.config.input_length).save_pretrained(save_directory)
+        complete_saved_folder(save_directory, AUTO_MAP, self.config.input_length)
         if push_to_hub:
             repo_id = hub_kwargs.pop("repo_id", None) or os.path.basename(os.path.normpath(save_directory))
             self.push_to_hub(repo_id, token=kwargs.get("token"), **hub_kwargs)

@@ -12,7 +12,6 @@ domain's calibration (`calibrate_intensity`).
 Reads top to bottom: caption rules -> text encoder access -> loss -> blocks -> outputs -> models.
 """
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_vqshape_text import ATTRIBUTES, BANK_ATTRIBUTES, PHRASE_BANK, VQShapeTextConfig
-from .modeling_vqshape import VQShapeForPreTraining, VQShapeModel, instance_normalize
+from .modeling_vqshape import VQShapeForPreTraining, VQShapeModel, complete_saved_folder, instance_normalize
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Caption rules: decoded attributes -> one value per attribute. Deterministic; the thresholds are documented here.
@@ -347,18 +346,7 @@ class VQShapeTextPreTrainedModel(PreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if not kwargs.get("is_main_process", True):
             return
-        config_path = os.path.join(save_directory, "config.json")
-        with open(config_path, encoding="utf-8") as handle:
-            config = json.load(handle)
-        config["auto_map"] = dict(TEXT_AUTO_MAP)
-        with open(config_path + ".tmp", "w", encoding="utf-8") as handle:
-            json.dump(config, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(config_path + ".tmp", config_path)
-        if not os.path.exists(os.path.join(save_directory, "preprocessor_config.json")):
-            from .processing_vqshape import VQShapeFeatureExtractor
-
-            VQShapeFeatureExtractor(input_length=self.config.vqshape_config.input_length).save_pretrained(save_directory)
+        complete_saved_folder(save_directory, TEXT_AUTO_MAP, self.config.vqshape_config.input_length)
 
 
 class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):

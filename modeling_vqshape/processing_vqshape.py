@@ -28,6 +28,15 @@ def resample(values: np.ndarray, length: int) -> np.ndarray:
     return F.interpolate(tensor, size=length, mode="linear").numpy()[0]
 
 
+def resample_series(series, length: int) -> np.ndarray:
+    """`(channels, time)` arrays of any lengths (NaN gaps allowed), or a `(batch, channels, time)` array ->
+    `(num_series, channels, length)` float32: gaps filled and every channel resampled as `VQShapeFeatureExtractor`
+    does, kept channels-first (the feature extractor's output is the model's `(batch, time, channels)`)."""
+    series = list(series) if isinstance(series, (list, tuple)) else series
+    past_values = VQShapeFeatureExtractor(input_length=length)(series, return_tensors="np")["past_values"]
+    return past_values.transpose(0, 2, 1)  # "batch time channels -> batch channels time"
+
+
 class VQShapeFeatureExtractor(FeatureExtractionMixin):
     r"""
     Prepares raw series for VQShape: fills interior gaps, resamples every channel linearly to `input_length`, and
@@ -118,4 +127,4 @@ class VQShapeFeatureExtractor(FeatureExtractionMixin):
         return BatchFeature({"past_values": past_values}, tensor_type=return_tensors)
 
 
-__all__ = ["VQShapeFeatureExtractor"]
+__all__ = ["VQShapeFeatureExtractor", "resample_series"]

@@ -65,3 +65,17 @@ def test_feeds_the_model_and_round_trips(tmp_path, tiny_config):
     with pytest.raises(ValueError, match="input_length"):
         VQShapeFeatureExtractor(input_length=1)
     assert VQShapeConfig().input_length == VQShapeFeatureExtractor().input_length
+
+
+def test_resample_series_keeps_channels_first_and_matches_the_feature_extractor():
+    from modeling_vqshape.processing_vqshape import resample_series
+
+    rng = np.random.default_rng(0)
+    windows = rng.normal(size=(3, 2, 50))  # (batch, channels, time)
+    resampled = resample_series(windows, 64)
+    assert resampled.shape == (3, 2, 64) and resampled.dtype == np.float32
+    expected = VQShapeFeatureExtractor(input_length=64)(windows, return_tensors="np")["past_values"]  # (3, 64, 2)
+    np.testing.assert_array_equal(resampled, expected.transpose(0, 2, 1))
+    np.testing.assert_array_equal(resample_series(list(windows), 64), resampled)  # a list of (channels, time) too
+    # linear with align_corners False: upsampling keeps the first sample
+    np.testing.assert_allclose(resampled[:, :, 0], windows[:, :, 0], rtol=1e-6)
