@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +39,6 @@ import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
-sys.path.insert(0, os.path.join(REPO_ROOT, "examples"))
 
 from modeling_vqshape import VQShapeFeatureExtractor  # noqa: E402
 from modeling_vqshape.configuration_vqshape_text import ATTRIBUTES, DEFAULT_TEXT_MODEL, PHRASE_BANK  # noqa: E402
@@ -292,13 +292,12 @@ def main(argv=None):
     if args.aligned:
         aligned = args.aligned
     else:
-        import align_text
-
         aligned = tempfile.mkdtemp(prefix="vqshape-text-bench-")
-        align_text.main(["--model_name_or_path", args.vqshape, "--text_model", args.text_model, "--text_model_name",
-                         DEFAULT_TEXT_MODEL, "--max_train_steps", str(args.steps), "--output_dir", aligned,
-                         "--report_to", "none", "--seed", str(args.seed), "--logging_steps", "100",
-                         *args.align_args.split()])
+        # the example runs as a program, as a user runs it
+        subprocess.run([sys.executable, os.path.join(REPO_ROOT, "examples", "align_text.py"), "--model_name_or_path",
+                        args.vqshape, "--text_model", args.text_model, "--text_model_name", DEFAULT_TEXT_MODEL,
+                        "--max_train_steps", str(args.steps), "--output_dir", aligned, "--report_to", "none",
+                        "--seed", str(args.seed), "--logging_steps", "100", *args.align_args.split()], check=True)
     trained = VQShapeForTextAlignment.from_pretrained(aligned)
     trained.set_text_encoder(encoder)
     past_values, calibration = held_out_series(trained.config.vqshape_config.input_length, args.max_series)

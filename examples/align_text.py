@@ -13,7 +13,6 @@ import importlib.util
 import json
 import math
 import os
-import sys
 
 import numpy as np
 import torch
@@ -23,11 +22,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-if importlib.util.find_spec("modeling_vqshape") is None:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modeling_vqshape.configuration_vqshape_text import DEFAULT_TEXT_MODEL  # noqa: E402
-from modeling_vqshape.data import bundled_data_dir, load_pretraining_dataset, prepare_series  # noqa: E402
-from modeling_vqshape.modeling_vqshape_text import (  # noqa: E402
+from modeling_vqshape.configuration_vqshape_text import DEFAULT_TEXT_MODEL
+from modeling_vqshape.data import bundled_data_dir, load_pretraining_dataset, prepare_series
+from modeling_vqshape.modeling_vqshape_text import (
     VQShapeForTextAlignment,
     calibrations_by_source,
     load_text_encoder,

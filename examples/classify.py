@@ -12,17 +12,12 @@ the same splits, series resampled to `--baseline_length` steps. Writes `results.
 """
 
 import argparse
-import importlib.util
-import os
-import sys
 import time
 
 import torch
 from accelerate import Accelerator
 
-if importlib.util.find_spec("modeling_vqshape") is None:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modeling_vqshape.classification import (  # noqa: E402
+from modeling_vqshape.classification import (
     BASELINES,
     DROPOUTS,
     FEATURE_KINDS,

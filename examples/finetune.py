@@ -12,11 +12,9 @@ written to `eval_results.json` and put into the model card's `model-index`.
 """
 
 import argparse
-import importlib.util
 import json
 import math
 import os
-import sys
 
 import evaluate
 import numpy as np
@@ -27,12 +25,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-if importlib.util.find_spec("modeling_vqshape") is None:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modeling_vqshape import VQShapeFeatureExtractor, VQShapeForTimeSeriesClassification  # noqa: E402
-from modeling_vqshape.classification import dataset_name, load_classification_dataset  # noqa: E402
-from modeling_vqshape.hub import push_folder_to_hub, write_model_card  # noqa: E402
-from modeling_vqshape.metrics import CLASSIFICATION_METRIC  # noqa: E402
+from modeling_vqshape import VQShapeFeatureExtractor, VQShapeForTimeSeriesClassification
+from modeling_vqshape.classification import dataset_name, load_classification_dataset
+from modeling_vqshape.hub import push_folder_to_hub, write_model_card
+from modeling_vqshape.metrics import CLASSIFICATION_METRIC
 
 
 def parse_args(argv=None):

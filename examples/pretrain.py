@@ -13,7 +13,6 @@ import math
 import os
 import re
 import shutil
-import sys
 from collections import deque
 
 import torch
@@ -23,13 +22,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, get_scheduler
 
-if importlib.util.find_spec("modeling_vqshape") is None:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining  # noqa: E402
-from modeling_vqshape.configuration_vqshape import DIVERSE_CODEBOOK, ORIGINAL_CODEBOOK  # noqa: E402
-from modeling_vqshape.data import describe, load_pretraining_dataset, stream_pretraining_dataset  # noqa: E402
-from modeling_vqshape.hub import push_folder_to_hub, write_model_card  # noqa: E402
-from modeling_vqshape.modeling_vqshape import usage_from_indices  # noqa: E402
+from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining
+from modeling_vqshape.configuration_vqshape import DIVERSE_CODEBOOK, ORIGINAL_CODEBOOK
+from modeling_vqshape.data import describe, load_pretraining_dataset, stream_pretraining_dataset
+from modeling_vqshape.hub import push_folder_to_hub, write_model_card
+from modeling_vqshape.modeling_vqshape import usage_from_indices
 
 # The default run: a small VQShape that pre-trains on the bundled corpus on a 2-core CPU in minutes.
 SMALL_CONFIG = dict(
