@@ -21,26 +21,15 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from original_vqshape import build_original  # noqa: E402
 
-from conversion.convert_vqshape_original_to_hf import convert  # noqa: E402
+from conversion.convert_vqshape_original_to_hf import ORIGINAL_TO_CONFIG, convert  # noqa: E402
 from modeling_vqshape import VQShapeConfig, VQShapeModel  # noqa: E402
 from modeling_vqshape.hub import write_atlas  # noqa: E402
 
 
 def hyper_parameters(config: VQShapeConfig) -> dict:
-    """The LitVQShape argument names for `config` (see the fixture's `hyper_parameters`)."""
-    return {
-        "dim_embedding": config.d_model, "normalize_length": config.input_length, "patch_size": config.patch_length,
-        "num_patch": config.num_patches, "num_token": config.num_tokens,
-        "num_transformer_enc_heads": config.num_encoder_heads, "num_transformer_enc_layers": config.num_encoder_layers,
-        "num_tokenizer_heads": config.num_tokenizer_heads, "num_tokenizer_layers": config.num_tokenizer_layers,
-        "num_transformer_dec_heads": config.num_decoder_heads, "num_transformer_dec_layers": config.num_decoder_layers,
-        "num_code": config.num_codes, "dim_code": config.code_dim, "codebook_type": "standard",
-        "len_s": config.shape_length, "s_smooth_factor": config.shape_smoothing,
-        "lambda_x": config.reconstruction_weight, "lambda_z": config.codebook_weight, "lambda_s": config.shape_weight,
-        "lambda_dist": config.disentanglement_weight, "lambda_vq_commit": config.commitment_weight,
-        "lambda_vq_entropy": config.entropy_weight, "entropy_gamma": config.entropy_gamma,
-        "mask_ratio": config.mask_ratio,
-    }
+    """The LitVQShape argument names for `config`: the converter's own mapping, read backwards."""
+    return {original: getattr(config, converted) for original, converted in ORIGINAL_TO_CONFIG.items()} | {
+        "codebook_type": "standard"}
 
 
 def main():

@@ -35,11 +35,6 @@ class VQShapeTokensGraph(nn.Module):
         return output.token_features, output.code_indices, output.histogram
 
 
-def base_model(model: VQShapePreTrainedModel) -> VQShapeModel:
-    """The `VQShapeModel` inside any VQShape head (or the model itself)."""
-    return model if isinstance(model, VQShapeModel) else model.vqshape
-
-
 def export_tokens_onnx(model: VQShapePreTrainedModel, output: str | os.PathLike, num_channels: int = 1,
                        atol: float = 1e-4, check_batch_size: int = 5) -> Path:
     """Export the tokens path of `model` to `output` and check it with onnxruntime.
@@ -53,7 +48,7 @@ def export_tokens_onnx(model: VQShapePreTrainedModel, output: str | os.PathLike,
     Returns:
         The path written.
     """
-    graph = VQShapeTokensGraph(base_model(model)).eval()
+    graph = VQShapeTokensGraph(model.base_model).eval()  # the VQShapeModel of any head (base_model_prefix)
     config = graph.model.config
     example = torch.randn(2, config.input_length, num_channels)
     batch = torch.export.Dim("batch_size", min=1)
