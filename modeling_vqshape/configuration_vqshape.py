@@ -26,6 +26,22 @@ ORIGINAL_CODEBOOK = {
 }
 
 
+def remote_only_pipelines(custom_pipelines: dict | None) -> dict:
+    """A saved config's `custom_pipelines` (which transformers serves only with `trust_remote_code=True`), less the
+    tasks this installation already serves with the same pipeline class, i.e. when the package is imported: then
+    `pipeline(task, model=folder)` uses the registered class and needs no remote code."""
+    if not custom_pipelines:
+        return {}
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    kept = {}
+    for task, info in custom_pipelines.items():
+        registered = PIPELINE_REGISTRY.supported_tasks.get(task, {}).get("impl")
+        if registered is None or registered.__name__ != str(info.get("impl", "")).rsplit(".", 1)[-1]:
+            kept[task] = info
+    return kept
+
+
 class VQShapeConfig(PretrainedConfig):
     r"""
     Configuration of a VQShape model (Wen et al., "Abstracted Shapes as Tokens", NeurIPS 2024).
@@ -212,6 +228,8 @@ class VQShapeConfig(PretrainedConfig):
         self.dead_code_threshold = dead_code_threshold
         self.usage_ema_decay = usage_ema_decay
         self._validate()
+        if "custom_pipelines" in kwargs:
+            kwargs["custom_pipelines"] = remote_only_pipelines(kwargs["custom_pipelines"])
         super().__init__(**kwargs)
 
     @property

@@ -5,7 +5,7 @@ import math
 import numpy as np
 from transformers import PretrainedConfig
 
-from .configuration_vqshape import VQShapeConfig
+from .configuration_vqshape import VQShapeConfig, remote_only_pipelines
 
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -105,6 +105,9 @@ class VQShapeTextConfig(PretrainedConfig):
             Class names whose prompt embeddings are stored with the model (`set_class_names`), so that `explain` and
             `zero_shot_classify` serve them without the text encoder; `class_templates` ("{}" is the name) are the
             prompts averaged per class.
+        class_descriptions (`list[list[str]]`, *optional*):
+            When the stored classes were given as descriptions (`set_class_names({name: [descriptions]})`): each
+            class's descriptions, in `class_names` order, whose embeddings are averaged instead of the templated name.
         logit_scale_init (`float`, defaults to 1/0.07), logit_scale_max (`float`, defaults to 100):
             Initial value and upper clamp of the learnable InfoNCE logit scale (CLIP's).
         code_text_weight, token_text_weight, class_text_weight (`float`, default to 1.0):
@@ -142,6 +145,7 @@ class VQShapeTextConfig(PretrainedConfig):
         projection_hidden_dim: int = 256,
         class_names: list | None = None,
         class_templates: list | None = None,
+        class_descriptions: list | None = None,
         logit_scale_init: float = 1 / 0.07,
         logit_scale_max: float = 100.0,
         code_text_weight: float = 1.0,
@@ -166,6 +170,7 @@ class VQShapeTextConfig(PretrainedConfig):
         self.projection_hidden_dim = projection_hidden_dim
         self.class_names = list(class_names) if class_names else []
         self.class_templates = list(class_templates) if class_templates else list(DEFAULT_CLASS_TEMPLATES)
+        self.class_descriptions = [list(texts) for texts in class_descriptions] if class_descriptions else []
         self.logit_scale_init = logit_scale_init
         self.logit_scale_max = logit_scale_max
         self.code_text_weight = code_text_weight
@@ -188,6 +193,8 @@ class VQShapeTextConfig(PretrainedConfig):
         self.standardize_codes = (set(SERIES_ATTRIBUTES) <= set(self.phrase_bank) if standardize_codes is None
                                   else bool(standardize_codes))
         self._validate()
+        if "custom_pipelines" in kwargs:
+            kwargs["custom_pipelines"] = remote_only_pipelines(kwargs["custom_pipelines"])
         super().__init__(**kwargs)
 
     def _validate(self):
@@ -223,6 +230,9 @@ class VQShapeTextConfig(PretrainedConfig):
                              f"{self.num_heldout_paraphrases}.")
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError(f"VQShapeTextConfig: `class_names` has duplicates: {self.class_names}.")
+        if self.class_descriptions and len(self.class_descriptions) != len(self.class_names):
+            raise ValueError("VQShapeTextConfig: `class_descriptions` must hold one list of descriptions per class of "
+                             f"`class_names`; got {len(self.class_descriptions)} for {len(self.class_names)} classes.")
         if not all("{}" in template for template in self.class_templates):
             raise ValueError(f"VQShapeTextConfig: every class template must contain '{{}}', got "
                              f"{self.class_templates}.")

@@ -86,57 +86,68 @@ def _leading_number(text: str, where: str) -> float:
     return float(match.group())
 
 
-def read_geneactiv_bin(path) -> GENEActivRecording:
-    """Read a GENEActiv `.bin` file (see the module docstring for the format) into calibrated x, y, z in g."""
-    path = Path(path)
-    with open(path, encoding="latin-1") as file:  # text mode reads CRLF and LF alike
-        lines = [line.strip() for line in file]
-    if "Recorded Data" not in lines:
+def _read_bin_header(file, path: Path):
+    """Read the header lines of an open `.bin` file up to its first "Recorded Data" line; returns the header dict,
+    the calibration and the light calibration `(lux, volts)` (None without both, or with zero volts)."""
+    header = {}
+    for line in file:
+        line = line.strip()
+        if line == "Recorded Data":
+            break
+        if ":" in line:
+            key, value = _key_value(line)
+            header[key] = value
+    else:
         raise ValueError(f"{path}: no 'Recorded Data' line; not a GENEActiv .bin file, or it has no pages.")
-    first_page = lines.index("Recorded Data")
-    header = dict(_key_value(line) for line in lines[:first_page] if ":" in line)
     missing = [key for key in CALIBRATION_KEYS if key not in header]
     if missing:
         raise ValueError(f"{path}: header (before page 1) lacks calibration keys {missing} under 'Calibration Data'.")
     calibration = {key: _leading_number(header[key], f"{path}: header {key!r}") for key in CALIBRATION_KEYS}
     if any(calibration[f"{axis} gain"] == 0 for axis in CHANNELS):
         raise ValueError(f"{path}: header has a zero calibration gain.")
+    light_factor = None
+    if "Lux" in header and "Volts" in header and _leading_number(header["Volts"], str(path)) != 0:
+        light_factor = (_leading_number(header["Lux"], str(path)), _leading_number(header["Volts"], str(path)))
+    return header, calibration, light_factor
 
-    # split into pages: each starts at a "Recorded Data" line and ends with its hex data line
-    starts = [index for index, line in enumerate(lines) if line == "Recorded Data"] + [len(lines)]
-    page_times, temperatures, hex_lines, frequency = [], [], [], None
-    for number, (begin, end) in enumerate(zip(starts[:-1], starts[1:]), start=1):
-        where = f"{path}: page {number}"
-        block = [line for line in lines[begin + 1 : end] if line]
-        fields = dict(_key_value(line) for line in block if ":" in line)
-        data = [line for line in block if ":" not in line]
-        if "Page Time" not in fields or "Measurement Frequency" not in fields or len(data) != 1:
-            raise ValueError(f"{where}: incomplete page (needs 'Page Time', 'Measurement Frequency' and one hex data "
-                             "line); the file may be truncated.")
-        if len(data[0]) != SAMPLES_PER_PAGE * HEX_PER_SAMPLE:
-            raise ValueError(f"{where}: data line has {len(data[0])} hex characters, expected "
-                             f"{SAMPLES_PER_PAGE * HEX_PER_SAMPLE} ({SAMPLES_PER_PAGE} samples); truncated page?")
-        page_frequency = _leading_number(fields["Measurement Frequency"], f"{where} 'Measurement Frequency'")
-        if frequency is not None and page_frequency != frequency:
-            raise ValueError(f"{where}: measurement frequency {page_frequency} Hz differs from page 1's {frequency}.")
-        frequency = page_frequency
-        if frequency <= 0:
-            raise ValueError(f"{where}: measurement frequency must be positive, got {frequency}.")
-        page_times.append(_parse_time(fields["Page Time"], f"{where} 'Page Time'"))
-        temperature = fields.get("Temperature")
-        temperatures.append(_leading_number(temperature, f"{where} 'Temperature'") if temperature else np.nan)
-        hex_lines.append(data[0])
-    if "Number of Pages" in header and len(hex_lines) < int(_leading_number(header["Number of Pages"], str(path))):
-        raise ValueError(f"{path}: header says {header['Number of Pages']} pages but the file ends after page "
-                         f"{len(hex_lines)}; truncated file.")
 
+def _bin_pages(file, path: Path):
+    """Yield `(number, fields, data_line)` for each page of an open `.bin` file positioned after page 1's "Recorded
+    Data" line, reading one page at a time."""
+    number, block = 1, []
+    for line in file:
+        line = line.strip()
+        if line != "Recorded Data":
+            if line:
+                block.append(line)
+            continue
+        yield _parse_page(number, block, path)
+        number, block = number + 1, []
+    yield _parse_page(number, block, path)
+
+
+def _parse_page(number: int, block: list, path: Path):
+    fields = dict(_key_value(line) for line in block if ":" in line)
+    data = [line for line in block if ":" not in line]
+    if "Page Time" not in fields or "Measurement Frequency" not in fields or len(data) != 1:
+        raise ValueError(f"{path}: page {number}: incomplete page (needs 'Page Time', 'Measurement Frequency' and one "
+                         "hex data line); the file may be truncated.")
+    if len(data[0]) != SAMPLES_PER_PAGE * HEX_PER_SAMPLE:
+        raise ValueError(f"{path}: page {number}: data line has {len(data[0])} hex characters, expected "
+                         f"{SAMPLES_PER_PAGE * HEX_PER_SAMPLE} ({SAMPLES_PER_PAGE} samples); truncated page?")
+    return number, fields, data[0]
+
+
+def _decode_pages(hex_lines: list, first_number: int, path: Path, calibration: dict, light_factor):
+    """Hex data lines of consecutive pages -> x, y, z in g `(3, num_samples)`, light in whole lux (rounded down, as
+    the device software exports it; raw counts without a light factor) and the button."""
     # hex characters -> 4-bit digits, one row of 12 per sample: (num_pages * 300, 12)
     digits = _HEX_VALUE[np.frombuffer("".join(hex_lines).encode("latin-1"), dtype=np.uint8)]
     bad = np.flatnonzero(digits == 255)
     if bad.size:
         page, offset = divmod(int(bad[0]), SAMPLES_PER_PAGE * HEX_PER_SAMPLE)
-        raise ValueError(f"{path}: page {page + 1}: bad hex character {hex_lines[page][offset]!r} at sample "
-                         f"{offset // HEX_PER_SAMPLE} (column {offset + 1} of the data line).")
+        raise ValueError(f"{path}: page {first_number + page}: bad hex character {hex_lines[page][offset]!r} at "
+                         f"sample {offset // HEX_PER_SAMPLE} (column {offset + 1} of the data line).")
     digits = digits.reshape(-1, HEX_PER_SAMPLE).astype(np.int64)
     words = [(digits[:, i] << 8) | (digits[:, i + 1] << 4) | digits[:, i + 2] for i in (0, 3, 6, 9)]
     raw = np.stack(words[:3])  # (3, num_samples), unsigned 12 bits
@@ -144,18 +155,71 @@ def read_geneactiv_bin(path) -> GENEActivRecording:
     gain = np.array([calibration[f"{axis} gain"] for axis in CHANNELS])[:, None]
     offset = np.array([calibration[f"{axis} offset"] for axis in CHANNELS])[:, None]
     values = (raw * 100.0 - offset) / gain
-
     light = (words[3] >> 2).astype(np.float64)
-    if "Lux" in header and "Volts" in header and _leading_number(header["Volts"], str(path)) != 0:
-        light = light * _leading_number(header["Lux"], str(path)) / _leading_number(header["Volts"], str(path))
-    start = page_times[0]
-    page_seconds = np.array([(time - start).total_seconds() for time in page_times])
-    time = (page_seconds[:, None] + np.arange(SAMPLES_PER_PAGE) / frequency).reshape(-1)
+    if light_factor is not None:  # counts * lux / volts, multiplied first so that whole values stay whole
+        lux, volts = light_factor
+        light = np.floor(light * lux / volts)
+    return values, light, ((words[3] >> 1) & 1).astype(bool)
+
+
+def iter_geneactiv_bin(path, pages_per_chunk: int = 300):
+    """Read a GENEActiv `.bin` file piece by piece: yields `GENEActivRecording`s of up to `pages_per_chunk` pages
+    (300 samples each), whose `time` counts seconds from the file's first page, so that memory stays bounded whatever
+    the recording's length. `read_geneactiv_bin` is these pieces joined."""
+    path = Path(path)
+    if pages_per_chunk < 1:
+        raise ValueError(f"pages_per_chunk must be positive, got {pages_per_chunk}.")
+    with open(path, encoding="latin-1") as file:  # text mode reads CRLF and LF alike
+        header, calibration, light_factor = _read_bin_header(file, path)
+        start = frequency = None
+        pages, last_number = [], 0
+
+        def piece():
+            times, temperatures, hex_lines = zip(*((time, temperature, data) for time, temperature, data in pages))
+            values, light, button = _decode_pages(list(hex_lines), last_number - len(pages) + 1, path, calibration,
+                                                  light_factor)
+            page_seconds = np.array([(time - start).total_seconds() for time in times])
+            return GENEActivRecording(
+                name=path.stem, start=start, frequency=frequency, values=values,
+                time=(page_seconds[:, None] + np.arange(SAMPLES_PER_PAGE) / frequency).reshape(-1), light=light,
+                button=button, temperature=np.repeat(temperatures, SAMPLES_PER_PAGE), header=header)
+
+        for number, fields, data in _bin_pages(file, path):
+            where = f"{path}: page {number}"
+            page_frequency = _leading_number(fields["Measurement Frequency"], f"{where} 'Measurement Frequency'")
+            if frequency is not None and page_frequency != frequency:
+                raise ValueError(f"{where}: measurement frequency {page_frequency} Hz differs from page 1's "
+                                 f"{frequency}.")
+            if page_frequency <= 0:
+                raise ValueError(f"{where}: measurement frequency must be positive, got {page_frequency}.")
+            frequency = page_frequency
+            page_time = _parse_time(fields["Page Time"], f"{where} 'Page Time'")
+            start = page_time if start is None else start
+            temperature = fields.get("Temperature")
+            pages.append((page_time, _leading_number(temperature, f"{where} 'Temperature'") if temperature else np.nan,
+                          data))
+            last_number = number
+            if len(pages) == pages_per_chunk:
+                yield piece()
+                pages = []
+        if "Number of Pages" in header and last_number < int(_leading_number(header["Number of Pages"], str(path))):
+            raise ValueError(f"{path}: header says {header['Number of Pages']} pages but the file ends after page "
+                             f"{last_number}; truncated file.")
+        if pages:
+            yield piece()
+
+
+def read_geneactiv_bin(path) -> GENEActivRecording:
+    """Read a GENEActiv `.bin` file (see the module docstring for the format) into calibrated x, y, z in g."""
+    pieces = list(iter_geneactiv_bin(path))
+    first = pieces[0]
+
+    def joined(name):
+        return np.concatenate([getattr(piece, name) for piece in pieces], axis=-1)
+
     return GENEActivRecording(
-        name=path.stem, start=start, frequency=frequency, values=values, time=time, light=light,
-        button=((words[3] >> 1) & 1).astype(bool), temperature=np.repeat(temperatures, SAMPLES_PER_PAGE),
-        header=header,
-    )
+        name=first.name, start=first.start, frequency=first.frequency, values=joined("values"), time=joined("time"),
+        light=joined("light"), button=joined("button"), temperature=joined("temperature"), header=first.header)
 
 
 def write_geneactiv_bin(path, raw, frequency: float = 100.0, start: datetime = datetime(2020, 1, 1, 9, 0),
@@ -176,8 +240,6 @@ def write_geneactiv_bin(path, raw, frequency: float = 100.0, start: datetime = d
     button = np.zeros(num_samples, np.int64) if button is None else np.asarray(button, dtype=np.int64)
     calibration = {"x gain": 25548, "x offset": 574, "y gain": 25693, "y offset": -2652, "z gain": 25148,
                    "z offset": 626, "Volts": 300, "Lux": 800, **(calibration or {})}
-    words = np.concatenate([raw & 0xFFF, ((light << 2) | (button << 1))[None]])  # (4, num_samples) 12-bit words
-    samples = [f"{x:03X}{y:03X}{z:03X}{w:03X}" for x, y, z, w in words.T]
     num_pages = num_samples // SAMPLES_PER_PAGE
     lines = [
         "Device Identity", "Device Unique Serial Code:000000", "Device Type:GENEActiv", "Device Model:1.1",
@@ -190,17 +252,26 @@ def write_geneactiv_bin(path, raw, frequency: float = 100.0, start: datetime = d
         "Calibration Data", *(f"{key}:{value}" for key, value in calibration.items()), "",
         "Memory Status", f"Number of Pages:{num_pages}", "",
     ]
-    for page in range(num_pages):
-        page_time = start + timedelta(seconds=page * SAMPLES_PER_PAGE / frequency)
-        lines += [
-            "Recorded Data", "Device Unique Serial Code:000000", f"Sequence Number:{page}",
-            f"Page Time:{page_time:%Y-%m-%d %H:%M:%S}:{page_time.microsecond // 1000:03d}", "Unassigned:",
-            f"Temperature:{temperature}", "Battery voltage:4.0", "Device Status:Recording",
-            f"Measurement Frequency:{frequency:g} Hz",
-            "".join(samples[page * SAMPLES_PER_PAGE : (page + 1) * SAMPLES_PER_PAGE]),
-        ]
+    hex_digits = np.frombuffer(b"0123456789ABCDEF", dtype=np.uint8)
     path = Path(path)
-    path.write_bytes(("\r\n".join(lines) + "\r\n").encode("latin-1"))
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as file:  # page by page, so that a day's recording needs no day of strings
+        file.write(("\r\n".join(lines) + "\r\n").encode("latin-1"))
+        for page in range(num_pages):
+            window = slice(page * SAMPLES_PER_PAGE, (page + 1) * SAMPLES_PER_PAGE)
+            words = np.concatenate([raw[:, window] & 0xFFF, ((light[window] << 2) | (button[window] << 1))[None]])
+            # (4, 300) 12-bit words -> per sample "XXXYYYZZZWWW": 3 hex digits per word, most significant first
+            digits = np.stack([(words >> shift) & 0xF for shift in (8, 4, 0)], axis=-1)  # (4, 300, 3)
+            data = hex_digits[digits.transpose(1, 0, 2).reshape(-1)].tobytes().decode("latin-1")
+            page_time = start + timedelta(seconds=page * SAMPLES_PER_PAGE / frequency)
+            block = [
+                "Recorded Data", "Device Unique Serial Code:000000", f"Sequence Number:{page}",
+                f"Page Time:{page_time:%Y-%m-%d %H:%M:%S}:{page_time.microsecond // 1000:03d}", "Unassigned:",
+                f"Temperature:{temperature}", "Battery voltage:4.0", "Device Status:Recording",
+                f"Measurement Frequency:{frequency:g} Hz", data,
+            ]
+            file.write(("\r\n".join(block) + "\r\n").encode("latin-1"))
+    temporary.replace(path)
     return path
 
 
@@ -437,6 +508,7 @@ def build_geneactiv_dataset(recordings, annotations, window_length: int, stride:
 __all__ = [
     "GENEActivRecording",
     "build_geneactiv_dataset",
+    "iter_geneactiv_bin",
     "load_label_map",
     "read_annotations",
     "read_geneactiv",

@@ -290,22 +290,67 @@ def push_metric_to_hub(repo_id: str, private: bool = False, token: str | None = 
     return commit.commit_url if hasattr(commit, "commit_url") else str(commit)
 
 
+SPACE_TEMPLATE = Path(__file__).resolve().parent / "space"  # app.py and requirements.txt of the demo Space
+
+
+def write_demo_space(folder, model_id: str) -> Path:
+    """Fill `folder` with the demo Space for `model_id`: `app.py` and `requirements.txt` (`modeling_vqshape/space/`),
+    `model_id.txt`, a Space card, and a copy of this package's code (the Space imports it from there)."""
+    folder = Path(folder)
+    for name in ("app.py", "requirements.txt"):
+        shutil.copyfile(SPACE_TEMPLATE / name, folder / name)
+    (folder / "model_id.txt").write_text(model_id + "\n", encoding="utf-8")
+    package = Path(__file__).resolve().parent
+    shutil.copytree(package, folder / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "space"))
+    title = model_id.split("/")[-1]
+    (folder / "README.md").write_text(
+        "---\n"
+        f"title: {title}\n"
+        "sdk: gradio\napp_file: app.py\npinned: false\n"
+        f"models:\n- {model_id}\n"
+        "tags:\n- time-series\n- vqshape\n"
+        "---\n\n"
+        f"# {title}\n\n"
+        f"Shape tokens of your recordings with [{model_id}](https://huggingface.co/{model_id}): upload a GENEActiv "
+        "`.bin` or `.csv`, a `.npy` array or a `.csv` with one column per channel, and see the tokens drawn on it, the "
+        "codebook atlas with its usage, the predicted class, and download the token table.\n", encoding="utf-8")
+    return folder
+
+
+def publish_demo(space_id: str, model_id: str, private: bool = False, token: str | None = None,
+                 endpoint: str | None = None, commit_message: str = "Upload the VQShape demo"):
+    """Push the Gradio demo of `model_id` as the Space `space_id` (see `write_demo_space`); returns the CommitInfo."""
+    check_repo_id(space_id)
+    check_repo_id(model_id)
+    with tempfile.TemporaryDirectory(prefix="vqshape-space-") as folder:
+        write_demo_space(folder, model_id)
+        return upload_to_hub(folder, space_id, private, commit_message, token, endpoint=endpoint, repo_type="space",
+                             space_sdk="gradio")
+
+
 def publish(model, repo_id: str, feature_extractor=None, private: bool = False,
             commit_message: str = DEFAULT_COMMIT_MESSAGE, description: str | None = None, training=None, extra=None,
             results=None, dataset_names=None, base_model=None, license: str = "mit", atlas_dataset=None,
-            token: str | None = None, revision: str | None = None, endpoint: str | None = None):
+            token: str | None = None, revision: str | None = None, endpoint: str | None = None,
+            demo_space: str | None = None):
     """Publish a trained or converted model to the Hub in one commit and return the `huggingface_hub.CommitInfo`
     (`.oid` is the commit sha to pin with `from_pretrained(..., revision=...)`).
 
     The repo id is checked before anything is written or sent. The model is saved into a temporary folder with its
     feature extractor, the codebook atlas (usage counts from `atlas_dataset`, raw series, when given) and a model card
-    (`results` fill its `model-index`; see `write_model_card`), then uploaded to `revision` (default: main).
+    (`results` fill its `model-index`; see `write_model_card`), then uploaded to `revision` (default: main). With
+    `demo_space` (a Space id), the Gradio demo of the model is pushed there too (`publish_demo`).
     """
     check_repo_id(repo_id)
+    if demo_space is not None:
+        check_repo_id(demo_space)
     with tempfile.TemporaryDirectory(prefix="vqshape-publish-") as folder:
         save_for_hub(model, folder, feature_extractor, description, training, extra, results, dataset_names,
                      base_model, license, atlas_dataset, repo_id)
-        return upload_to_hub(folder, repo_id, private, commit_message, token, revision, endpoint)
+        commit = upload_to_hub(folder, repo_id, private, commit_message, token, revision, endpoint)
+    if demo_space is not None:
+        publish_demo(demo_space, repo_id, private, token, endpoint)
+    return commit
 
 
 def push_folder_to_hub(folder, repo_id: str, private: bool = False, commit_message: str = DEFAULT_COMMIT_MESSAGE,

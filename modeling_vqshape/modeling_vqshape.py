@@ -730,13 +730,17 @@ AUTO_MAP = {
 
 
 def complete_saved_folder(save_directory, auto_map: dict, input_length: int):
-    """After `save_pretrained`: write the complete `auto_map` into config.json (a head lists only itself; written to a
-    temporary file, then renamed) and add the feature extractor, so that the folder loads with every Auto class, with
-    or without the package."""
+    """After `save_pretrained`: write the complete `auto_map` and the pipelines (`custom_pipelines`, whose code
+    `pipeline_vqshape.py` save_pretrained copies with the modeling files through the import below) into config.json
+    (a head lists only itself; written to a temporary file, then renamed) and add the feature extractor, so that the
+    folder loads with every Auto class and `transformers.pipeline`, with or without the package."""
+    from .pipeline_vqshape import custom_pipelines
+
     config_path = os.path.join(save_directory, "config.json")
     with open(config_path, encoding="utf-8") as handle:
         config = json.load(handle)
     config["auto_map"] = dict(auto_map)
+    config["custom_pipelines"] = custom_pipelines()
     temporary_path = config_path + ".tmp"
     with open(temporary_path, "w", encoding="utf-8") as handle:
         json.dump(config, handle, indent=2, sort_keys=True)

@@ -14,8 +14,10 @@ Reads top to bottom: caption rules -> text encoder access -> loss -> blocks -> o
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -221,6 +223,29 @@ def multi_positive_info_nce(queries, keys, query_labels, key_labels, logit_scale
 # ---------------------------------------------------------------------------------------------------------------------
 # Blocks
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+HUBNESS_METHODS = ("inverted_softmax", "csls")
+
+
+def hubness_corrected_logits(similarity: torch.Tensor, reference_similarity: torch.Tensor, method: str,
+                             scale: torch.Tensor, neighbours: int = 10) -> torch.Tensor:
+    """Zero-shot logits corrected for hubness (a few class prompts being nearest to most series).
+
+    Args:
+        similarity: `(batch_size, num_classes)` cosines of the series to classify with each class prompt.
+        reference_similarity: `(num_reference, num_classes)` cosines of unlabelled reference series.
+        method: `"inverted_softmax"` (Smith et al. 2017: each class's exp-similarities are normalised over the
+            reference series, so a class close to everything loses its advantage) or `"csls"` (Conneau et al. 2018:
+            twice the cosine minus the class's mean cosine to its `neighbours` nearest reference series).
+        scale: the logit scale.
+    """
+    if method == "inverted_softmax":
+        return scale * similarity - torch.logsumexp(scale * reference_similarity, dim=0)
+    if method == "csls":
+        nearest = reference_similarity.topk(min(neighbours, reference_similarity.shape[0]), dim=0).values
+        return scale * (2 * similarity - nearest.mean(dim=0))
+    raise ValueError(f"hubness must be None or one of {HUBNESS_METHODS}, got {method!r}.")
 
 
 def _mlp(in_features: int, out_features: int, hidden_features: int) -> nn.Sequential:
@@ -439,7 +464,7 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         self.text_bank.text_mean.copy_(raw.mean(dim=0))
         self.text_bank.phrase_embeddings.copy_(self.text_bank.centre(raw))
         if self.config.class_names:
-            self.set_class_names(self.config.class_names, self.config.class_templates)
+            self.set_class_names(self._stored_classes(), self.config.class_templates)
 
     def _require_bank(self):
         if not self.text_bank.is_built:
@@ -465,6 +490,8 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
     def _check_class_names(self, class_names) -> list:
         if isinstance(class_names, str):
             raise ValueError(f"class_names must be a list of names, got the string {class_names!r}.")
+        if isinstance(class_names, Mapping):
+            class_names = list(self._check_descriptions(class_names))
         class_names = [str(name) for name in class_names] if class_names is not None else []
         if not class_names:
             raise ValueError("class_names is empty: give at least one class name (two for a classification).")
@@ -473,9 +500,33 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
             raise ValueError(f"class_names has duplicates {duplicates}: each class needs its own name.")
         return class_names
 
+    @staticmethod
+    def _check_descriptions(descriptions: Mapping) -> dict:
+        """`{class name: [descriptions]}` -> the same with str keys and lists of non-empty strings."""
+        checked = {}
+        for name, texts in descriptions.items():
+            texts = [texts] if isinstance(texts, str) else list(texts or [])
+            if not texts or not all(isinstance(text, str) and text.strip() for text in texts):
+                raise ValueError(f"class {name!r} needs a non-empty list of non-empty descriptions, got {texts!r}.")
+            if str(name) in checked:
+                raise ValueError(f"class {name!r} is given twice; each class needs its own name.")
+            checked[str(name)] = texts
+        if not checked:
+            raise ValueError("class descriptions are empty: give at least one class with its descriptions.")
+        return checked
+
     @torch.no_grad()
     def embed_class_prompts(self, class_names, templates=None) -> torch.Tensor:
-        """`(num_classes, text_dim)`: per class, the mean of its prompts (`templates` with "{}" for the name)."""
+        """`(num_classes, text_dim)`: per class, the mean of its prompts: its descriptions when `class_names` maps
+        each name to a list of them, else `templates` with "{}" for the name."""
+        if isinstance(class_names, Mapping):
+            descriptions = self._check_descriptions(class_names)
+            texts = [text for group in descriptions.values() for text in group]
+            embeddings, start, means = self.embed_text(texts), 0, []
+            for group in descriptions.values():
+                means.append(embeddings[start : start + len(group)].mean(dim=0))
+                start += len(group)
+            return F.normalize(torch.stack(means), dim=-1)
         class_names = self._check_class_names(class_names)
         templates = list(templates or self.config.class_templates)
         prompts = self.embed_text([template.format(name) for name in class_names for template in templates])
@@ -483,21 +534,31 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
 
     def set_class_names(self, class_names, templates=None):
         """Embed and store class prompts with the model (and in its config), so that `zero_shot_classify` and
-        `explain` serve them after saving, without the text encoder."""
+        `explain` serve them after saving, without the text encoder. `class_names` is a list of names (prompted with
+        `templates`) or `{name: [descriptions]}`."""
         embeddings = self.embed_class_prompts(class_names, templates)
         self.text_bank.class_embeddings = embeddings
-        self.config.class_names = list(class_names)
+        self.config.class_names = self._check_class_names(class_names)
+        self.config.class_descriptions = (list(self._check_descriptions(class_names).values())
+                                          if isinstance(class_names, Mapping) else [])
         self.config.class_templates = list(templates or self.config.class_templates)
+
+    def _stored_classes(self):
+        """The stored classes as given to `set_class_names`: `{name: [descriptions]}` or a list of names."""
+        if self.config.class_descriptions:
+            return dict(zip(self.config.class_names, self.config.class_descriptions))
+        return list(self.config.class_names)
 
     def _class_embeddings(self, class_names, templates):
         if class_names is None:
             if not self.config.class_names:
                 raise ValueError("No class names: pass class_names, or store some with set_class_names(...).")
             return list(self.config.class_names), self.text_bank.class_embeddings
-        class_names = self._check_class_names(class_names)
-        if class_names == self.config.class_names and templates is None:
-            return class_names, self.text_bank.class_embeddings
-        return class_names, self.embed_class_prompts(class_names, templates)
+        names = self._check_class_names(class_names)
+        given = self._check_descriptions(class_names) if isinstance(class_names, Mapping) else names
+        if given == self._stored_classes() and templates is None:
+            return names, self.text_bank.class_embeddings
+        return names, self.embed_class_prompts(class_names, templates)
 
     # ---- the time-series side ----------------------------------------------------------------------------------------
 
@@ -849,21 +910,85 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
 
     @torch.no_grad()
     def zero_shot_classify(self, past_values: torch.Tensor, class_names=None, templates=None,
-                           intensity_thresholds=None) -> VQShapeZeroShotOutput:
+                           intensity_thresholds=None, hubness: str | None = None,
+                           reference_values: torch.Tensor | None = None) -> VQShapeZeroShotOutput:
         """Classify series by the cosine of their pooled embedding with each class's prompts (CLIP-style).
 
         Args:
             past_values: `(batch_size, sequence_length)` or `(batch_size, sequence_length, num_channels)`, in their
                 own units when the model's intensity is calibrated (`calibrate_intensity`).
-            class_names: the classes (the stored ones when not given); templates: prompts with "{}".
+            class_names: the classes (the stored ones when not given): a list of names, prompted with `templates`
+                ("{}" is the name), or `{name: [descriptions]}`, whose descriptions are averaged per class.
             intensity_thresholds: per-row intensity calibration (see `forward`); the stored one when not given.
+            hubness: `None` (plain cosines), `"inverted_softmax"` or `"csls"`: correct for classes that are near
+                every series (see `hubness_corrected_logits`), using `reference_values`.
+            reference_values: unlabelled series like `past_values` for the hubness correction; `past_values`
+                themselves when not given.
         """
         class_names, prompts = self._class_embeddings(class_names, templates)
         series = self.encode(past_values, intensity_thresholds)["series_embeddings"]
-        logits = self.logit_scale_value() * series @ prompts.to(series).t()
+        prompts = prompts.to(series)
+        similarity = series @ prompts.t()
+        if hubness is None:
+            logits = self.logit_scale_value() * similarity
+        else:
+            reference = series if reference_values is None else \
+                self.encode(reference_values, intensity_thresholds)["series_embeddings"]
+            logits = hubness_corrected_logits(similarity, reference @ prompts.t(), hubness, self.logit_scale_value())
         probabilities = logits.softmax(dim=-1)
         return VQShapeZeroShotOutput(logits=logits, probabilities=probabilities,
                                      predictions=probabilities.argmax(dim=-1), class_names=class_names)
+
+    def _past_values(self, series) -> torch.Tensor:
+        """Model input from a `past_values` tensor, a `datasets.Dataset` with a `past_values` column of
+        `(channels, time)` windows (as `build_geneactiv_dataset` gives), or raw series for the feature extractor."""
+        if isinstance(series, torch.Tensor):
+            return series
+        if hasattr(series, "column_names"):
+            if "past_values" not in series.column_names:
+                raise ValueError(f"the dataset has no 'past_values' column (columns: {series.column_names}).")
+            series = np.asarray(series.with_format("numpy")["past_values"], dtype=np.float32)
+        from .processing_vqshape import VQShapeFeatureExtractor
+
+        return VQShapeFeatureExtractor(self.config.vqshape_config.input_length)(series)["past_values"]
+
+    @torch.no_grad()
+    def search(self, texts, series, top_k: int = 10, intensity_thresholds=None, batch_size: int = 256,
+               phrases_per_result: int = 2) -> list:
+        """Rank series (or windows of a recording) by free-text queries such as "vigorous irregular bursts".
+
+        Args:
+            texts: a query or a list of them.
+            series: a `past_values` tensor, a `datasets.Dataset` of windows (`build_geneactiv_dataset`), or raw series
+                in any form `VQShapeFeatureExtractor` takes.
+            top_k: results per query.
+        Returns:
+            one dict per query: `query`, `indices` (best first), `scores` (cosine of the series embedding with the
+            query), and `phrases`: for each result, the captions of its `phrases_per_result` tokens nearest the query.
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts or not all(isinstance(text, str) and text.strip() for text in texts):
+            raise ValueError(f"texts must be non-empty queries, got {texts!r}.")
+        if top_k < 1:
+            raise ValueError(f"top_k must be positive, got {top_k}.")
+        past_values = self._past_values(series)
+        queries = self.embed_text(texts)  # (num_queries, text_dim), unit norm
+        series_embeddings = torch.cat([self.encode(part, intensity_thresholds)["series_embeddings"]
+                                       for part in past_values.split(batch_size)])
+        scores = queries.to(series_embeddings) @ series_embeddings.t()  # (num_queries, num_series)
+        best = scores.topk(min(top_k, scores.shape[1]), dim=-1)
+        results = []
+        for query, text in enumerate(texts):
+            indices = best.indices[query].tolist()
+            encoded = self.encode(past_values[indices], intensity_thresholds)
+            batch, channels, tokens = encoded["outputs"].code_indices.shape
+            vectors = encoded["token_vectors"].reshape(batch, channels * tokens, -1)
+            nearest = (vectors @ queries[query].to(vectors)).topk(min(phrases_per_result, channels * tokens),
+                                                                  dim=-1).indices
+            embeddings = encoded["token_embeddings"].reshape(batch, channels * tokens, len(ATTRIBUTES), -1)
+            results.append({"query": text, "indices": indices, "scores": best.values[query].tolist(),
+                            "phrases": [self.token_phrases(embeddings[row, nearest[row]]) for row in range(batch)]})
+        return results
 
     def _best_phrases(self, attribute: str, embeddings: torch.Tensor) -> list:
         """`(n, text_dim)` -> for each row, the first paraphrase of the value of its best `attribute` bank phrase."""
@@ -945,4 +1070,5 @@ __all__ = [
     "shape_labels",
     "multi_positive_info_nce",
     "load_text_encoder",
+    "hubness_corrected_logits",
 ]

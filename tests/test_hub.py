@@ -76,7 +76,7 @@ def test_push_creates_a_private_repo_with_everything(pushed, hub):
     assert commit.oid == repo.commits[0][0]
     assert set(repo.head[2]) == {"README.md", "atlas.png", "config.json", "model.safetensors",
                                  "preprocessor_config.json", "configuration_vqshape.py", "modeling_vqshape.py",
-                                 "processing_vqshape.py"}
+                                 "processing_vqshape.py", "pipeline_vqshape.py"}
     assert repo.head[2]["atlas.png"].startswith(b"\x89PNG")
 
 

@@ -17,7 +17,9 @@ from .conftest import REPO_ROOT
 REPO_ID = "lab/vqshape-geneactiv"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
-LOADER = textwrap.dedent(
+# the start of a loader run in a fresh process as `python -c LOADER mode source expected_path`: in "remote" mode the
+# package cannot be imported (a machine without it), in "package" mode it is imported and registers its classes
+PACKAGE_OR_REMOTE = textwrap.dedent(
     """
     import importlib.abc, sys
     mode, source, expected_path = sys.argv[1:4]
@@ -27,14 +29,20 @@ LOADER = textwrap.dedent(
                 if name.split(".")[0] in ("modeling_vqshape", "conversion"):
                     raise ImportError(f"{name} is blocked: this process stands for a machine without the package")
         sys.meta_path.insert(0, BlockPackage())
+    else:
+        import modeling_vqshape  # noqa: F401  registers the Auto classes and the pipelines
+    """
+)
+
+LOADER = PACKAGE_OR_REMOTE + textwrap.dedent(
+    """
+    if mode == "remote":
         try:
             import modeling_vqshape  # noqa: F401
         except ImportError:
             pass
         else:
             raise SystemExit("the package is importable")
-    else:
-        import modeling_vqshape  # noqa: F401  registers the Auto classes
     import numpy as np, torch
     from safetensors.torch import load_file
     from transformers import AutoFeatureExtractor, AutoModel

@@ -2,6 +2,7 @@
 trains a few steps on different series per rank; the codebook is compared across ranks after the k-means
 initialisation, after a forced re-seeding and after further steps. Rank 0 writes the findings to argv[1] as JSON."""
 
+import gc
 import json
 import sys
 
@@ -14,8 +15,7 @@ from modeling_vqshape.configuration_vqshape import DIVERSE_CODEBOOK
 from tests.conftest import TINY
 
 
-def main(output):
-    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+def check_codebooks(accelerator, output):
     torch.manual_seed(0)  # the same initial weights on both ranks, as set_seed gives
     model = VQShapeForPreTraining(VQShapeConfig(**TINY, **DIVERSE_CODEBOOK))
     initial = model.vqshape.codebook.weight.detach().clone()
@@ -49,6 +49,15 @@ def main(output):
     if accelerator.is_main_process:
         with open(output, "w") as handle:
             json.dump(findings, handle)
+    accelerator.wait_for_everyone()
+
+
+def main(output):
+    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    check_codebooks(accelerator, output)
+    # DDP holds the process group: free the model (check_codebooks has returned) while both ranks are alive, then
+    # destroy the group, so that no gloo destructor runs at exit waiting on a peer that has gone (a rare hang)
+    gc.collect()
     accelerator.wait_for_everyone()
     accelerator.end_training()
 

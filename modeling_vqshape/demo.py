@@ -1,0 +1,200 @@
+"""A Gradio demo of a VQShape model, ready to be a Hub Space: upload a recording, see its shape tokens drawn on it, the
+codebook atlas with this recording's usage, the predicted class, and download the token table.
+
+    python -m modeling_vqshape.demo --model lab/vqshape-basicmotions          # or VQSHAPE_MODEL=... in the env
+
+Uploads: a GENEActiv `.bin` or `.csv` export (their own sampling rate), a `.npy` array `(channels, time)` or
+`(time,)`, or a plain `.csv` with one column per channel (a header row is allowed); the last two take the sampling
+rate from the form. The first window is explained and classified, with a fine-tuned head
+(`VQShapeForTimeSeriesClassification`) or zero-shot, from the class names in the form or the stored ones, with a
+text-aligned model; every window goes into the token table. `modeling_vqshape.hub.publish_demo` pushes it as a
+Space (`space/app.py` and its requirements, plus this package).
+"""
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .geneactiv import CHANNELS, read_geneactiv
+from .recordings import tokenize_recordings
+from .visualization import plot_codebook_atlas, plot_explanation
+
+MODEL_ENV = "VQSHAPE_MODEL"
+
+
+def _is_number(text) -> bool:
+    try:
+        float(str(text).split(".")[0] if str(text).count(".") > 1 else str(text))  # pandas renames repeats "1.0.1"
+        return True
+    except ValueError:
+        return False
+
+
+def read_upload(path, sampling_rate: float | None = None):
+    """An uploaded file -> `(values (channels, time) float64, sampling_rate, channel names)`; a `ValueError` saying
+    what is wrong with anything else."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".bin":
+            recording = read_geneactiv(path)
+            return recording.values, recording.frequency, list(CHANNELS)
+        if suffix == ".npy":
+            try:
+                values = np.load(path, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as error:
+                raise ValueError(f"not a readable NumPy array file ({error})") from None
+            names = None
+        elif suffix == ".csv":
+            try:  # a GENEActiv export states its own rate
+                recording = read_geneactiv(path)
+                return recording.values, recording.frequency, list(CHANNELS)
+            except ValueError:
+                import pandas as pd
+
+                table = pd.read_csv(path)
+                if not all(pd.api.types.is_numeric_dtype(dtype) for dtype in table.dtypes):
+                    raise ValueError("every column must be numeric (one column per channel)") from None
+                names = [str(column) for column in table.columns]
+                if all(_is_number(column) for column in table.columns):  # the first row was data, not a header
+                    table, names = pd.read_csv(path, header=None), None
+                values = table.to_numpy(dtype=np.float64).T
+        else:
+            raise ValueError(f"unsupported file type {suffix!r}; upload a GENEActiv .bin or .csv, a .npy or a .csv")
+    except (OSError, UnicodeDecodeError, EOFError) as error:
+        raise ValueError(f"{path.name} could not be read ({error})") from error
+    except ValueError as error:
+        raise ValueError(f"{path.name}: {error}") from error
+    values = np.asarray(values, dtype=np.float64)
+    values = values[None] if values.ndim == 1 else values
+    if values.ndim != 2 or values.shape[1] < 2:
+        raise ValueError(f"{path.name}: expected (channels, time) or (time,) values, got shape {values.shape}")
+    if values.shape[0] > values.shape[1]:
+        values = values.T  # a column per channel
+        names = names if names and len(names) == values.shape[0] else None
+    if not sampling_rate or sampling_rate <= 0:
+        raise ValueError(f"{path.name}: give the sampling rate (Hz) of this file")
+    return values, float(sampling_rate), names or [f"channel_{index}" for index in range(values.shape[0])]
+
+
+def _backbone_head(model):
+    """The VQShape head the figures read (a text-aligned model wraps one as `backbone`)."""
+    return getattr(model, "backbone", model)
+
+
+def predict(model, window: np.ndarray, class_names=None) -> dict | None:
+    """`{label: probability}` for one window `(channels, time)`, or None when the model has no classifier."""
+    from .processing_vqshape import VQShapeFeatureExtractor
+
+    head = _backbone_head(model)
+    past_values = VQShapeFeatureExtractor(head.config.input_length)(window[None])["past_values"]
+    with torch.no_grad():
+        if hasattr(model, "zero_shot_classify"):
+            if not class_names and not model.config.class_names:
+                return None
+            output = model.zero_shot_classify(past_values, class_names or None)
+            return dict(zip(output.class_names, output.probabilities[0].tolist()))
+        if not hasattr(model, "classifier"):
+            return None
+        if past_values.shape[-1] != model.config.num_input_channels:
+            raise ValueError(f"this classifier reads {model.config.num_input_channels} channels; the upload has "
+                             f"{past_values.shape[-1]}")
+        probabilities = model(past_values=past_values).logits.softmax(dim=-1)[0]
+        return {model.config.id2label[index]: float(value) for index, value in enumerate(probabilities)}
+
+
+def analyse(model, path, sampling_rate=None, class_names_text: str = "", window_seconds: float = 10.0,
+            workdir=None) -> dict:
+    """Everything the page shows for one upload: `explanation` and `atlas` (matplotlib figures), `prediction`
+    (`{label: probability}` or None), `table` (the token table as a CSV path) and `summary` (a line of text)."""
+    values, rate, channel_names = read_upload(path, sampling_rate)
+    window_length = min(values.shape[1], max(2, int(round(window_seconds * rate))))
+    window = values[:, :window_length]
+    class_names = [name.strip() for name in class_names_text.split(",") if name.strip()]
+    head = _backbone_head(model)
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="vqshape-demo-"))
+    table = tokenize_recordings(model, [values], workdir / "table", window_seconds=window_length / rate,
+                                sampling_rate=rate, channel_names=channel_names, progress=False)
+    usage = np.bincount(np.asarray(table["code"]), minlength=head.config.num_codes)
+    table_path = workdir / f"{Path(path).stem}-tokens.csv"
+    table.to_pandas().to_csv(table_path, index=False)
+    windows, num_tokens = len(set(table["window"])), len(table)
+    del table
+    shutil.rmtree(workdir / "table")  # the CSV is what the page offers; the Parquet shards are not kept
+    return {
+        "explanation": plot_explanation(head, window),
+        "atlas": plot_codebook_atlas(head, usage=usage),
+        "prediction": predict(model, window, class_names),
+        "table": str(table_path),
+        "summary": f"{values.shape[0]} channel(s), {values.shape[1]} samples at {rate:g} Hz: {windows} window(s) of "
+                   f"{window_length / rate:g} s, {num_tokens} tokens. The first window is explained and classified.",
+    }
+
+
+def load_demo_model(model_id: str):
+    """The model at `model_id` with the head it was saved with: a classifier keeps its classification head."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    from . import VQShapeModel  # noqa: F401  registers the Auto classes
+
+    architectures = AutoConfig.from_pretrained(model_id).architectures or []
+    auto = AutoModelForSequenceClassification if "VQShapeForTimeSeriesClassification" in architectures else AutoModel
+    return auto.from_pretrained(model_id).eval()
+
+
+def build_demo(model_id: str):
+    """The Gradio app for the model at `model_id` (folder or Hub repo id)."""
+    import gradio as gr
+
+    model = load_demo_model(model_id)
+
+    def run(upload, sampling_rate, class_names_text, window_seconds):
+        if upload is None:
+            return None, None, None, None, "Upload a recording first."
+        try:
+            result = analyse(model, upload, sampling_rate, class_names_text or "", window_seconds or 10.0)
+        except ValueError as error:  # a message on the page, not a trace
+            return None, None, None, None, f"**Could not use this upload:** {error}"
+        prediction = result["prediction"] or {"(this model has no classifier)": 1.0}
+        return result["explanation"], result["atlas"], prediction, result["table"], result["summary"]
+
+    with gr.Blocks(title="VQShape") as demo:
+        gr.Markdown(f"# VQShape: shape tokens of a time series\nModel: `{model_id}`. Upload a GENEActiv `.bin` or "
+                    "`.csv`, a `.npy` array or a `.csv` with one column per channel.")
+        with gr.Row():
+            upload = gr.File(label="Recording", file_types=[".bin", ".csv", ".npy"], type="filepath",
+                             elem_id="upload")
+            with gr.Column():
+                sampling_rate = gr.Number(label="Sampling rate (Hz; .npy and plain .csv)", value=50.0)
+                window_seconds = gr.Number(label="Window (seconds)", value=10.0)
+                class_names = gr.Textbox(label="Class names, comma-separated (text-aligned models)",
+                                         placeholder="walking, running, standing")
+                button = gr.Button("Analyse", variant="primary", elem_id="analyse")
+        status = gr.Markdown(elem_id="status")
+        prediction = gr.Label(label="Predicted class", elem_id="prediction")
+        explanation = gr.Plot(label="Explanation: tokens on the first window", elem_id="explanation")
+        atlas = gr.Plot(label="Codebook atlas, with this recording's usage", elem_id="atlas")
+        table = gr.File(label="Token table (CSV)", elem_id="table")
+        button.click(run, [upload, sampling_rate, class_names, window_seconds],
+                     [explanation, atlas, prediction, table, status])
+    return demo
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Run the VQShape Gradio demo.")
+    parser.add_argument("--model", default=os.environ.get(MODEL_ENV), help=f"Folder or Hub id (or ${MODEL_ENV}).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+    args = parser.parse_args(argv)
+    if not args.model:
+        parser.error(f"give --model or set {MODEL_ENV}.")
+    build_demo(args.model).launch(server_name=args.host, server_port=args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""The Gradio demo (modeling_vqshape.demo): uploads, what the page shows, the Space it publishes, and the page itself
+driven by a headless Chromium."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("pyarrow")
+
+from modeling_vqshape import VQShapeFeatureExtractor  # noqa: E402
+from modeling_vqshape.demo import analyse, load_demo_model, read_upload  # noqa: E402
+from modeling_vqshape.geneactiv import read_geneactiv_bin, write_geneactiv_bin  # noqa: E402
+
+from .conftest import REPO_ROOT  # noqa: E402
+from .test_hub import hub, online  # noqa: E402, F401  the local Hub stand-in, as fixtures
+from .test_saved_folders import SAVED  # noqa: E402
+
+CLASSIFIER = SAVED / "classifier"  # two channels, classes rest / walk / run
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return load_demo_model(str(CLASSIFIER))
+
+
+def two_channel_csv(path, header=True, num_samples=600):
+    values = np.random.default_rng(0).normal(size=(num_samples, 2)).cumsum(axis=0)
+    np.savetxt(path, values, delimiter=",", header="acc_x,acc_y" if header else "", comments="")
+    return values.T
+
+
+def test_uploads_are_read_in_every_format(tmp_path):
+    values = two_channel_csv(tmp_path / "header.csv")
+    read, rate, names = read_upload(tmp_path / "header.csv", 25)
+    np.testing.assert_allclose(read, values, rtol=1e-12)
+    assert rate == 25 and names == ["acc_x", "acc_y"]
+    two_channel_csv(tmp_path / "plain.csv", header=False)
+    read, _, names = read_upload(tmp_path / "plain.csv", 25)
+    np.testing.assert_allclose(read, values, rtol=1e-12)
+    assert names == ["channel_0", "channel_1"]
+    np.save(tmp_path / "series.npy", values[0])
+    assert read_upload(tmp_path / "series.npy", 10)[0].shape == (1, 600)
+    raw = np.random.default_rng(1).integers(-500, 500, (3, 600))
+    bin_path = write_geneactiv_bin(tmp_path / "wrist.bin", raw, frequency=40)
+    read, rate, names = read_upload(bin_path, 999)  # a GENEActiv file states its own rate
+    np.testing.assert_array_equal(read, read_geneactiv_bin(bin_path).values)
+    assert rate == 40 and names == ["x", "y", "z"]
+
+
+def test_unreadable_uploads_get_a_message(tmp_path):
+    (tmp_path / "bad.npy").write_bytes(b"not an array")
+    with pytest.raises(ValueError, match="bad.npy: not a readable NumPy array file"):
+        read_upload(tmp_path / "bad.npy", 50)
+    (tmp_path / "words.csv").write_text("a,b\nx,y\nz,w\n")
+    with pytest.raises(ValueError, match="words.csv: every column must be numeric"):
+        read_upload(tmp_path / "words.csv", 50)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="unsupported file type '.txt'"):
+        read_upload(tmp_path / "notes.txt", 50)
+    two_channel_csv(tmp_path / "no_rate.csv")
+    with pytest.raises(ValueError, match="give the sampling rate"):
+        read_upload(tmp_path / "no_rate.csv", None)
+
+
+def test_analyse_shows_the_models_prediction_tokens_and_usage(classifier, tmp_path):
+    values = two_channel_csv(tmp_path / "walk.csv")
+    result = analyse(classifier, tmp_path / "walk.csv", sampling_rate=25, window_seconds=8, workdir=tmp_path / "run")
+    window = values[:, :200]  # 8 s at 25 Hz
+    with torch.no_grad():
+        expected = classifier(**VQShapeFeatureExtractor(classifier.config.input_length)(window[None])).logits
+    probabilities = expected.softmax(dim=-1)[0]
+    assert result["prediction"] == pytest.approx({"rest": float(probabilities[0]), "walk": float(probabilities[1]),
+                                                  "run": float(probabilities[2])}, abs=1e-6)
+    import pandas as pd
+
+    table = pd.read_csv(result["table"])
+    assert len(table) == 3 * 2 * classifier.config.num_tokens  # three 8 s windows, two channels
+    assert set(table["channel"]) == {"acc_x", "acc_y"}
+    atlas_titles = [axis.get_title() for axis in result["atlas"].axes if axis.get_title()]
+    counts = np.bincount(table["code"], minlength=classifier.config.num_codes)
+    assert atlas_titles == [f"{code} (n={count})" for code, count in enumerate(counts)]
+    drawn = result["explanation"].axes[0].lines
+    assert len(drawn) == 2 + classifier.config.num_tokens  # the window, its reconstruction and one shape per token
+    assert "3 window(s) of 8 s" in result["summary"]
+
+
+@pytest.mark.slow
+def test_demo_space_publishes_with_the_package_and_the_model_id(hub, tmp_path):  # noqa: F811
+    from modeling_vqshape.hub import publish_demo
+
+    publish_demo("lab/vqshape-demo", "lab/vqshape-basicmotions", endpoint=hub.endpoint, token="hf_stand_in")
+    repo = hub.repos["lab/vqshape-demo"]
+    files = repo.head[2]
+    space = REPO_ROOT / "modeling_vqshape" / "space"
+    assert files["app.py"] == (space / "app.py").read_bytes()
+    assert files["requirements.txt"] == (space / "requirements.txt").read_bytes()
+    assert files["model_id.txt"] == b"lab/vqshape-basicmotions\n"
+    assert files["modeling_vqshape/demo.py"] == (REPO_ROOT / "modeling_vqshape" / "demo.py").read_bytes()
+    assert b"sdk: gradio" in files["README.md"] and b"- lab/vqshape-basicmotions" in files["README.md"]
+    assert not any("__pycache__" in name or name.startswith("modeling_vqshape/space") for name in files)
+
+
+def browser_or_skip():
+    """chromedriver and Chromium from Debian's packages (`apt-get install chromium chromium-driver`), selenium and
+    gradio from PyPI; the test skips, saying which is missing, where one is absent."""
+    pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.[demo]')")
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not browser or not driver:
+        pytest.skip("no headless browser: install Debian's chromium and chromium-driver packages")
+    return browser, driver
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_the_demo_page_in_a_real_browser(tmp_path):
+    browser, driver_path = browser_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    two_channel_csv(tmp_path / "walk.csv")
+    (tmp_path / "broken.npy").write_bytes(b"garbage")
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "modeling_vqshape.demo", "--model", str(CLASSIFIER), "--port",
+                               str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    options = Options()
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2000"):
+        options.add_argument(argument)
+    options.binary_location = browser
+    page = None
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # the server is up when its page answers
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("the demo server did not start:\n" + server.stdout.read().decode(errors="replace"))
+                time.sleep(0.5)
+        page = webdriver.Chrome(service=Service(driver_path), options=options)
+        page.set_page_load_timeout(60)
+        page.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(page, 90)
+
+        def analyse_upload(path):
+            upload = wait.until(lambda p: p.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"))[0]
+            upload.send_keys(str(path))
+            wait.until(lambda p: path.stem in p.find_element(By.CSS_SELECTOR, "#upload").text)  # "walk\n.csv"
+            page.find_element(By.CSS_SELECTOR, "#analyse").click()
+
+        analyse_upload(tmp_path / "walk.csv")
+        wait.until(lambda p: p.find_elements(By.CSS_SELECTOR, "#explanation img"))
+        wait.until(lambda p: "walk" in p.find_element(By.CSS_SELECTOR, "#prediction").text)
+        prediction = page.find_element(By.CSS_SELECTOR, "#prediction").text
+        assert {"rest", "walk", "run"} <= set(prediction.split()), prediction
+        assert page.find_elements(By.CSS_SELECTOR, "#atlas img")
+        assert "walk-tokens" in page.find_element(By.CSS_SELECTOR, "#table").text
+        page.find_element(By.CSS_SELECTOR, "#upload button[aria-label='Clear']").click()
+        analyse_upload(tmp_path / "broken.npy")
+        wait.until(lambda p: "Could not use this upload" in p.find_element(By.CSS_SELECTOR, "#status").text)
+        assert "broken.npy: not a readable NumPy array file" in page.find_element(By.CSS_SELECTOR, "#status").text
+    finally:
+        if page is not None:
+            page.quit()
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
