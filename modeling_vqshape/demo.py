@@ -6,8 +6,9 @@ codebook atlas with this recording's usage, the predicted class, and download th
 Uploads: a GENEActiv `.bin` or `.csv` export (their own sampling rate), a `.npy` array `(channels, time)` or
 `(time,)`, or a plain `.csv` with one column per channel (a header row is allowed); the last two take the sampling
 rate from the form. The first window is explained and classified, with a fine-tuned head
-(`VQShapeForTimeSeriesClassification`) or zero-shot, from the class names in the form or the stored ones, with a
-text-aligned model; every window goes into the token table. `modeling_vqshape.hub.publish_demo` pushes it as a
+(`VQShapeForTimeSeriesClassification`) or zero-shot with a text-aligned model, from the class names or descriptions in
+the form or the stored ones; every window goes into the token table. The model comes from `--model`, `$VQSHAPE_MODEL`
+or the page's model field. `modeling_vqshape.hub.publish_demo` pushes it as a
 Space (`space/app.py` and its requirements, plus this package).
 """
 
@@ -108,6 +109,22 @@ def predict(model, window: np.ndarray, class_names=None) -> dict | None:
         return {model.config.id2label[index]: float(value) for index, value in enumerate(probabilities)}
 
 
+def parse_classes(text: str):
+    """The form's classes: names separated by commas (`walking, running`), or one class per line with its
+    descriptions after a colon, separated by semicolons (`walking: a regular rhythm; steady steps`) -> a list of
+    names, a `{name: [descriptions]}` mapping, or None when empty."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not any(":" in line for line in lines):
+        return [name.strip() for line in lines for name in line.split(",") if name.strip()] or None
+    classes = {}
+    for line in lines:
+        name, _, descriptions = line.partition(":")
+        if not name.strip() or not descriptions.strip():
+            raise ValueError(f"write each class as 'name: description; description', got {line!r}")
+        classes[name.strip()] = [text.strip() for text in descriptions.split(";") if text.strip()]
+    return classes
+
+
 def analyse(model, path, sampling_rate=None, class_names_text: str = "", window_seconds: float = 10.0,
             workdir=None) -> dict:
     """Everything the page shows for one upload: `explanation` and `atlas` (matplotlib figures), `prediction`
@@ -115,7 +132,7 @@ def analyse(model, path, sampling_rate=None, class_names_text: str = "", window_
     values, rate, channel_names = read_upload(path, sampling_rate)
     window_length = min(values.shape[1], max(2, int(round(window_seconds * rate))))
     window = values[:, :window_length]
-    class_names = [name.strip() for name in class_names_text.split(",") if name.strip()]
+    class_names = parse_classes(class_names_text)
     head = _backbone_head(model)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="vqshape-demo-"))
     table = tokenize_recordings(model, [values], workdir / "table", window_seconds=window_length / rate,
@@ -148,39 +165,49 @@ def load_demo_model(model_id: str):
 
 
 def build_demo(model_id: str):
-    """The Gradio app for the model at `model_id` (folder or Hub repo id)."""
+    """The Gradio app, starting with the model at `model_id` (folder or Hub repo id); the page's model field can name
+    another one."""
     import gradio as gr
 
-    model = load_demo_model(model_id)
+    models = {model_id: load_demo_model(model_id)}  # loaded once per id
 
-    def run(upload, sampling_rate, class_names_text, window_seconds):
+    def run(chosen_id, upload, sampling_rate, class_names_text, window_seconds):
         if upload is None:
             return None, None, None, None, "Upload a recording first."
+        chosen_id = (chosen_id or model_id).strip()
         try:
-            result = analyse(model, upload, sampling_rate, class_names_text or "", window_seconds or 10.0)
+            if chosen_id not in models:
+                models[chosen_id] = load_demo_model(chosen_id)
+        except (OSError, ValueError) as error:
+            return None, None, None, None, f"**Could not load the model {chosen_id!r}:** {error}"
+        try:
+            result = analyse(models[chosen_id], upload, sampling_rate, class_names_text or "", window_seconds or 10.0)
         except ValueError as error:  # a message on the page, not a trace
             return None, None, None, None, f"**Could not use this upload:** {error}"
         prediction = result["prediction"] or {"(this model has no classifier)": 1.0}
         return result["explanation"], result["atlas"], prediction, result["table"], result["summary"]
 
     with gr.Blocks(title="VQShape") as demo:
-        gr.Markdown(f"# VQShape: shape tokens of a time series\nModel: `{model_id}`. Upload a GENEActiv `.bin` or "
-                    "`.csv`, a `.npy` array or a `.csv` with one column per channel.")
+        gr.Markdown("# VQShape: shape tokens of a time series\nUpload a GENEActiv `.bin` or `.csv`, a `.npy` array "
+                    "or a `.csv` with one column per channel.")
+        chosen_model = gr.Textbox(label="Model (folder or Hub id)", value=model_id, elem_id="model")
         with gr.Row():
             upload = gr.File(label="Recording", file_types=[".bin", ".csv", ".npy"], type="filepath",
                              elem_id="upload")
             with gr.Column():
                 sampling_rate = gr.Number(label="Sampling rate (Hz; .npy and plain .csv)", value=50.0)
                 window_seconds = gr.Number(label="Window (seconds)", value=10.0)
-                class_names = gr.Textbox(label="Class names, comma-separated (text-aligned models)",
-                                         placeholder="walking, running, standing")
+                class_names = gr.Textbox(label="Classes for a text-aligned model: names, comma-separated, or a line "
+                                         "per class 'name: description; description'", lines=3,
+                                         placeholder="walking: a regular rhythm of moderate swings\n"
+                                                     "running: vigorous, fast oscillations")
                 button = gr.Button("Analyse", variant="primary", elem_id="analyse")
         status = gr.Markdown(elem_id="status")
         prediction = gr.Label(label="Predicted class", elem_id="prediction")
         explanation = gr.Plot(label="Explanation: tokens on the first window", elem_id="explanation")
         atlas = gr.Plot(label="Codebook atlas, with this recording's usage", elem_id="atlas")
         table = gr.File(label="Token table (CSV)", elem_id="table")
-        button.click(run, [upload, sampling_rate, class_names, window_seconds],
+        button.click(run, [chosen_model, upload, sampling_rate, class_names, window_seconds],
                      [explanation, atlas, prediction, table, status])
     return demo
 

@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("pyarrow")
 
 from modeling_vqshape import VQShapeFeatureExtractor  # noqa: E402
-from modeling_vqshape.demo import analyse, load_demo_model, read_upload  # noqa: E402
+from modeling_vqshape.demo import analyse, load_demo_model, parse_classes, read_upload  # noqa: E402
 from modeling_vqshape.geneactiv import read_geneactiv_bin, write_geneactiv_bin  # noqa: E402
 
 from .conftest import REPO_ROOT  # noqa: E402
@@ -91,6 +91,23 @@ def test_analyse_shows_the_models_prediction_tokens_and_usage(classifier, tmp_pa
     drawn = result["explanation"].axes[0].lines
     assert len(drawn) == 2 + classifier.config.num_tokens  # the window, its reconstruction and one shape per token
     assert "3 window(s) of 8 s" in result["summary"]
+
+
+def test_text_aligned_models_classify_from_stored_names_or_the_forms_classes(tmp_path):
+    model = load_demo_model(str(SAVED / "text_aligned"))
+    values = two_channel_csv(tmp_path / "walk.csv")
+    stored = analyse(model, tmp_path / "walk.csv", sampling_rate=25, window_seconds=8, workdir=tmp_path / "a")
+    inputs = VQShapeFeatureExtractor(model.config.vqshape_config.input_length)(values[None, :, :200])
+    with torch.no_grad():
+        expected = model.zero_shot_classify(inputs["past_values"])
+    assert stored["prediction"] == pytest.approx(dict(zip(expected.class_names, expected.probabilities[0].tolist())),
+                                                 abs=1e-6)
+    assert parse_classes("walking, running\nstanding") == ["walking", "running", "standing"]
+    assert parse_classes("walking: a regular rhythm; steady steps\nrunning: vigorous swings") == {
+        "walking": ["a regular rhythm", "steady steps"], "running": ["vigorous swings"]}
+    assert parse_classes("  ") is None
+    with pytest.raises(ValueError, match="write each class as 'name: description; description'"):
+        parse_classes("walking: steady steps\nrunning")
 
 
 @pytest.mark.slow
