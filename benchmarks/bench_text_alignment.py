@@ -12,6 +12,9 @@ series never seen in training (the TEST splits of the sets bundled with aeon) an
 - code naming: share of codebook entries whose top held-out shape phrase names the rule label of its decoded shape;
 - text -> code retrieval: for each held-out shape phrase, whether a code with that rule label is among the top 1 / 5
   codes (beside the expected rate of a random ranking);
+- search by text (`model.search`): each attribute value's held-out paraphrases as queries over the held-out series,
+  precision@10 against the series' rule value (the majority of its tokens', or its intensity), beside the value's
+  share of the series (a random ranking);
 - intensity accuracy: the same for each channel of the sets stored in their own units, each set calibrated on its
   TEST split;
 - zero-shot BasicMotions (its labels never train anything): accuracy and macro-F1 on its TEST split from the class
@@ -236,6 +239,36 @@ def zero_shot(model, caption_mean, calibrate):
     }
 
 
+def search_precision(model, past_values, calibration, encoded, k=10):
+    """Search by text (`model.search`): for each value of each attribute, its held-out paraphrases as queries over the
+    held-out series; precision@k of the returned series against the rule value, beside the value's share of the
+    series (what a random ranking gets). A series' value is the majority of its tokens' rule values, or its intensity
+    (over the calibrated sets' series only)."""
+    code_labels = model.code_shape_labels()
+    labels = caption_labels(code_labels, encoded["code_indices"], encoded["shape_start"], encoded["shape_length"],
+                            encoded["shape_offset"], encoded["shape_scale"])  # (series, channels, tokens, attributes)
+    everything = torch.arange(len(past_values))
+    targets = [(attribute, labels[..., index].reshape(len(past_values), -1).mode(dim=1).values, everything)
+               for index, attribute in enumerate(ATTRIBUTES)]
+    if encoded["intensity"] is not None:
+        intensity = encoded["intensity"].reshape(len(past_values), -1)[:, 0]  # the bundled rows are univariate
+        targets.append(("intensity", intensity, everything[intensity >= 0]))
+    results = {}
+    for attribute, values, rows in targets:
+        heldout = model._phrase_indices(attribute, heldout=True)
+        precision, share = [], []
+        for value_index, value in enumerate(PHRASE_BANK[attribute]):
+            queries = [model.phrases[i][2] for i in heldout if model.phrases[i][1] == value_index]
+            found = model.search(queries, past_values[rows], top_k=k,
+                                 intensity_thresholds=None if calibration is None else calibration[rows])
+            hits = [float((values[rows][result["indices"]] == value_index).float().mean()) for result in found]
+            precision.append(float(np.mean(hits)))
+            share.append(float((values[rows] == value_index).float().mean()))
+        results[attribute] = {"precision_at_k": float(np.mean(precision)), "value_share": float(np.mean(share)),
+                              "per_value": dict(zip(PHRASE_BANK[attribute], precision)), "k": k}
+    return results
+
+
 def measure(model, past_values, calibration):
     model.eval()
     code_labels = model.code_shape_labels()
@@ -247,6 +280,7 @@ def measure(model, past_values, calibration):
         "attributes": attribute_accuracy(model, encoded, code_labels),
         "code_naming": code_naming(model, code_labels, used),
         "retrieval": retrieval(model, code_labels),
+        "search": search_precision(model, past_values, calibration, encoded),
         "basic_motions": zero_shot(model, caption_mean, calibrate=False),
         "basic_motions_calibrated": zero_shot(model, caption_mean, calibrate=True),
     }
@@ -272,6 +306,10 @@ def print_report(results):
         label = f"text -> code R@{k} ({r['queries']} held-out queries)"
         print(f"{label:44s} "
               f"{r[f'R@{k}']:8.3f} {before[f'R@{k}']:9.3f}  random ranking {r[f'random_R@{k}']:.3f}")
+    for attribute, row in trained["search"].items():
+        label = f"search P@{row['k']}, {attribute} (held-out queries)"
+        print(f"{label:44s} {row['precision_at_k']:8.3f} {untrained['search'][attribute]['precision_at_k']:9.3f}"
+              f"  random ranking {row['value_share']:.3f}")
     for key, title in (("basic_motions", "shapes only"), ("basic_motions_calibrated", "intensity calibrated")):
         z, before = trained[key], untrained[key]
         print(f"BasicMotions TEST zero-shot, {title}" + (

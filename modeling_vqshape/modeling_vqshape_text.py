@@ -962,6 +962,8 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
             series: a `past_values` tensor, a `datasets.Dataset` of windows (`build_geneactiv_dataset`), or raw series
                 in any form `VQShapeFeatureExtractor` takes.
             top_k: results per query.
+            intensity_thresholds: a per-row intensity calibration `(num_series, 2)` or `(num_series, channels, 2)`
+                (see `forward`); the stored one when not given.
         Returns:
             one dict per query: `query`, `indices` (best first), `scores` (cosine of the series embedding with the
             query), and `phrases`: for each result, the captions of its `phrases_per_result` tokens nearest the query.
@@ -972,15 +974,23 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
         if top_k < 1:
             raise ValueError(f"top_k must be positive, got {top_k}.")
         past_values = self._past_values(series)
+
+        def thresholds(rows):  # a per-row calibration follows its rows; None means the stored one
+            if intensity_thresholds is None:
+                return None
+            return torch.as_tensor(intensity_thresholds, dtype=torch.float32)[rows]
+
         queries = self.embed_text(texts)  # (num_queries, text_dim), unit norm
-        series_embeddings = torch.cat([self.encode(part, intensity_thresholds)["series_embeddings"]
-                                       for part in past_values.split(batch_size)])
+        series_embeddings = torch.cat([
+            self.encode(past_values[start : start + batch_size],
+                        thresholds(slice(start, start + batch_size)))["series_embeddings"]
+            for start in range(0, len(past_values), batch_size)])
         scores = queries.to(series_embeddings) @ series_embeddings.t()  # (num_queries, num_series)
         best = scores.topk(min(top_k, scores.shape[1]), dim=-1)
         results = []
         for query, text in enumerate(texts):
             indices = best.indices[query].tolist()
-            encoded = self.encode(past_values[indices], intensity_thresholds)
+            encoded = self.encode(past_values[indices], thresholds(indices))
             batch, channels, tokens = encoded["outputs"].code_indices.shape
             vectors = encoded["token_vectors"].reshape(batch, channels * tokens, -1)
             nearest = (vectors @ queries[query].to(vectors)).topk(min(phrases_per_result, channels * tokens),

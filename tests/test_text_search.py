@@ -115,6 +115,14 @@ def test_search_ranks_series_by_a_text_query(model, windows):
     raw = model.search("vigorous irregular bursts", list(windows.transpose(1, 2).numpy()), top_k=4)[0]
     assert raw["indices"] == results[0]["indices"]
     assert VQShapeFeatureExtractor  # the raw path resamples with it
+    # a per-row intensity calibration follows its rows through the batches and the re-encoded results
+    thresholds = torch.tensor([[[-1.0, 0.5], [0.0, 1.5]]]).repeat(12, 1, 1)  # (12 series, 2 channels, 2)
+    calibrated = model.search("vigorous, intense motion", windows, top_k=3, intensity_thresholds=thresholds,
+                              batch_size=5)[0]
+    query = model.embed_text(["vigorous, intense motion"])[0]
+    expected = (model.encode(windows, thresholds)["series_embeddings"] @ query).topk(3)
+    assert calibrated["indices"] == expected.indices.tolist()
+    np.testing.assert_allclose(calibrated["scores"], expected.values.numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="texts must be non-empty queries"):
         model.search([""], windows)
     with pytest.raises(ValueError, match="no 'past_values' column"):
