@@ -124,6 +124,16 @@ def test_demo_space_publishes_with_the_package_and_the_model_id(hub, tmp_path): 
     assert files["modeling_vqshape/demo.py"] == (REPO_ROOT / "modeling_vqshape" / "demo.py").read_bytes()
     assert b"sdk: gradio" in files["README.md"] and b"- lab/vqshape-basicmotions" in files["README.md"]
     assert not any("__pycache__" in name or name.startswith("modeling_vqshape/space") for name in files)
+    # beside a model: publish(..., demo_space=...) pushes the model, then its demo pointing at it
+    from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining
+    from modeling_vqshape.hub import publish
+
+    from .conftest import TINY
+
+    publish(VQShapeForPreTraining(VQShapeConfig(**TINY)), "lab/vqshape-tiny", demo_space="lab/vqshape-tiny-demo",
+            endpoint=hub.endpoint, token="hf_stand_in")
+    assert "model.safetensors" in hub.repos["lab/vqshape-tiny"].head[2]
+    assert hub.repos["lab/vqshape-tiny-demo"].head[2]["model_id.txt"] == b"lab/vqshape-tiny\n"
 
 
 def browser_or_skip():
