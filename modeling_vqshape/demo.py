@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .geneactiv import CHANNELS, read_geneactiv
+from .modeling_vqshape import vqshape_model
 from .recordings import tokenize_recordings
 from .visualization import plot_codebook_atlas, plot_explanation
 
@@ -83,17 +84,11 @@ def read_upload(path, sampling_rate: float | None = None):
     return values, float(sampling_rate), names or [f"channel_{index}" for index in range(values.shape[0])]
 
 
-def _backbone_head(model):
-    """The VQShape head the figures read (a text-aligned model wraps one as `backbone`)."""
-    return getattr(model, "backbone", model)
-
-
 def predict(model, window: np.ndarray, class_names=None) -> dict | None:
     """`{label: probability}` for one window `(channels, time)`, or None when the model has no classifier."""
     from .processing_vqshape import VQShapeFeatureExtractor
 
-    head = _backbone_head(model)
-    past_values = VQShapeFeatureExtractor(head.config.input_length)(window[None])["past_values"]
+    past_values = VQShapeFeatureExtractor(vqshape_model(model).config.input_length)(window[None])["past_values"]
     with torch.no_grad():
         if hasattr(model, "zero_shot_classify"):
             if not class_names and not model.config.class_names:
@@ -102,9 +97,6 @@ def predict(model, window: np.ndarray, class_names=None) -> dict | None:
             return dict(zip(output.class_names, output.probabilities[0].tolist()))
         if not hasattr(model, "classifier"):
             return None
-        if past_values.shape[-1] != model.config.num_input_channels:
-            raise ValueError(f"this classifier reads {model.config.num_input_channels} channels; the upload has "
-                             f"{past_values.shape[-1]}")
         probabilities = model(past_values=past_values).logits.softmax(dim=-1)[0]
         return {model.config.id2label[index]: float(value) for index, value in enumerate(probabilities)}
 
@@ -133,19 +125,18 @@ def analyse(model, path, sampling_rate=None, class_names_text: str = "", window_
     window_length = min(values.shape[1], max(2, int(round(window_seconds * rate))))
     window = values[:, :window_length]
     class_names = parse_classes(class_names_text)
-    head = _backbone_head(model)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="vqshape-demo-"))
     table = tokenize_recordings(model, [values], workdir / "table", window_seconds=window_length / rate,
                                 sampling_rate=rate, channel_names=channel_names, progress=False)
-    usage = np.bincount(np.asarray(table["code"]), minlength=head.config.num_codes)
+    usage = np.bincount(np.asarray(table["code"]), minlength=vqshape_model(model).config.num_codes)
     table_path = workdir / f"{Path(path).stem}-tokens.csv"
     table.to_pandas().to_csv(table_path, index=False)
-    windows, num_tokens = len(set(table["window"])), len(table)
+    windows, num_tokens = len(table.unique("window")), len(table)
     del table
     shutil.rmtree(workdir / "table")  # the CSV is what the page offers; the Parquet shards are not kept
     return {
-        "explanation": plot_explanation(head, window),
-        "atlas": plot_codebook_atlas(head, usage=usage),
+        "explanation": plot_explanation(model, window),
+        "atlas": plot_codebook_atlas(model, usage=usage),
         "prediction": predict(model, window, class_names),
         "table": str(table_path),
         "summary": f"{values.shape[0]} channel(s), {values.shape[1]} samples at {rate:g} Hz: {windows} window(s) of "

@@ -250,6 +250,18 @@ def upload_to_hub(folder, repo_id: str, private: bool = False, commit_message: s
                              revision=revision, repo_type=repo_type)
 
 
+def write_space_card(folder, title: str, tags: list, body: str, models=()) -> Path:
+    """The README.md of a gradio Space with `app.py`: its front matter (title, SDK, app file, the `models` it shows,
+    tags), then `# title` and `body`."""
+    front = [f"title: {title}", "sdk: gradio", "app_file: app.py", "pinned: false"]
+    if models:
+        front += ["models:", *(f"- {model}" for model in models)]
+    front += ["tags:", *(f"- {tag}" for tag in tags)]
+    path = Path(folder) / "README.md"
+    path.write_text("---\n" + "\n".join(front) + f"\n---\n\n# {title}\n\n" + body, encoding="utf-8")
+    return path
+
+
 METRIC_APP = """import evaluate
 from evaluate.utils import launch_gradio_widget
 
@@ -271,20 +283,14 @@ def push_metric_to_hub(repo_id: str, private: bool = False, token: str | None = 
         shutil.copyfile(CLASSIFICATION_METRIC, folder / f"{name}.py")
         (folder / "app.py").write_text(METRIC_APP.format(repo_id=repo_id), encoding="utf-8")
         (folder / "requirements.txt").write_text("evaluate>=0.4\ndatasets>=2.18\nscikit-learn>=1.3\n", encoding="utf-8")
-        (folder / "README.md").write_text(
-            "---\n"
-            f"title: {name}\n"
-            "tags:\n- evaluate\n- metric\n- time-series-classification\n"
-            "sdk: gradio\napp_file: app.py\npinned: false\n"
-            "---\n\n"
-            f"# {name}\n\n"
+        write_space_card(
+            folder, name, ["evaluate", "metric", "time-series-classification"],
             "VQShape's classification metrics: accuracy, balanced accuracy, macro-F1 (never-predicted classes count as "
             "0) and a per-class report of precision, recall, F1 and support, with scikit-learn's definitions. Labels "
             "may be class names or integers.\n\n"
             "```python\nimport evaluate\n\n"
             f'metric = evaluate.load("{repo_id}")\n'
-            'metric.compute(predictions=["walking", "running"], references=["walking", "walking"])\n```\n',
-            encoding="utf-8")
+            'metric.compute(predictions=["walking", "running"], references=["walking", "walking"])\n```\n')
         commit = upload_to_hub(folder, repo_id, private, commit_message, token, endpoint=endpoint,
                                repo_type="space", space_sdk="gradio")
     return commit.commit_url if hasattr(commit, "commit_url") else str(commit)
@@ -302,18 +308,11 @@ def write_demo_space(folder, model_id: str) -> Path:
     (folder / "model_id.txt").write_text(model_id + "\n", encoding="utf-8")
     package = Path(__file__).resolve().parent
     shutil.copytree(package, folder / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "space"))
-    title = model_id.split("/")[-1]
-    (folder / "README.md").write_text(
-        "---\n"
-        f"title: {title}\n"
-        "sdk: gradio\napp_file: app.py\npinned: false\n"
-        f"models:\n- {model_id}\n"
-        "tags:\n- time-series\n- vqshape\n"
-        "---\n\n"
-        f"# {title}\n\n"
+    write_space_card(
+        folder, model_id.split("/")[-1], ["time-series", "vqshape"],
         f"Shape tokens of your recordings with [{model_id}](https://huggingface.co/{model_id}): upload a GENEActiv "
         "`.bin` or `.csv`, a `.npy` array or a `.csv` with one column per channel, and see the tokens drawn on it, the "
-        "codebook atlas with its usage, the predicted class, and download the token table.\n", encoding="utf-8")
+        "codebook atlas with its usage, the predicted class, and download the token table.\n", models=[model_id])
     return folder
 
 

@@ -729,6 +729,12 @@ AUTO_MAP = {
 }
 
 
+def vqshape_model(model) -> "VQShapeModel":
+    """The `VQShapeModel` inside any VQShape model: a head's `base_model` (itself for a `VQShapeModel`), or that of a
+    text-aligned model's VQShape head, which it keeps as `backbone`."""
+    return getattr(model, "backbone", model).base_model
+
+
 def complete_saved_folder(save_directory, auto_map: dict, input_length: int):
     """After `save_pretrained`: write the complete `auto_map` and the pipelines (`custom_pipelines`, whose code
     `pipeline_vqshape.py` save_pretrained copies with the modeling files through the import below) into config.json
@@ -1126,4 +1132,5 @@ __all__ = [
     "VQShapeModelOutput",
     "VQShapeForPreTrainingOutput",
     "VQShapeForTimeSeriesClassificationOutput",
+    "vqshape_model",
 ]

@@ -490,8 +490,6 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
     def _check_class_names(self, class_names) -> list:
         if isinstance(class_names, str):
             raise ValueError(f"class_names must be a list of names, got the string {class_names!r}.")
-        if isinstance(class_names, Mapping):
-            class_names = list(self._check_descriptions(class_names))
         class_names = [str(name) for name in class_names] if class_names is not None else []
         if not class_names:
             raise ValueError("class_names is empty: give at least one class name (two for a classification).")
@@ -515,32 +513,38 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
             raise ValueError("class descriptions are empty: give at least one class with its descriptions.")
         return checked
 
+    def _check_classes(self, class_names):
+        """Classes given as a list of names or as `{name: [descriptions]}` -> `(names, descriptions)`, both checked;
+        `descriptions` is None for names."""
+        if isinstance(class_names, Mapping):
+            descriptions = self._check_descriptions(class_names)
+            return list(descriptions), descriptions
+        return self._check_class_names(class_names), None
+
+    def _embed_classes(self, names: list, descriptions: dict | None, templates) -> torch.Tensor:
+        if descriptions is not None:  # each class: the mean of its descriptions
+            texts = [text for group in descriptions.values() for text in group]
+            embeddings = self.embed_text(texts).split([len(group) for group in descriptions.values()])
+            return F.normalize(torch.stack([group.mean(dim=0) for group in embeddings]), dim=-1)
+        templates = list(templates or self.config.class_templates)
+        prompts = self.embed_text([template.format(name) for name in names for template in templates])
+        return F.normalize(prompts.reshape(len(names), len(templates), -1).mean(dim=1), dim=-1)
+
     @torch.no_grad()
     def embed_class_prompts(self, class_names, templates=None) -> torch.Tensor:
         """`(num_classes, text_dim)`: per class, the mean of its prompts: its descriptions when `class_names` maps
         each name to a list of them, else `templates` with "{}" for the name."""
-        if isinstance(class_names, Mapping):
-            descriptions = self._check_descriptions(class_names)
-            texts = [text for group in descriptions.values() for text in group]
-            embeddings, start, means = self.embed_text(texts), 0, []
-            for group in descriptions.values():
-                means.append(embeddings[start : start + len(group)].mean(dim=0))
-                start += len(group)
-            return F.normalize(torch.stack(means), dim=-1)
-        class_names = self._check_class_names(class_names)
-        templates = list(templates or self.config.class_templates)
-        prompts = self.embed_text([template.format(name) for name in class_names for template in templates])
-        return F.normalize(prompts.reshape(len(class_names), len(templates), -1).mean(dim=1), dim=-1)
+        return self._embed_classes(*self._check_classes(class_names), templates)
 
+    @torch.no_grad()
     def set_class_names(self, class_names, templates=None):
         """Embed and store class prompts with the model (and in its config), so that `zero_shot_classify` and
         `explain` serve them after saving, without the text encoder. `class_names` is a list of names (prompted with
         `templates`) or `{name: [descriptions]}`."""
-        embeddings = self.embed_class_prompts(class_names, templates)
-        self.text_bank.class_embeddings = embeddings
-        self.config.class_names = self._check_class_names(class_names)
-        self.config.class_descriptions = (list(self._check_descriptions(class_names).values())
-                                          if isinstance(class_names, Mapping) else [])
+        names, descriptions = self._check_classes(class_names)
+        self.text_bank.class_embeddings = self._embed_classes(names, descriptions, templates)
+        self.config.class_names = names
+        self.config.class_descriptions = list(descriptions.values()) if descriptions is not None else []
         self.config.class_templates = list(templates or self.config.class_templates)
 
     def _stored_classes(self):
@@ -554,11 +558,10 @@ class VQShapeForTextAlignment(VQShapeTextPreTrainedModel):
             if not self.config.class_names:
                 raise ValueError("No class names: pass class_names, or store some with set_class_names(...).")
             return list(self.config.class_names), self.text_bank.class_embeddings
-        names = self._check_class_names(class_names)
-        given = self._check_descriptions(class_names) if isinstance(class_names, Mapping) else names
-        if given == self._stored_classes() and templates is None:
+        names, descriptions = self._check_classes(class_names)
+        if (names if descriptions is None else descriptions) == self._stored_classes() and templates is None:
             return names, self.text_bank.class_embeddings
-        return names, self.embed_class_prompts(class_names, templates)
+        return names, self._embed_classes(names, descriptions, templates)
 
     # ---- the time-series side ----------------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
+from .modeling_vqshape import vqshape_model
 from .processing_vqshape import VQShapeFeatureExtractor
 
 LAYOUTS = ("auto", "channels_first", "channels_last")
@@ -83,11 +84,6 @@ def _one_series(values, layout: str, num_channels: int | None) -> np.ndarray:
     return values
 
 
-def _backbone(model):
-    """The `VQShapeModel` inside a head or a text-aligned model (which wraps a VQShape head as `backbone`)."""
-    return getattr(model, "backbone", model).base_model
-
-
 class _VQShapePipeline(Pipeline):
     _load_processor = False
     _load_image_processor = False
@@ -97,12 +93,7 @@ class _VQShapePipeline(Pipeline):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.feature_extractor is None:  # a model object passed without one: the model's own resampling
-            self.feature_extractor = VQShapeFeatureExtractor(input_length=self._input_length)
-
-    @property
-    def _input_length(self) -> int:
-        config = self.model.config
-        return getattr(config, "vqshape_config", config).input_length
+            self.feature_extractor = VQShapeFeatureExtractor(input_length=vqshape_model(self.model).config.input_length)
 
     def _expected_channels(self):
         return None
@@ -117,10 +108,8 @@ class _VQShapePipeline(Pipeline):
         return results[0] if single else results
 
     def preprocess(self, series: np.ndarray):
-        features = self.feature_extractor([series], return_tensors="pt")
-        past_values = features["past_values"]
-        if past_values.dim() == 2:
-            past_values = past_values.unsqueeze(-1)  # always (1, input_length, channels), so that batches stack
+        # a list of one (channels, time) series: always (1, input_length, channels), so that batches stack
+        past_values = self.feature_extractor([series], return_tensors="pt")["past_values"]
         return {"past_values": past_values.to(self.dtype or torch.float32),
                 "series_length": torch.tensor([series.shape[-1]])}
 
@@ -131,7 +120,7 @@ class VQShapeTimeSeriesClassificationPipeline(_VQShapePipeline):
     `candidate_labels`.
 
     Call arguments: `top_k` (default 5, at most the number of classes), `candidate_labels` (text-aligned models only:
-    class names; the stored ones when not given), `layout`, `batch_size`.
+    class names or `{name: [descriptions]}`; the stored ones when not given), `layout`, `batch_size`.
     Returns, per series, a list of `{"label", "score"}` sorted by score.
     """
 
@@ -155,8 +144,9 @@ class VQShapeTimeSeriesClassificationPipeline(_VQShapePipeline):
             if not self.zero_shot:
                 raise ValueError("candidate_labels is for text-aligned (zero-shot) models; this classifier's labels "
                                  "are fixed by its head (config.id2label).")
-            forward_kwargs["candidate_labels"] = postprocess_kwargs["candidate_labels"] = \
-                self.model._check_class_names(candidate_labels)
+            # the model reads names or {name: [descriptions]}; the results are labelled with the names
+            forward_kwargs["candidate_labels"] = candidate_labels
+            postprocess_kwargs["candidate_labels"] = self.model._check_classes(candidate_labels)[0]
         if top_k is not None:
             if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
                 raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
@@ -201,7 +191,7 @@ class VQShapeTimeSeriesTokenizationPipeline(_VQShapePipeline):
         return {}, {}, postprocess_kwargs
 
     def _forward(self, model_inputs):
-        outputs = _backbone(self.model)(past_values=model_inputs["past_values"], return_dict=True)
+        outputs = vqshape_model(self.model)(past_values=model_inputs["past_values"], return_dict=True)
         return {"series_length": model_inputs["series_length"], "code_indices": outputs.code_indices,
                 "start": outputs.shape_start, "length": outputs.shape_length, "offset": outputs.shape_offset,
                 "scale": outputs.shape_scale, "histogram": outputs.histogram,
@@ -209,8 +199,7 @@ class VQShapeTimeSeriesTokenizationPipeline(_VQShapePipeline):
 
     def postprocess(self, model_outputs, return_type="tokens"):
         if return_type != "tokens":
-            return model_outputs[return_type][0].float().numpy() if return_type == "embedding" \
-                else model_outputs[return_type][0].numpy()
+            return model_outputs[return_type][0].numpy()  # the histogram, or the (float32) embedding
         length = int(model_outputs["series_length"][0])
         fields = {name: model_outputs[name][0].float() for name in ("start", "length", "offset", "scale")}
         codes = model_outputs["code_indices"][0]

@@ -44,7 +44,7 @@ from .geneactiv import (
     iter_geneactiv_bin,
     read_geneactiv_csv,
 )
-from .pipeline_vqshape import _backbone
+from .modeling_vqshape import vqshape_model
 from .processing_vqshape import VQShapeFeatureExtractor
 
 TABLE_CONFIG = "tokenize_config.json"
@@ -118,7 +118,9 @@ def open_recording(recording, sampling_rate: float | None = None, name: str | No
         return open_recording(read_geneactiv_csv(path), sampling_rate, name or path.stem, channel_names)
     if suffix != ".bin":
         raise ValueError(f"{path}: unsupported recording type {suffix!r}; use .bin, .csv or .npy, or pass an array.")
-    first = next(iter_geneactiv_bin(path, pages_per_chunk=1))  # the header and page 1 only
+    pages = iter_geneactiv_bin(path, pages_per_chunk=1)
+    first = next(pages)  # the header and page 1 only
+    pages.close()
     if "Number of Pages" not in first.header:
         raise ValueError(f"{path}: header has no 'Number of Pages' under 'Memory Status'; cannot size the recording.")
     _check_rate(path.stem, sampling_rate, first.frequency)
@@ -296,7 +298,7 @@ def tokenize_recordings(model, recordings, output_dir, window_seconds: float, st
     })
     data_dir = output_dir / "data"
     data_dir.mkdir(exist_ok=True)
-    backbone = _backbone(model)
+    backbone = vqshape_model(model)
     extractor = VQShapeFeatureExtractor(input_length=backbone.config.input_length)
     bar = tqdm(total=sum(plan[3] for plan in plans), unit="window", disable=not progress, desc="tokenizing")
     files = []

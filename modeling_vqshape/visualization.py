@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from .modeling_vqshape import vqshape_model
+
 # a fixed qualitative palette so that a code keeps its colour across pictures
 _PALETTE = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
@@ -30,17 +32,12 @@ def code_colour(code: int) -> str:
     return _PALETTE[int(code) % len(_PALETTE)]
 
 
-def _base_model(model):
-    """The `VQShapeModel` inside any head (heads keep it as `.vqshape`)."""
-    return getattr(model, "vqshape", model)
-
-
 def _feature_extractor(model, feature_extractor=None):
     if feature_extractor is not None:
         return feature_extractor
     from .processing_vqshape import VQShapeFeatureExtractor
 
-    return VQShapeFeatureExtractor(input_length=_base_model(model).config.input_length)
+    return VQShapeFeatureExtractor(input_length=vqshape_model(model).config.input_length)
 
 
 def _save(figure: Figure, output, dpi: int):
@@ -59,7 +56,7 @@ def _save(figure: Figure, output, dpi: int):
 @torch.no_grad()
 def decode_codebook(model) -> np.ndarray:
     """Every codebook entry decoded to its standardised shape, `(num_codes, shape_length)`."""
-    base = _base_model(model)
+    base = vqshape_model(model)
     codes = base.codebook.codes.detach().unsqueeze(0)  # (1, num_codes, code_dim)
     return base.shape_decoder(codes)[0].float().cpu().numpy()
 
@@ -68,7 +65,7 @@ def decode_codebook(model) -> np.ndarray:
 def code_counts(model, series, feature_extractor=None, batch_size: int = 64) -> np.ndarray:
     """How often each code is used over a dataset of raw series (anything `VQShapeFeatureExtractor` takes),
     summed over series, channels and tokens, `(num_codes,)`."""
-    base = _base_model(model)
+    base = vqshape_model(model)
     past_values = _feature_extractor(model, feature_extractor)(series, return_tensors="pt")["past_values"]
     counts = torch.zeros(base.config.num_codes, dtype=torch.long)
     for start in range(0, past_values.shape[0], batch_size):
@@ -109,7 +106,7 @@ def explain_series(model, series, feature_extractor=None, channel: int = 0) -> d
     `code`, `start`, `length`, `offset`, `scale` (as the model predicts them, start and length in [0, 1]),
     `x` (the time steps the decoded shape covers) and `y` (the decoded shape), both `(shape_length,)`.
     """
-    base = _base_model(model)
+    base = vqshape_model(model)
     series = np.asarray(series.detach().cpu().numpy() if isinstance(series, torch.Tensor) else series, dtype=float)
     if series.ndim not in (1, 2):
         raise ValueError(f"explain one series, (time,) or (channels, time); got shape {series.shape}.")
@@ -215,7 +212,7 @@ def plot_code_histogram(model, series=None, labels=None, usage=None, feature_ext
                         figsize=(7, 2.8), dpi: int = 100) -> Figure:
     """Code usage of a dataset of raw series (or given `usage` counts); with `labels`, one bar group per class,
     each normalised to its class's token count so that classes of different sizes compare."""
-    num_codes = _base_model(model).config.num_codes
+    num_codes = vqshape_model(model).config.num_codes
     figure = Figure(figsize=figsize, layout="constrained")
     axis = figure.subplots()
     codes = np.arange(num_codes)

@@ -143,6 +143,12 @@ def test_zero_shot_pipeline_equals_the_text_aligned_model():
     reordered = pipeline("time-series-classification", model=model)(series[0],
                                                                      candidate_labels=expected.class_names[::-1])
     assert as_scores(reordered) == pytest.approx(as_scores(results[0]), abs=1e-5)
+    # classes described: the model reads the descriptions, the results are labelled with the names
+    described = {"still": ["barely moving", "almost motionless"], "active": ["vigorous, intense motion"]}
+    with torch.no_grad():
+        wanted = model.zero_shot_classify(inputs["past_values"][:1], described)
+    scores = as_scores(pipeline("time-series-classification", model=model)(series[0], candidate_labels=described))
+    assert scores == pytest.approx(dict(zip(wanted.class_names, wanted.probabilities[0].tolist())), abs=1e-5)
 
 
 def test_pipelines_refuse_bad_input_clearly(classifier_folder, tmp_path):
