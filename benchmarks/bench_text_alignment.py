@@ -50,13 +50,10 @@ from basicmotions_descriptions import DESCRIPTIONS  # noqa: E402  (benchmarks/, 
 from modeling_vqshape import VQShapeFeatureExtractor  # noqa: E402
 from modeling_vqshape.configuration_vqshape_text import ATTRIBUTES, DEFAULT_TEXT_MODEL, PHRASE_BANK  # noqa: E402
 from modeling_vqshape.data import bundled_data_dir, load_pretraining_dataset  # noqa: E402
-from modeling_vqshape.modeling_vqshape_text import (  # noqa: E402
-    SHAPE_VALUES,
-    VQShapeForTextAlignment,
-    calibrations_by_source,
-    caption_labels,
-    load_text_encoder,
-)
+from modeling_vqshape.modeling_vqshape_text import VQShapeForTextAlignment  # noqa: E402
+from modeling_vqshape.text_bank import load_text_encoder  # noqa: E402
+from modeling_vqshape.text_calibration import calibrations_by_source  # noqa: E402
+from modeling_vqshape.text_captions import SHAPE_VALUES, caption_labels  # noqa: E402
 
 ZERO_SHOT_CLASSES = ["standing", "walking", "running", "badminton"]
 assert list(DESCRIPTIONS) == ZERO_SHOT_CLASSES
@@ -85,9 +82,9 @@ def encode_in_batches(model, past_values, calibration=None, batch_size=256):
     parts = [model.encode(past_values[i : i + batch_size],
                           None if calibration is None else calibration[i : i + batch_size])
              for i in range(0, len(past_values), batch_size)]
-    outputs = [part["outputs"] for part in parts]
+    outputs = [part.outputs for part in parts]
     return {
-        **{name: torch.cat([part[name] for part in parts]) if parts[0][name] is not None else None
+        **{name: torch.cat([getattr(part, name) for part in parts]) if getattr(parts[0], name) is not None else None
            for name in ("token_embeddings", "series_embeddings", "intensity_embeddings", "intensity")},
         **{name: torch.cat([getattr(o, name) for o in outputs]) for name in
            ("code_indices", "shape_start", "shape_length", "shape_offset", "shape_scale")},
@@ -99,7 +96,7 @@ def nearest_value_accuracy(model, attribute, embeddings, labels):
     apart) has the rule value `labels` `(n,)`, beside chance and the majority value's share."""
     row = {}
     for split, heldout in (("held_out", True), ("trained", False)):
-        phrases = model._phrase_indices(attribute, heldout=heldout)
+        phrases = model.text_bank.phrase_indices(attribute, heldout=heldout)
         values = torch.tensor([model.phrases[i][1] for i in phrases])
         predicted = values[(embeddings @ model.text_bank.phrase_embeddings[phrases].t()).argmax(dim=-1)]
         row[f"accuracy_{split}_paraphrases"] = float((predicted == labels).float().mean())
@@ -112,20 +109,20 @@ def nearest_value_accuracy(model, attribute, embeddings, labels):
 def attribute_accuracy(model, encoded, code_labels):
     labels = caption_labels(code_labels, encoded["code_indices"], encoded["shape_start"], encoded["shape_length"],
                             encoded["shape_offset"], encoded["shape_scale"]).reshape(-1, len(ATTRIBUTES))
-    tokens = encoded["token_embeddings"].reshape(-1, len(ATTRIBUTES), model.config.text_dim)
+    tokens = encoded.token_embeddings.reshape(-1, len(ATTRIBUTES), model.config.text_dim)
     results = {attribute: nearest_value_accuracy(model, attribute, tokens[:, index], labels[:, index])
                for index, attribute in enumerate(ATTRIBUTES)}
-    if encoded["intensity"] is not None:  # series level: one value per channel of the calibrated sets
-        known = encoded["intensity"].reshape(-1) >= 0
+    if encoded.intensity is not None:  # series level: one value per channel of the calibrated sets
+        known = encoded.intensity.reshape(-1) >= 0
         results["intensity"] = nearest_value_accuracy(
-            model, "intensity", encoded["intensity_embeddings"].reshape(-1, model.config.text_dim)[known],
-            encoded["intensity"].reshape(-1)[known])
+            model, "intensity", encoded.intensity_embeddings.reshape(-1, model.config.text_dim)[known],
+            encoded.intensity.reshape(-1)[known])
         results["intensity"]["channels"] = int(known.sum())
     return results
 
 
 def code_naming(model, code_labels, used):
-    phrases = model._phrase_indices("shape", heldout=True)
+    phrases = model.text_bank.phrase_indices("shape", heldout=True)
     values = torch.tensor([model.phrases[i][1] for i in phrases])
     predicted = values[(model.code_embeddings() @ model.text_bank.phrase_embeddings[phrases].t()).argmax(dim=-1)]
     match = predicted == code_labels
@@ -140,7 +137,7 @@ def code_naming(model, code_labels, used):
 
 
 def retrieval(model, code_labels, ks=(1, 5)):
-    phrases = model._phrase_indices("shape", heldout=True)
+    phrases = model.text_bank.phrase_indices("shape", heldout=True)
     scores = model.text_bank.phrase_embeddings[phrases] @ model.code_embeddings().t()  # (queries, num_codes)
     num_codes = scores.shape[1]
     hits = {k: [] for k in ks}
@@ -169,7 +166,7 @@ def basic_motions(split, input_length):
 def value_embeddings(model, attribute):
     """`(num_values, text_dim)`: each value of `attribute` as the normalised mean of its bank paraphrases."""
     bank = model.text_bank.phrase_embeddings
-    phrases = model._phrase_indices(attribute)
+    phrases = model.text_bank.phrase_indices(attribute)
     values = torch.tensor([model.phrases[i][1] for i in phrases])
     return torch.stack([torch.nn.functional.normalize(bank[phrases][values == v].mean(dim=0), dim=-1)
                         for v in range(len(PHRASE_BANK[attribute]))])
@@ -197,9 +194,9 @@ def zero_shot(model, caption_mean, calibrate):
     input_length = model.config.vqshape_config.input_length
     test_values, test_labels = basic_motions("TEST", input_length)
     train_values, train_labels = basic_motions("TRAIN", input_length)
-    stored = model.config.intensity_thresholds
+    stored = model.intensity_thresholds
     try:
-        model.config.intensity_thresholds = None
+        model.intensity_thresholds = None
         thresholds = model.calibrate_intensity(train_values) if calibrate else None
         predictions = model.zero_shot_classify(test_values, ZERO_SHOT_CLASSES).predictions.numpy()
         # the same classes described (benchmarks/basicmotions_descriptions.py), then with the inverted-softmax
@@ -208,17 +205,17 @@ def zero_shot(model, caption_mean, calibrate):
         corrected = model.zero_shot_classify(test_values, DESCRIPTIONS, hubness="inverted_softmax",
                                              reference_values=train_values).predictions.numpy()
         encoded = model.encode(test_values)
-        train_features = model.encode(train_values)["series_embeddings"].numpy()
+        train_features = model.encode(train_values).series_embeddings.numpy()
     finally:
-        model.config.intensity_thresholds = stored
-    outputs = encoded["outputs"]
+        model.intensity_thresholds = stored
+    outputs = encoded.outputs
     captions = rule_caption_vectors(model, model.code_shape_labels(), outputs.code_indices, outputs.shape_start,
                                     outputs.shape_length, outputs.shape_offset, outputs.shape_scale,
-                                    encoded["intensity"])
+                                    encoded.intensity)
     captions = torch.nn.functional.normalize(captions.mean(dim=(1, 2)) - caption_mean, dim=-1)
     caption_predictions = (captions @ model.embed_class_prompts(ZERO_SHOT_CLASSES).t()).argmax(dim=-1).numpy()
     probe = LogisticRegression(max_iter=5000, C=10.0).fit(train_features, train_labels)
-    probe_predictions = probe.predict(encoded["series_embeddings"].numpy())
+    probe_predictions = probe.predict(encoded.series_embeddings.numpy())
     return {
         "intensity_thresholds": thresholds,
         "zero_shot_accuracy": accuracy_score(test_labels, predictions),
@@ -250,12 +247,12 @@ def search_precision(model, past_values, calibration, encoded, k=10):
     everything = torch.arange(len(past_values))
     targets = [(attribute, labels[..., index].reshape(len(past_values), -1).mode(dim=1).values, everything)
                for index, attribute in enumerate(ATTRIBUTES)]
-    if encoded["intensity"] is not None:
-        intensity = encoded["intensity"].reshape(len(past_values), -1)[:, 0]  # the bundled rows are univariate
+    if encoded.intensity is not None:
+        intensity = encoded.intensity.reshape(len(past_values), -1)[:, 0]  # the bundled rows are univariate
         targets.append(("intensity", intensity, everything[intensity >= 0]))
     results = {}
     for attribute, values, rows in targets:
-        heldout = model._phrase_indices(attribute, heldout=True)
+        heldout = model.text_bank.phrase_indices(attribute, heldout=True)
         precision, share = [], []
         for value_index, value in enumerate(PHRASE_BANK[attribute]):
             queries = [model.phrases[i][2] for i in heldout if model.phrases[i][1] == value_index]

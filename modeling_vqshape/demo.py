@@ -91,7 +91,7 @@ def predict(model, window: np.ndarray, class_names=None) -> dict | None:
     past_values = VQShapeFeatureExtractor(vqshape_model(model).config.input_length)(window[None])["past_values"]
     with torch.no_grad():
         if hasattr(model, "zero_shot_classify"):
-            if not class_names and not model.config.class_names:
+            if not class_names and not model.class_names:
                 return None
             output = model.zero_shot_classify(past_values, class_names or None)
             return dict(zip(output.class_names, output.probabilities[0].tolist()))

@@ -146,7 +146,7 @@ class VQShapeTimeSeriesClassificationPipeline(_VQShapePipeline):
                                  "are fixed by its head (config.id2label).")
             # the model reads names or {name: [descriptions]}; the results are labelled with the names
             forward_kwargs["candidate_labels"] = candidate_labels
-            postprocess_kwargs["candidate_labels"] = self.model._check_classes(candidate_labels)[0]
+            postprocess_kwargs["candidate_labels"] = list(candidate_labels)  # names, or the keys of a mapping
         if top_k is not None:
             if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
                 raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
@@ -163,7 +163,7 @@ class VQShapeTimeSeriesClassificationPipeline(_VQShapePipeline):
     def postprocess(self, model_outputs, top_k=5, candidate_labels=None):
         probabilities = model_outputs["probabilities"][0]
         if self.zero_shot:
-            labels = candidate_labels or list(self.model.config.class_names)
+            labels = candidate_labels or self.model.class_names
         else:
             labels = [self.model.config.id2label[index] for index in range(probabilities.shape[-1])]
         scores, indices = probabilities.topk(min(top_k, probabilities.shape[-1]))

