@@ -11,10 +11,12 @@ DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 # Attributes captioned per token, in this order; the values of each come from the rules in modeling_vqshape_text.py.
 ATTRIBUTES = ("shape", "position", "duration", "amplitude", "level")
-# Attributes captioned per channel (series level), from the instance-normalisation statistics VQShape removes:
-# intensity from the channel's standard deviation `scale`, against its domain's calibration (`intensity_thresholds`).
-# Optional in a bank: models saved before it existed load without it.
-SERIES_ATTRIBUTES = ("intensity",)
+# Attributes captioned per channel or series, from the raw channels (what instance normalisation hides from the
+# tokens): intensity from the channel's standard deviation `scale` against its domain's calibration
+# (`intensity_thresholds`); rhythm from the channel's autocorrelation; channel, which named channel moves most (its
+# intensity relative to its own calibration), when `channel_names` are known. Optional in a bank: models saved before
+# an attribute existed load without it.
+SERIES_ATTRIBUTES = ("intensity", "rhythm", "channel")
 BANK_ATTRIBUTES = ATTRIBUTES + SERIES_ATTRIBUTES
 
 # The phrase bank: attribute -> value -> paraphrases. The last `num_heldout_paraphrases` of each list never enter
@@ -77,6 +79,20 @@ PHRASE_BANK = {
         "vigorous": ["vigorous, intense motion", "very energetic activity", "strong, forceful movement",
                      "highly active", "intense and fast activity", "a lot of vigorous motion"],
     },
+    "rhythm": {
+        "regular": ["a regular rhythm", "a steady repeating cycle", "evenly timed repetitions",
+                    "a periodic, regular pattern", "a consistent beat", "repeating at a steady pace"],
+        "irregular": ["an irregular rhythm", "uneven, irregular repetitions", "bursts at irregular times",
+                      "a jerky, uneven pattern", "erratic, unevenly spaced movements", "a broken, unsteady beat"],
+        "none": ["no rhythm", "no repeating pattern", "aperiodic, without cycles", "nothing repeats",
+                 "without any periodicity", "no cycles at all"],
+    },
+    # templates: "{}" is a channel's name (`channel_names`); the bank holds them for every channel
+    "channel": {
+        "moves most": ["the {} moves most", "most of the motion is in the {}", "the {} is the most active",
+                       "the {} varies the most", "the strongest movement is on the {}",
+                       "the {} shows the most activity"],
+    },
 }
 
 DEFAULT_CLASS_TEMPLATES = ("{}", "a time series of {}", "sensor data recorded during {}", "a signal of {}")
@@ -125,6 +141,16 @@ class VQShapeTextConfig(PretrainedConfig):
             When not set, series embeddings carry no intensity (they depend on the shapes only).
         intensity_text_weight (`float`, defaults to 1.0):
             Weight of the channel intensity <-> intensity phrase loss.
+        rhythm_text_weight (`float`, defaults to 1.0):
+            Weight of the channel rhythm <-> rhythm phrase loss (regular, irregular or no rhythm, from each channel's
+            autocorrelation; needs no calibration).
+        channel_names (`list[str]`, *optional*):
+            The names of the input channels, in order (e.g. `["accelerometer x", ..., "gyroscope z"]`). With them,
+            series of exactly these channels get the *channel* attribute: which channel moves most, relative to its
+            own intensity calibration (so it needs `intensity_thresholds` with one pair per channel). Fixed when the
+            model is built (the head's size depends on the count).
+        channel_text_weight (`float`, defaults to 1.0):
+            Weight of the series <-> channel phrase loss.
         standardize_codes (`bool`, *optional*):
             Feed the projection heads code vectors standardised by the codebook's per-dimension mean and std (codes are
             small, about 0.1, next to the other token inputs, and heads fed raw codes barely tell them apart). When not
@@ -155,6 +181,9 @@ class VQShapeTextConfig(PretrainedConfig):
         pretraining_weight: float = 1.0,
         intensity_thresholds: list | None = None,
         intensity_text_weight: float = 1.0,
+        rhythm_text_weight: float = 1.0,
+        channel_names: list | None = None,
+        channel_text_weight: float = 1.0,
         standardize_codes: bool | None = None,
         **kwargs,
     ):
@@ -189,8 +218,13 @@ class VQShapeTextConfig(PretrainedConfig):
                                  f"{intensity_thresholds!r}.") from error
             self.intensity_thresholds = (pairs[None] if pairs.ndim == 1 else pairs).tolist()
         self.intensity_text_weight = intensity_text_weight
+        self.rhythm_text_weight = rhythm_text_weight
+        if isinstance(channel_names, str):
+            raise ValueError(f"VQShapeTextConfig: `channel_names` must be a list of names, got {channel_names!r}.")
+        self.channel_names = [str(name) for name in channel_names] if channel_names else None
+        self.channel_text_weight = channel_text_weight
         # banks saved before the series attributes existed were trained on raw code vectors: keep them as they were
-        self.standardize_codes = (set(SERIES_ATTRIBUTES) <= set(self.phrase_bank) if standardize_codes is None
+        self.standardize_codes = ("intensity" in self.phrase_bank if standardize_codes is None
                                   else bool(standardize_codes))
         self._validate()
         if "custom_pipelines" in kwargs:
@@ -228,6 +262,14 @@ class VQShapeTextConfig(PretrainedConfig):
             raise ValueError(f"VQShapeTextConfig: `num_heldout_paraphrases` must leave at least one training "
                              f"paraphrase per value (the shortest list has {shortest}), got "
                              f"{self.num_heldout_paraphrases}.")
+        if self.channel_names is not None:
+            if len(self.channel_names) < 2 or len(set(self.channel_names)) != len(self.channel_names) \
+                    or not all(name.strip() for name in self.channel_names):
+                raise ValueError(f"VQShapeTextConfig: `channel_names` must be at least two distinct, non-empty "
+                                 f"names, got {self.channel_names}.")
+            if "channel" not in self.phrase_bank or "intensity" not in self.phrase_bank:
+                raise ValueError("VQShapeTextConfig: `channel_names` need the 'channel' and 'intensity' phrases in "
+                                 "the phrase bank; rebuild the alignment with the current PHRASE_BANK.")
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError(f"VQShapeTextConfig: `class_names` has duplicates: {self.class_names}.")
         if self.class_descriptions and len(self.class_descriptions) != len(self.class_names):

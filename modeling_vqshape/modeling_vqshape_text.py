@@ -37,7 +37,7 @@ from .text_calibration import (
     relative_intensity,
     resolve_calibration,
 )
-from .text_captions import SHAPE_VALUES, caption_labels, intensity_labels, shape_labels
+from .text_captions import SHAPE_VALUES, caption_labels, intensity_labels, rhythm_features, rhythm_labels, shape_labels
 from .text_interpretation import (
     HUBNESS_METHODS,
     TextInterpretationMixin,
@@ -48,6 +48,8 @@ from .text_loss import multi_positive_info_nce, text_alignment_loss
 
 # momentum of the running mean of token vectors (BatchNorm's default)
 TOKEN_MEAN_MOMENTUM = 0.1
+# the loss terms, each weighted by `config.<term>_weight`
+LOSS_TERMS = ("code_text", "token_text", "intensity_text", "rhythm_text", "channel_text", "class_text")
 
 
 def _mlp(in_features: int, out_features: int, hidden_features: int) -> nn.Sequential:
@@ -73,6 +75,9 @@ class VQShapeForTextAlignmentOutput(ModelOutput):
         code_text_loss: codebook entry <-> its shape phrases (a).
         token_text_loss: token <-> each attribute's phrases, mean over attributes (b).
         intensity_text_loss: channel intensity <-> intensity phrases, over the channels with a known calibration.
+        rhythm_text_loss: channel rhythm <-> rhythm phrases (when the bank has them).
+        channel_text_loss: series <-> "the <channel> moves most" phrases, for series of the named channels with a
+            known calibration.
         class_text_loss: pooled series <-> class prompts (c), when labels are given (else None).
         pretraining_loss: VQShape's pre-training loss, in joint training only.
         logit_scale: the clamped logit scale in use.
@@ -85,6 +90,8 @@ class VQShapeForTextAlignmentOutput(ModelOutput):
     code_text_loss: torch.FloatTensor | None = None
     token_text_loss: torch.FloatTensor | None = None
     intensity_text_loss: torch.FloatTensor | None = None
+    rhythm_text_loss: torch.FloatTensor | None = None
+    channel_text_loss: torch.FloatTensor | None = None
     class_text_loss: torch.FloatTensor | None = None
     pretraining_loss: torch.FloatTensor | None = None
     logit_scale: torch.FloatTensor | None = None
@@ -99,10 +106,14 @@ class VQShapeTextEncoding(ModelOutput):
     Args:
         outputs: the backbone's `VQShapeModelOutput` (tokens, codes, scales).
         token_embeddings: `(batch_size, num_channels, num_tokens, num_attributes, text_dim)`.
-        token_vectors: `(batch_size, num_channels, num_tokens, text_dim)`, centred, with their channel's intensity.
+        token_vectors: `(batch_size, num_channels, num_tokens, text_dim)`, centred, with their channel's attributes.
         series_embeddings: `(batch_size, text_dim)`.
         intensity: `(batch_size, num_channels)` intensity value indices (-1: no calibration for the channel), and
         intensity_embeddings: `(batch_size, num_channels, text_dim)`; both None without a calibration.
+        rhythm, rhythm_embeddings: the same for rhythm (regular, irregular, none), and regularity and cycles
+            `(batch_size, num_channels)` its rule inputs; None when the bank has no rhythm phrases.
+        channel: `(batch_size,)` the index of the channel that moves most (-1: unknown), and channel_embeddings
+            `(batch_size, text_dim)`; None without channel names or a calibration.
     """
 
     outputs: VQShapeModelOutput | None = None
@@ -111,7 +122,12 @@ class VQShapeTextEncoding(ModelOutput):
     series_embeddings: torch.FloatTensor | None = None
     intensity: torch.LongTensor | None = None
     intensity_embeddings: torch.FloatTensor | None = None
-
+    rhythm: torch.LongTensor | None = None
+    rhythm_embeddings: torch.FloatTensor | None = None
+    regularity: torch.FloatTensor | None = None
+    cycles: torch.FloatTensor | None = None
+    channel: torch.LongTensor | None = None
+    channel_embeddings: torch.FloatTensor | None = None
 
 
 TEXT_AUTO_MAP = {
@@ -140,8 +156,9 @@ class VQShapeTextPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_scale, math.log(self.config.logit_scale_init))
             init.zeros_(module.code_counts)
             init.zeros_(module.token_vector_mean)
-            if module.has_intensity:
-                init.zeros_(module.intensity_vector_mean)
+            for name in ("intensity", "rhythm", "channel"):
+                if hasattr(module, f"{name}_vector_mean"):
+                    init.zeros_(getattr(module, f"{name}_vector_mean"))
         elif isinstance(module, nn.Linear):
             module.reset_parameters()
 
@@ -165,6 +182,10 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
                                      config.projection_hidden_dim)
         if self.has_intensity:  # relative log(scale) of a channel -> its text-space intensity vector
             self.intensity_projection = _mlp(1, config.text_dim, config.projection_hidden_dim)
+        if self.has_rhythm:  # a channel's regularity and log(1 + cycles) -> its rhythm vector
+            self.rhythm_projection = _mlp(2, config.text_dim, config.projection_hidden_dim)
+        if self.has_channel:  # every channel's relative intensity -> the series' "which channel moves most" vector
+            self.channel_projection = _mlp(len(config.channel_names), config.text_dim, config.projection_hidden_dim)
         self.logit_scale = nn.Parameter(torch.empty(()))  # log of the scale, as in CLIP
         # how often each code was seen in training batches, for describe_codes
         self.register_buffer("code_counts", torch.zeros(vqshape_config.num_codes, dtype=torch.long))
@@ -174,6 +195,9 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
             # running mean of the calibrated channels' intensity vectors, removed from them alike: channels without a
             # calibration add nothing, so a domain where all are calibrated is not pulled towards the mean intensity
             self.register_buffer("intensity_vector_mean", torch.zeros(config.text_dim))
+        for name in ("rhythm", "channel"):  # the same for the other channel- and series-level attributes
+            if getattr(self, f"has_{name}"):
+                self.register_buffer(f"{name}_vector_mean", torch.zeros(config.text_dim))
         # the intensity calibration in use: [low, high] log-scale pairs, one per channel or one for all (or None)
         self.intensity_thresholds = config.intensity_thresholds
         self.post_init()
@@ -326,7 +350,12 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
             the thresholds, one `[low, high]` pair per channel (one pair with `per_channel=False`).
         """
         self._require_intensity()
-        self.intensity_thresholds = channel_calibration(self.channel_scales(past_values), per_channel)
+        scale = self.channel_scales(past_values)
+        if self.has_channel and scale.shape[1] != len(self.config.channel_names):
+            raise ValueError(f"The series have {scale.shape[1]} channel(s), but this model names "
+                             f"{len(self.config.channel_names)} ({self.config.channel_names}); calibrate on series of "
+                             f"those channels, in that order.")
+        self.intensity_thresholds = channel_calibration(scale, per_channel)
         return self.intensity_thresholds
 
     def channel_scales(self, past_values: torch.Tensor) -> torch.Tensor:
@@ -347,32 +376,71 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
         return resolve_calibration(intensity_thresholds, self.intensity_thresholds, batch_size, num_channels,
                                    self.text_bank.text_mean.device)
 
-    def intensity_embeddings(self, scale: torch.Tensor, thresholds: torch.Tensor):
-        """`(batch_size, num_channels)` instance-normalisation scales and their calibration `(..., 2)` ->
-        `(relative intensity, embeddings)`: `(batch_size, num_channels)` and `(batch_size, num_channels, text_dim)`,
-        unit-norm, with NaN relative intensity where the calibration is unknown."""
-        relative = relative_intensity(scale.detach(), thresholds)
-        known = torch.isfinite(relative)
-        inputs = torch.where(known, relative, torch.zeros_like(relative)).unsqueeze(-1)
-        return relative, F.normalize(self.intensity_projection(inputs), dim=-1)
+    # ---- rhythm and which channel moves most -----------------------------------------------------------------------
 
-    def intensity_vectors(self, relative: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        """What a channel's intensity adds to each of its token vectors: its embedding less the mean intensity
-        embedding (the batch's calibrated channels in training, the running mean otherwise); zero without a
-        calibration. `(batch_size, num_channels, text_dim)`."""
-        known = torch.isfinite(relative)
-        mean = self.intensity_vector_mean
-        if self.training and known.any():
-            mean = embeddings.detach()[known].mean(dim=0)
-            self.intensity_vector_mean.lerp_(mean.to(self.intensity_vector_mean.dtype), TOKEN_MEAN_MOMENTUM)
-        centred = embeddings - mean.to(embeddings.dtype)
-        return torch.where(known.unsqueeze(-1), centred, torch.zeros_like(centred))
+    @property
+    def has_rhythm(self) -> bool:
+        """Whether the bank has rhythm phrases (models saved before the attribute existed have none)."""
+        return "rhythm" in self.config.phrase_bank
 
-    def token_vectors(self, token_embeddings: torch.Tensor,
-                      intensity_vectors: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def has_channel(self) -> bool:
+        """Whether the model names its channels (`config.channel_names`) and says which one moves most."""
+        return bool(self.config.channel_names) and "channel" in self.config.phrase_bank
+
+    def channel_rhythm(self, past_values: torch.Tensor):
+        """`(regularity, cycles)`, each `(batch_size, num_channels)`: each channel's rhythm from its autocorrelation
+        (`text_captions.rhythm_features`)."""
+        series, batch_size, num_channels = self.backbone.vqshape._flatten_channels(past_values)
+        regularity, cycles = rhythm_features(series.detach().float())
+        return regularity.reshape(batch_size, num_channels), cycles.reshape(batch_size, num_channels)
+
+    def attribute_embeddings(self, past_values: torch.Tensor, scale: torch.Tensor, intensity_thresholds) -> dict:
+        """The channel- and series-level attributes of a batch: `{name: (embeddings, values)}`, values being rule
+        value indices, -1 where unknown. Intensity and rhythm: `(batch_size, num_channels, text_dim)` and
+        `(batch_size, num_channels)`; intensity only with a calibration (NaN thresholds: unknown). Channel (which named
+        channel moves most, by its relative intensity): `(batch_size, text_dim)` and `(batch_size,)`, for series of
+        the named channels whose channels are all calibrated. Only the attributes the bank has."""
+        batch_size, num_channels = scale.shape
+        attributes = {}
+        thresholds = self._intensity_calibration(intensity_thresholds, batch_size, num_channels)
+        if thresholds is not None:
+            relative = relative_intensity(scale.detach(), thresholds)
+            known = torch.isfinite(relative)
+            relative_inputs = torch.where(known, relative, torch.zeros_like(relative))
+            attributes["intensity"] = (F.normalize(self.intensity_projection(relative_inputs.unsqueeze(-1)), dim=-1),
+                                       torch.where(known, intensity_labels(relative_inputs), -1))
+        if self.has_rhythm:
+            regularity, cycles = self.channel_rhythm(past_values)
+            inputs = torch.stack([regularity, cycles.log1p()], dim=-1).to(scale.dtype)
+            attributes["rhythm"] = (F.normalize(self.rhythm_projection(inputs), dim=-1), rhythm_labels(regularity))
+        if thresholds is not None and self.has_channel and num_channels == len(self.config.channel_names):
+            all_known = known.all(dim=-1)
+            moves_most = torch.where(all_known, relative.nan_to_num(-math.inf).argmax(dim=-1), -1)
+            attributes["channel"] = (F.normalize(self.channel_projection(relative_inputs), dim=-1), moves_most)
+        return attributes
+
+    def attribute_vectors(self, attributes: dict) -> list:
+        """What each attribute adds to the token vectors of its channels (or of the whole series): its embedding less
+        the mean embedding of that attribute (the batch's known ones in training, the running mean otherwise); zero
+        where unknown. A list of `(batch_size, num_channels or 1, text_dim)`."""
+        vectors = []
+        for name, (embeddings, values) in attributes.items():
+            known = values >= 0
+            running_mean = getattr(self, f"{name}_vector_mean")
+            mean = running_mean
+            if self.training and known.any():
+                mean = embeddings.detach()[known].mean(dim=0)
+                running_mean.lerp_(mean.to(running_mean.dtype), TOKEN_MEAN_MOMENTUM)
+            centred = embeddings - mean.to(embeddings.dtype)
+            centred = torch.where(known.unsqueeze(-1), centred, torch.zeros_like(centred))
+            vectors.append(centred if centred.dim() == 3 else centred.unsqueeze(1))
+        return vectors
+
+    def token_vectors(self, token_embeddings: torch.Tensor, attribute_vectors=()) -> torch.Tensor:
         """A token's single text-space vector: the sum of its attribute embeddings (a caption's bag of phrases), less
         the mean token vector (the batch's in training, the running mean otherwise), so that what all series share
-        does not decide their class; plus its channel's centred intensity vector when given (`intensity_vectors`).
+        does not decide their class; plus its channel's centred attribute vectors (`attribute_vectors`).
         `(batch_size, num_channels, num_tokens, num_attributes, text_dim)` -> `(..., num_tokens, text_dim)`."""
         vectors = token_embeddings.sum(dim=-2)
         if self.training:
@@ -381,17 +449,9 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
         else:
             mean = self.token_vector_mean
         vectors = vectors - mean.to(vectors.dtype)
-        return vectors if intensity_vectors is None else vectors + intensity_vectors.unsqueeze(-2)
-
-    def _token_and_intensity_vectors(self, scale, token_embeddings, intensity_thresholds):
-        """Token vectors with their channels' intensity where a calibration is known: `(token_vectors, relative
-        intensity, intensity embeddings)`, the last two None without a calibration. `scale`: the backbone's
-        `(batch_size, num_channels)` instance-normalisation scales."""
-        thresholds = self._intensity_calibration(intensity_thresholds, *token_embeddings.shape[:2])
-        if thresholds is None:
-            return self.token_vectors(token_embeddings), None, None
-        relative, intensity = self.intensity_embeddings(scale, thresholds)
-        return self.token_vectors(token_embeddings, self.intensity_vectors(relative, intensity)), relative, intensity
+        for attribute_vectors_of_channels in attribute_vectors:
+            vectors = vectors + attribute_vectors_of_channels.unsqueeze(-2)
+        return vectors
 
     def series_embeddings(self, token_vectors: torch.Tensor) -> torch.Tensor:
         """`(batch_size, num_channels, num_tokens, text_dim)` token vectors -> `(batch_size, text_dim)`: their mean over
@@ -436,21 +496,17 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
         code_labels = self.code_shape_labels()
         labels_per_token = caption_labels(code_labels, outputs.code_indices, start, length, offset, scale)
         token_embeddings = self.token_embeddings(outputs.token_features)
-        token_vectors, relative, intensity = self._token_and_intensity_vectors(outputs.scale, token_embeddings,
-                                                                                intensity_thresholds)
+        attributes = self.attribute_embeddings(past_values, outputs.scale, intensity_thresholds)
+        token_vectors = self.token_vectors(token_embeddings, self.attribute_vectors(attributes))
         series_embeddings = self.series_embeddings(token_vectors)
         logit_scale = self.logit_scale_value()
         if self.training:
             self.code_counts += torch.bincount(outputs.code_indices.reshape(-1), minlength=self.code_counts.shape[0])
-        channel_attributes = {}
-        if relative is not None:  # channels <-> intensity phrases, where the channel's calibration is known
-            known = torch.isfinite(relative)
-            channel_attributes["intensity"] = (intensity[known], intensity_labels(relative[known]))
         losses = text_alignment_loss(
             self.text_bank.phrase_embeddings, self.text_bank.phrases, logit_scale,
-            {"code_text": config.code_text_weight, "token_text": config.token_text_weight,
-             "intensity_text": config.intensity_text_weight, "class_text": config.class_text_weight},
-            self.code_embeddings(), code_labels, token_embeddings, labels_per_token, channel_attributes,
+            {name: getattr(config, f"{name}_weight") for name in LOSS_TERMS},
+            self.code_embeddings(), code_labels, token_embeddings, labels_per_token,
+            {name: (embeddings[values >= 0], values[values >= 0]) for name, (embeddings, values) in attributes.items()},
             series_embeddings, labels,
             self.text_bank.class_embeddings if label_embeddings is None else label_embeddings)
         loss = losses["loss"]
@@ -461,6 +517,8 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
             code_text_loss=losses["code_text_loss"],
             token_text_loss=losses["token_text_loss"],
             intensity_text_loss=losses.get("intensity_text_loss"),
+            rhythm_text_loss=losses.get("rhythm_text_loss"),
+            channel_text_loss=losses.get("channel_text_loss"),
             class_text_loss=losses["class_text_loss"],
             pretraining_loss=pretraining_loss,
             logit_scale=logit_scale.detach(),
@@ -480,13 +538,14 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
         try:
             outputs = self.backbone.vqshape(past_values, return_dict=True)
             token_embeddings = self.token_embeddings(outputs.token_features)
-            token_vectors, relative, intensity = self._token_and_intensity_vectors(outputs.scale, token_embeddings,
-                                                                                    intensity_thresholds)
+            attributes = self.attribute_embeddings(past_values, outputs.scale, intensity_thresholds)
+            token_vectors = self.token_vectors(token_embeddings, self.attribute_vectors(attributes))
+            regularity, cycles = self.channel_rhythm(past_values) if self.has_rhythm else (None, None)
             return VQShapeTextEncoding(
                 outputs=outputs, token_embeddings=token_embeddings, token_vectors=token_vectors,
-                series_embeddings=self.series_embeddings(token_vectors), intensity_embeddings=intensity,
-                intensity=None if relative is None else torch.where(
-                    torch.isfinite(relative), intensity_labels(relative.nan_to_num(0.0)), -1))
+                series_embeddings=self.series_embeddings(token_vectors), regularity=regularity, cycles=cycles,
+                **{key: value for name, (embeddings, values) in attributes.items()
+                   for key, value in ((name, values), (f"{name}_embeddings", embeddings))})
         finally:
             self.train(was_training)
 

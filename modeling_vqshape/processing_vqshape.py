@@ -37,6 +37,16 @@ def resample_series(series, length: int) -> np.ndarray:
     return past_values.transpose(0, 2, 1)  # "batch time channels -> batch channels time"
 
 
+def check_sampling_rate(sampling_rate):
+    """A positive, finite number of samples per second (as float), or None."""
+    if sampling_rate is None:
+        return None
+    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, float, np.number)) \
+            or not np.isfinite(sampling_rate) or sampling_rate <= 0:
+        raise ValueError(f"sampling_rate must be a positive number of samples per second, got {sampling_rate!r}.")
+    return float(sampling_rate)
+
+
 class VQShapeFeatureExtractor(FeatureExtractionMixin):
     r"""
     Prepares raw series for VQShape: fills interior gaps, resamples every channel linearly to `input_length`, and
@@ -50,15 +60,19 @@ class VQShapeFeatureExtractor(FeatureExtractionMixin):
 
     Args:
         input_length (`int`, defaults to 512): the model's `config.input_length`.
+        sampling_rate (`float`, *optional*): the raw series' samples per second (e.g. 100 for GENEActiv), or per
+            call; when known the output also holds `window_seconds`, each series' duration, so that rhythms can be
+            said in Hz.
     """
 
     model_input_names = ["past_values"]
 
-    def __init__(self, input_length: int = 512, **kwargs):
+    def __init__(self, input_length: int = 512, sampling_rate: float | None = None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(input_length, bool) or not isinstance(input_length, int) or input_length < 2:
             raise ValueError(f"input_length must be an integer >= 2, got {input_length!r}.")
         self.input_length = input_length
+        self.sampling_rate = check_sampling_rate(sampling_rate)
 
     def _series_list(self, series):
         """Split the input into a list of `(channels, time)` float64 arrays and say whether it had channels."""
@@ -93,11 +107,16 @@ class VQShapeFeatureExtractor(FeatureExtractionMixin):
         raise ValueError(f"series must be a numpy array, a torch tensor or a list of series, got "
                          f"{type(series).__name__}.")
 
-    def __call__(self, series, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
+    def __call__(self, series, return_tensors: str | None = "pt", sampling_rate: float | None = None,
+                 **kwargs) -> BatchFeature:
         """
+        Args:
+            sampling_rate: the series' samples per second, for this call (else the extractor's).
         Returns:
-            `BatchFeature` with `past_values` `(batch, input_length)` or `(batch, input_length, channels)`.
+            `BatchFeature` with `past_values` `(batch, input_length)` or `(batch, input_length, channels)`, and with a
+            sampling rate `window_seconds` `(batch,)`, each series' duration before resampling.
         """
+        sampling_rate = check_sampling_rate(sampling_rate) or self.sampling_rate
         items, has_channels = self._series_list(series)
         if len(items) == 0:
             raise ValueError("series is an empty batch; pass at least one series.")
@@ -124,7 +143,10 @@ class VQShapeFeatureExtractor(FeatureExtractionMixin):
             batch[index] = resample(filled, self.input_length)
         # "batch channels time -> batch time channels"; univariate input keeps (batch, time)
         past_values = batch.transpose(0, 2, 1) if has_channels else batch[:, 0]
-        return BatchFeature({"past_values": past_values}, tensor_type=return_tensors)
+        features = {"past_values": past_values}
+        if sampling_rate is not None:
+            features["window_seconds"] = np.array([item.shape[-1] / sampling_rate for item in items], np.float32)
+        return BatchFeature(features, tensor_type=return_tensors)
 
 
 __all__ = ["VQShapeFeatureExtractor", "resample_series"]

@@ -88,13 +88,19 @@ class VQShapeTextBank(nn.Module):
         super().__init__()
         self.text_model_name_or_path = config.text_model_name_or_path
         self.text_dim = config.text_dim
-        # the bank as a flat list, in config order
+        self.channel_names = list(config.channel_names or [])
+        # the bank as a flat list, in config order; the channel templates once per channel name (its value)
+        values = {attribute: [(index, config.phrase_bank[attribute][value], None)
+                              for index, value in enumerate(ATTRIBUTE_VALUES[attribute])]
+                  for attribute in BANK_ATTRIBUTES if attribute in config.phrase_bank and attribute != "channel"}
+        if "channel" in config.phrase_bank and self.channel_names:
+            values["channel"] = [(index, config.phrase_bank["channel"]["moves most"], name)
+                                 for index, name in enumerate(self.channel_names)]
         self.phrases = [
-            Phrase(BANK_ATTRIBUTES.index(attribute), value_index, text,
+            Phrase(BANK_ATTRIBUTES.index(attribute), value_index, text if name is None else text.format(name),
                    rank >= len(paraphrases) - config.num_heldout_paraphrases)
-            for attribute in BANK_ATTRIBUTES if attribute in config.phrase_bank
-            for value_index, value in enumerate(ATTRIBUTE_VALUES[attribute])
-            for paraphrases in [config.phrase_bank[attribute][value]]
+            for attribute in BANK_ATTRIBUTES if attribute in values
+            for value_index, paraphrases, name in values[attribute]
             for rank, text in enumerate(paraphrases)
         ]
         self.class_names = list(config.class_names)
@@ -117,6 +123,11 @@ class VQShapeTextBank(nn.Module):
     def centre(self, raw_embeddings: torch.Tensor) -> torch.Tensor:
         """Unit-norm encoder embeddings -> centred by the bank mean, unit-norm again."""
         return F.normalize(raw_embeddings.to(self.text_mean) - self.text_mean, dim=-1)
+
+    def value_phrase(self, attribute: str, value: int) -> str:
+        """The first paraphrase of an attribute's value: how captions write it."""
+        return next(phrase.text for phrase in self.phrases
+                    if phrase.attribute == BANK_ATTRIBUTES.index(attribute) and phrase.value == value)
 
     def phrase_indices(self, attribute: str, heldout: bool | None = None) -> list:
         index = BANK_ATTRIBUTES.index(attribute)

@@ -10,7 +10,7 @@ import torch
 from transformers.utils import ModelOutput
 
 from .configuration_vqshape_text import ATTRIBUTES
-from .text_captions import ATTRIBUTE_VALUES, SHAPE_VALUES
+from .text_captions import RHYTHM_VALUES, SHAPE_VALUES
 
 HUBNESS_METHODS = ("inverted_softmax", "csls")
 
@@ -126,6 +126,22 @@ class TextInterpretationMixin:
         return VQShapeZeroShotOutput(logits=logits, probabilities=probabilities,
                                      predictions=probabilities.argmax(dim=-1), class_names=class_names)
 
+    @staticmethod
+    def _window_seconds(past_values, sampling_rate, window_seconds):
+        """Each series' duration in seconds `(batch_size,)`, from `window_seconds` or `sampling_rate`; None when
+        neither is given."""
+        from .processing_vqshape import check_sampling_rate
+
+        sampling_rate = check_sampling_rate(sampling_rate)
+        if window_seconds is not None:
+            seconds = torch.as_tensor(window_seconds, dtype=torch.float64).reshape(-1).expand(len(past_values))
+            if not bool((seconds > 0).all()):
+                raise ValueError(f"window_seconds must be positive durations, got {window_seconds!r}.")
+            return seconds
+        if sampling_rate is not None:
+            return torch.full((len(past_values),), past_values.shape[1] / sampling_rate, dtype=torch.float64)
+        return None
+
     def _past_values(self, series) -> torch.Tensor:
         """Model input from a `past_values` tensor, a `datasets.Dataset` with a `past_values` column of
         `(channels, time)` windows (as `build_geneactiv_dataset` gives), or raw series for the feature extractor."""
@@ -191,8 +207,16 @@ class TextInterpretationMixin:
         """`(n, text_dim)` -> for each row, the first paraphrase of the value of its best `attribute` bank phrase."""
         indices = self.text_bank.phrase_indices(attribute)
         best = (embeddings @ self.text_bank.phrase_embeddings[indices].t()).argmax(dim=-1).tolist()
-        values = ATTRIBUTE_VALUES[attribute]
-        return [self.config.phrase_bank[attribute][values[self.text_bank.phrases[indices[j]].value]][0] for j in best]
+        return [self.text_bank.value_phrase(attribute, self.text_bank.phrases[indices[j]].value) for j in best]
+
+    def _rhythm_phrase(self, encoded, row: int, channel: int, window_seconds) -> str:
+        """A channel's rhythm as the model reads it, with the rule's cycles per window (and Hz) when it has one."""
+        phrase = self._best_phrases("rhythm", encoded.rhythm_embeddings[row, channel, None])[0]
+        cycles = float(encoded.cycles[row, channel])
+        if phrase == self.text_bank.value_phrase("rhythm", RHYTHM_VALUES.index("none")) or cycles <= 0:
+            return phrase
+        rate = f", {cycles / float(window_seconds[row]):.2g} Hz" if window_seconds is not None else ""
+        return f"{phrase} ({cycles:.1f} cycles per window{rate})"
 
     def token_phrases(self, token_embeddings: torch.Tensor) -> list:
         """`(num_tokens, num_attributes, text_dim)` -> one caption per token: per attribute the value of the best
@@ -204,18 +228,26 @@ class TextInterpretationMixin:
 
     @torch.no_grad()
     def explain(self, past_values: torch.Tensor, class_names=None, templates=None, top_k: int = 3,
-                intensity_thresholds=None) -> list:
+                intensity_thresholds=None, sampling_rate: float | None = None, window_seconds=None) -> list:
         """Why each series gets its zero-shot class: the `top_k` tokens that most support it, each as a phrase.
 
         A token's support is its vector's similarity to the predicted class's prompt minus its mean similarity to the
         other classes (the series embedding is the mean token vector, so supports add up to the score margin, up to
         the normalisation). With the stored class names (`set_class_names`) no text encoder is needed. With an
-        intensity calibration (`calibrate_intensity`) each phrase ends with its channel's intensity.
+        intensity calibration (`calibrate_intensity`) each phrase ends with its channel's intensity, and with rhythm
+        phrases in the bank with its channel's rhythm: its cycles per window, and its frequency in Hz when the
+        duration of the series is known.
 
+        Args:
+            sampling_rate: samples per second of `past_values` as given (each series lasts `length / sampling_rate`).
+            window_seconds: or each series' duration, `(batch_size,)` or one number (the feature extractor gives it
+                for raw series resampled to the model's length, from its `sampling_rate`).
         Returns:
-            one dict per series: `predicted_class`, `probability`, and `tokens`, a list of dicts with `phrase`, `code`,
-            `channel`, `start`, `end` (relative positions), `score`.
+            one dict per series: `predicted_class`, `probability`, `tokens`, a list of dicts with `phrase`, `code`,
+            `channel`, `start`, `end` (relative positions), `score`; and, for a model with channel names, a
+            calibration and series of those channels, `moves_most`: which channel moves most, in words.
         """
+        window_seconds = self._window_seconds(past_values, sampling_rate, window_seconds)
         class_names, prompts = self.text_bank.class_prompts(class_names, templates)
         encoded = self.encode(past_values, intensity_thresholds)
         outputs, token_embeddings = encoded.outputs, encoded.token_embeddings
@@ -239,6 +271,8 @@ class TextInterpretationMixin:
                 if encoded.intensity is not None and encoded.intensity[row, channel] >= 0:
                     phrase += "; " + self._best_phrases("intensity",
                                                         encoded.intensity_embeddings[row, channel, None])[0]
+                if encoded.rhythm is not None:
+                    phrase += "; " + self._rhythm_phrase(encoded, row, channel, window_seconds)
                 start = float(outputs.shape_start[row, channel, token])
                 tokens.append({
                     "phrase": phrase,
@@ -250,4 +284,6 @@ class TextInterpretationMixin:
                 })
             explanations.append({"predicted_class": class_names[predicted],
                                  "probability": round(float(probabilities[row, predicted]), 4), "tokens": tokens})
+            if encoded.channel is not None and encoded.channel[row] >= 0:
+                explanations[-1]["moves_most"] = self._best_phrases("channel", encoded.channel_embeddings[row, None])[0]
         return explanations

@@ -55,8 +55,8 @@ def test_stored_descriptions_survive_save_and_serve_without_a_text_encoder(model
     model.save_pretrained(tmp_path / "described")
     reloaded = VQShapeForTextAlignment.from_pretrained(tmp_path / "described").eval()
     assert reloaded.config.class_descriptions == list(DESCRIPTIONS.values())
-    reloaded.__dict__["_text_encoder"] = None
-    reloaded.config.text_model_name_or_path = str(tmp_path / "no-such-text-model")  # loading one would fail
+    reloaded.text_bank.__dict__["_text_encoder"] = None
+    reloaded.text_bank.text_model_name_or_path = str(tmp_path / "no-such-text-model")  # loading one would fail
     again = reloaded.zero_shot_classify(windows)  # the stored names and descriptions, no text encoder
     assert again.class_names == list(DESCRIPTIONS)
     torch.testing.assert_close(again.logits, expected.logits, atol=1e-5, rtol=1e-5)
