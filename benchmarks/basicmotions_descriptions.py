@@ -13,6 +13,12 @@ walking, running and playing badminton. Where each fact comes from:
   regular oscillations, with strong wrist rotation in the gyroscope (running cadence studies);
 - badminton: strokes are brief explosive swings of the racket arm between footwork and pauses, so the wrist shows
   sudden large bursts and spikes with no steady rhythm (racket-sport motion analyses).
+
+`RHYTHM_AND_CHANNELS` adds, for the model's rhythm and channel words, sentences written from the same facts before any
+result with them: walking and running repeat with every stride (regular rhythm); running's bent, pumping arm swing
+turns the wrist, so the gyroscope moves most (running-form descriptions); badminton's strokes are irregular bursts of
+acceleration, so the accelerometer moves most and nothing repeats steadily; a standing wrist has no rhythm. Channel
+names are BasicMotions' six dimensions in the archive's order, `CHANNEL_NAMES`.
 """
 
 DESCRIPTIONS = {
@@ -36,4 +42,14 @@ DESCRIPTIONS = {
         "short sharp peaks of very large amplitude between quieter moments",
         "dramatic excursions from fast swings, with no steady rhythm",
     ],
+}
+
+CHANNEL_NAMES = ["accelerometer x", "accelerometer y", "accelerometer z", "gyroscope x", "gyroscope y", "gyroscope z"]
+
+RHYTHM_AND_CHANNELS = {
+    "standing": DESCRIPTIONS["standing"] + ["no rhythm, nothing repeats"],
+    "walking": DESCRIPTIONS["walking"] + ["a regular rhythm, a steady repeating cycle of steps"],
+    "running": DESCRIPTIONS["running"] + ["a fast regular rhythm", "the gyroscope moves most"],
+    "badminton": DESCRIPTIONS["badminton"] + ["an irregular rhythm, bursts at irregular times",
+                                              "the accelerometer moves most"],
 }
