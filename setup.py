@@ -9,10 +9,11 @@ with open("modeling_vqshape/__init__.py", encoding="utf-8") as handle:
 with open("README.md", encoding="utf-8") as handle:
     long_description = handle.read()
 
-train = ["accelerate>=0.30", "datasets>=2.18", "evaluate>=0.4", "aeon>=1.0", "pandas>=2.0", "pyarrow>=14", "tqdm>=4.60",
+# accelerate 1.1: DataLoaderConfiguration(data_seed=...); datasets 4.0: the `datasets.List` feature type
+train = ["accelerate>=1.1", "datasets>=4.0", "evaluate>=0.4", "aeon>=1.0", "pandas>=2.0", "pyarrow>=14", "tqdm>=4.60",
          "tensorboard>=2.14", "scikit-learn>=1.3"]
 multimodal = ["sentence-transformers>=3.0"]
-demo = ["gradio>=5", "datasets>=2.18", "pandas>=2.0", "pyarrow>=14", "tqdm>=4.60"]  # as space/requirements.txt
+demo = ["gradio>=5", "datasets>=4.0", "pandas>=2.0", "pyarrow>=14", "tqdm>=4.60"]  # as space/requirements.txt
 
 setup(
     name="vqshape",

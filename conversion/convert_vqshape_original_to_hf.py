@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from modeling_vqshape import VQShapeConfig, VQShapeFeatureExtractor, VQShapeForPreTraining, VQShapeModel
-from modeling_vqshape.hub import push_folder_to_hub, write_atlas, write_model_card
+from modeling_vqshape.hub import publish, write_atlas, write_model_card
 
 # Original key (after the Lightning `model.` prefix) -> converted key of VQShapeModel.
 ORIGINAL_TO_CONVERTED_KEY_MAPPING = {
@@ -287,7 +287,7 @@ def convert(checkpoint_path, output_dir, reference_outputs=None, push_to_hub=Non
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if push_to_hub:
-        push_folder_to_hub(output_dir, push_to_hub, private=private, commit_message="Add converted VQShape checkpoint")
+        publish(output_dir, push_to_hub, private=private, commit_message="Add converted VQShape checkpoint")
     return output_dir
 
 

@@ -4,13 +4,13 @@
 
 Series come from any corpus the data module reads (`--data`, default the sets bundled with aeon); they train the code
 and token alignment (captions come from the model's own attributes, no labels needed). Labelled sets with human class
-names (`--labelled_data`, `CLASS_NAMES`) add the series <-> class prompt loss. `--zero_shot_dataset` (BasicMotions by
-default) is refused as a labelled set, so that its labels never touch training and its zero-shot score means something.
+names (`--labelled_data`, `modeling_vqshape.classification.CLASS_NAMES`) add the series <-> class prompt loss.
+`--zero_shot_dataset` (BasicMotions by default) is refused as a labelled set, so that its labels never touch training
+and its zero-shot score means something.
 """
 
 import argparse
 import importlib.util
-import json
 import math
 import os
 
@@ -20,28 +20,17 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
+from modeling_vqshape.classification import CLASS_NAMES, load_labelled_rows
 from modeling_vqshape.configuration_vqshape_text import DEFAULT_TEXT_MODEL
-from modeling_vqshape.data import bundled_data_dir, load_pretraining_dataset, prepare_series
+from modeling_vqshape.data import load_pretraining_dataset
 from modeling_vqshape.modeling_vqshape_text import (
     VQShapeForTextAlignment,
     calibrations_by_source,
     load_text_encoder,
 )
+from modeling_vqshape.training import add_hub_arguments, check_hub_arguments, finish, get_process_scheduler
 
-# Human names of the classes of some bundled sets (aeon gives numbers), from the UCR/UEA archive descriptions.
-CLASS_NAMES = {
-    "GunPoint": {"1": "drawing a gun", "2": "pointing a finger"},
-    "ItalyPowerDemand": {"1": "winter electricity demand", "2": "summer electricity demand"},
-    "ArrowHead": {"0": "Avonlea arrowhead", "1": "Clovis arrowhead", "2": "mixed arrowhead"},
-    "PickupGestureWiimoteZ": {
-        "1": "picking up", "2": "shaking", "3": "moving to the right", "4": "moving to the left", "5": "moving up",
-        "6": "moving down", "7": "a left-handed circle", "8": "a right-handed circle", "9": "moving toward the screen",
-        "10": "moving away from the screen",
-    },
-    "BasicMotions": {name: name for name in ("standing", "walking", "running", "badminton")},
-}
 EVALUATED = ("code_text_loss", "token_text_loss", "intensity_text_loss")
 TERMS = ("loss", "code_text_loss", "token_text_loss", "intensity_text_loss", "class_text_loss", "pretraining_loss")
 
@@ -75,40 +64,16 @@ def parse_args(argv=None):
     parser.add_argument("--logging_steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report_to", default="tensorboard" if importlib.util.find_spec("tensorboard") else "none")
-    parser.add_argument("--push_to_hub", action="store_true")
-    parser.add_argument("--hub_model_id", default=None)
-    parser.add_argument("--hub_private", action="store_true")
+    add_hub_arguments(parser)
     args = parser.parse_args(argv)
-    if args.push_to_hub and not args.hub_model_id:
-        parser.error("--push_to_hub needs --hub_model_id (e.g. lab/vqshape-text).")
+    check_hub_arguments(parser, args, "lab/vqshape-text")
     unknown = [name for name in args.labelled_data if name not in CLASS_NAMES]
     if unknown:
-        parser.error(f"no class names for {unknown}; known: {sorted(CLASS_NAMES)} (add yours to CLASS_NAMES).")
+        parser.error(f"no class names for {unknown}; known: {sorted(CLASS_NAMES)} (add yours to "
+                     "modeling_vqshape.classification.CLASS_NAMES).")
     if args.zero_shot_dataset in args.labelled_data:
         parser.error(f"{args.zero_shot_dataset} is the zero-shot dataset: its labels must not train the model.")
     return args
-
-
-def load_labelled(names, input_length, max_series, split="TRAIN"):
-    """Univariate rows of bundled sets, in their own units, with global label ids: `(past_values, labels, class
-    names, source of each row)`; every channel of a multivariate series becomes a row with its series' label."""
-    from aeon.datasets import load_from_ts_file
-
-    rows, labels, class_names, sources = [], [], [], []
-    for name in names:
-        series, targets = load_from_ts_file(str(bundled_data_dir() / name / f"{name}_{split}.ts"))
-        names_of = CLASS_NAMES[name]
-        first = len(class_names)
-        class_names += list(names_of.values())
-        ids = {key: first + i for i, key in enumerate(names_of)}
-        for item, target in list(zip(series, targets))[:max_series]:
-            channels = prepare_series([np.asarray(item, dtype=np.float64)], input_length, normalize=False)
-            rows.append(channels)
-            labels += [ids[str(target)]] * len(channels)
-            sources += [name] * len(channels)
-    if not rows:
-        return np.zeros((0, input_length), np.float32), np.zeros(0, np.int64), class_names, sources
-    return np.concatenate(rows), np.asarray(labels, dtype=np.int64), class_names, sources
 
 
 def get_dataloaders(accelerator, args, input_length):
@@ -117,8 +82,8 @@ def get_dataloaders(accelerator, args, input_length):
                                         validation_split=args.validation_split, balance=False,
                                         max_series_per_source=args.max_series_per_dataset, seed=args.seed,
                                         normalize=False)  # in their own units: intensity reads the scale
-        labelled, labels, class_names, labelled_sources = load_labelled(args.labelled_data, input_length,
-                                                                        args.max_series_per_dataset)
+        labelled, labels, class_names, labelled_sources = load_labelled_rows(args.labelled_data, input_length,
+                                                                             args.max_series_per_dataset)
     unlabelled = torch.as_tensor(np.asarray(data["train"].with_format("numpy")["past_values"]), dtype=torch.float32)
     labelled = torch.from_numpy(labelled)
     calibration, calibrations = calibrations_by_source(unlabelled, data["train"]["source"])
@@ -180,9 +145,8 @@ def main(argv=None):
 
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=args.weight_decay)
-    # a prepared scheduler steps once per process per optimizer step
-    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=args.num_warmup_steps * accelerator.num_processes,
-                              num_training_steps=args.max_train_steps * accelerator.num_processes)
+    scheduler = get_process_scheduler("cosine", optimizer, args.num_warmup_steps, args.max_train_steps,
+                                      accelerator.num_processes)
     model, optimizer, train_dataloader, eval_dataloader, scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, eval_dataloader, scheduler)
     if accelerator.log_with:
@@ -220,24 +184,11 @@ def main(argv=None):
     history["validation_final"] = evaluate(model, eval_dataloader, accelerator)
     accelerator.print(f"step {completed_steps}: validation {history['validation_final']}")
 
-    accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(args.output_dir, is_main_process=accelerator.is_main_process,
-                              save_function=accelerator.save)
-    if accelerator.is_main_process:
-        results = {"base_model": args.model_name_or_path, "text_model": text_name, "series": corpus,
-                   "labelled_data": args.labelled_data, "class_names": class_names, "steps": completed_steps,
-                   "log": log, **history}
-        with open(os.path.join(args.output_dir, "training_results.json"), "w") as handle:
-            json.dump(results, handle, indent=2)
-        if args.push_to_hub:
-            from modeling_vqshape.hub import upload_to_hub
-
-            print(upload_to_hub(args.output_dir, args.hub_model_id, private=args.hub_private))
-        print(f"\nSaved to {os.path.abspath(args.output_dir)}; load with "
-              f"VQShapeForTextAlignment.from_pretrained({args.output_dir!r}).")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()  # also ends the process group: last
+    results = {"base_model": args.model_name_or_path, "text_model": text_name, "series": corpus,
+               "labelled_data": args.labelled_data, "class_names": class_names, "steps": completed_steps, "log": log,
+               **history}
+    finish(accelerator, model, args, results, message=f"\nSaved to {os.path.abspath(args.output_dir)}; load with "
+                                                      f"VQShapeForTextAlignment.from_pretrained({args.output_dir!r}).")
     return history
 
 

@@ -13,7 +13,6 @@ written to `eval_results.json` and put into the model card's `model-index`.
 
 import argparse
 import json
-import math
 import os
 
 import evaluate
@@ -23,12 +22,17 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from modeling_vqshape import VQShapeFeatureExtractor, VQShapeForTimeSeriesClassification
 from modeling_vqshape.classification import dataset_name, load_classification_dataset
-from modeling_vqshape.hub import push_folder_to_hub, write_model_card
 from modeling_vqshape.metrics import CLASSIFICATION_METRIC
+from modeling_vqshape.training import (
+    add_hub_arguments,
+    check_hub_arguments,
+    finish,
+    get_process_scheduler,
+    num_training_steps,
+)
 
 
 def parse_args(argv=None):
@@ -54,12 +58,9 @@ def parse_args(argv=None):
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Stratified subset of TEST.")
     parser.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--push_to_hub", action="store_true")
-    parser.add_argument("--hub_model_id", default=None)
-    parser.add_argument("--hub_private", action="store_true")
+    add_hub_arguments(parser)
     args = parser.parse_args(argv)
-    if args.push_to_hub and not args.hub_model_id:
-        parser.error("--push_to_hub needs --hub_model_id (e.g. lab/vqshape-basicmotions).")
+    check_hub_arguments(parser, args, "lab/vqshape-basicmotions")
     return args
 
 
@@ -119,11 +120,10 @@ def main(argv=None):
     )
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
-    steps_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
-    # a prepared scheduler steps once per process per optimizer step
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps *
-                              accelerator.num_processes, num_training_steps=max_train_steps * accelerator.num_processes)
+    max_train_steps = num_training_steps(len(train_dataloader), accelerator.num_processes,
+                                         args.gradient_accumulation_steps, args.num_train_epochs, args.max_train_steps)
+    scheduler = get_process_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_train_steps,
+                                      accelerator.num_processes)
     model, optimizer, train_dataloader, test_dataloader, scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, test_dataloader, scheduler
     )
@@ -154,30 +154,21 @@ def main(argv=None):
     metrics = evaluate_model(model, test_dataloader, accelerator, label_names)
     per_class = metrics.pop("per_class")
     accelerator.print(f"test: {json.dumps(metrics)}")
-    accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
-    unwrapped.save_pretrained(args.output_dir, is_main_process=accelerator.is_main_process,
-                              save_function=accelerator.save)
-    if accelerator.is_main_process:
-        name = dataset_name(args.dataset)
-        with open(os.path.join(args.output_dir, "eval_results.json"), "w") as handle:
-            json.dump({"dataset": name, "split": "test", **metrics, "per_class": per_class}, handle, indent=2)
-        training = {"base_model": args.model_name_or_path, "dataset": name, "labels": label_names,
-                    "classifier_features": args.classifier_features, "freeze_backbone": args.freeze_backbone,
-                    "steps": completed_steps, "learning_rate": args.learning_rate, "seed": args.seed}
-        write_model_card(args.output_dir, unwrapped.config, f"Fine-tuned on {name} with `examples/finetune.py`.",
-                         training, results={name: metrics}, dataset_names=[name],
-                         results_description="Test split of the fine-tuned classifier (`examples/finetune.py`).")
-        if args.push_to_hub:
-            print(push_folder_to_hub(args.output_dir, args.hub_model_id, private=args.hub_private))
-        print(f"\nModel saved to {os.path.abspath(args.output_dir)}. Predict named classes with:\n"
-              f"  import modeling_vqshape\n  from transformers import AutoFeatureExtractor, "
-              f"AutoModelForSequenceClassification\n"
-              f"  model = AutoModelForSequenceClassification.from_pretrained({args.output_dir!r})\n"
-              f"  inputs = AutoFeatureExtractor.from_pretrained({args.output_dir!r})(series)\n"
-              f"  names = [model.config.id2label[i] for i in model(**inputs).logits.argmax(-1).tolist()]")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()  # also ends the process group: last
+    name = dataset_name(args.dataset)
+    training = {"base_model": args.model_name_or_path, "dataset": name, "labels": label_names,
+                "classifier_features": args.classifier_features, "freeze_backbone": args.freeze_backbone,
+                "steps": completed_steps, "learning_rate": args.learning_rate, "seed": args.seed}
+    card = dict(description=f"Fine-tuned on {name} with `examples/finetune.py`.", training=training,
+                results={name: metrics}, dataset_names=[name],
+                results_description="Test split of the fine-tuned classifier (`examples/finetune.py`).")
+    finish(accelerator, model, args, {"dataset": name, "split": "test", **metrics, "per_class": per_class},
+           results_file="eval_results.json", card=card,
+           message=f"\nModel saved to {os.path.abspath(args.output_dir)}. Predict named classes with:\n"
+                   f"  import modeling_vqshape\n  from transformers import AutoFeatureExtractor, "
+                   f"AutoModelForSequenceClassification\n"
+                   f"  model = AutoModelForSequenceClassification.from_pretrained({args.output_dir!r})\n"
+                   f"  inputs = AutoFeatureExtractor.from_pretrained({args.output_dir!r})(series)\n"
+                   f"  names = [model.config.id2label[i] for i in model(**inputs).logits.argmax(-1).tolist()]")
     return metrics
 
 

@@ -47,6 +47,18 @@ METHOD_NAMES = {
     "dtw": "1-NN DTW",
 }
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+# Human names of the classes of some bundled sets (aeon gives numbers), from the UCR/UEA archive descriptions.
+CLASS_NAMES = {
+    "GunPoint": {"1": "drawing a gun", "2": "pointing a finger"},
+    "ItalyPowerDemand": {"1": "winter electricity demand", "2": "summer electricity demand"},
+    "ArrowHead": {"0": "Avonlea arrowhead", "1": "Clovis arrowhead", "2": "mixed arrowhead"},
+    "PickupGestureWiimoteZ": {
+        "1": "picking up", "2": "shaking", "3": "moving to the right", "4": "moving to the left", "5": "moving up",
+        "6": "moving down", "7": "a left-handed circle", "8": "a right-handed circle", "9": "moving toward the screen",
+        "10": "moving away from the screen",
+    },
+    "BasicMotions": {name: name for name in ("standing", "walking", "running", "badminton")},
+}
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------------------
@@ -165,6 +177,27 @@ def load_classification_dataset(spec: str, series_column: str = "past_values", l
         if file is None or not Path(file).exists():
             raise ValueError(f"dataset {spec!r} has no {split.upper()} split (expected a *_{split.upper()}.ts file).")
     return {split: _read_labelled_ts(file) for split, file in files.items()}
+
+
+def load_labelled_rows(names, input_length: int, max_series: int | None = None, split: str = "train") -> tuple:
+    """Univariate rows of the bundled sets `names` (keys of `CLASS_NAMES`), in their own units, resampled to
+    `input_length`, with global label ids: `(past_values, labels, class names, source of each row)`. The first
+    `max_series` series of each set are kept; every channel of a series becomes a row with its series' label."""
+    from .data import bundled_data_dir, prepare_series
+
+    rows, labels, class_names, sources = [], [], [], []
+    for name in names:
+        data = load_classification_dataset(str(bundled_data_dir() / name))[split]
+        ids = {key: len(class_names) + index for index, key in enumerate(CLASS_NAMES[name])}
+        class_names += list(CLASS_NAMES[name].values())
+        for series, label in list(zip(data.series, data.labels))[:max_series]:
+            channels = prepare_series([series], input_length, normalize=False)
+            rows.append(channels)
+            labels += [ids[label]] * len(channels)
+            sources += [name] * len(channels)
+    if not rows:
+        return np.zeros((0, input_length), np.float32), np.zeros(0, np.int64), class_names, sources
+    return np.concatenate(rows), np.asarray(labels, dtype=np.int64), class_names, sources
 
 
 def dataset_name(spec: str) -> str:
@@ -564,6 +597,7 @@ def load_feature_model(name_or_path: str, device=None, **kwargs):
 
 __all__ = [
     "BASELINES",
+    "CLASS_NAMES",
     "DROPOUTS",
     "FEATURE_KINDS",
     "METRICS",
@@ -578,6 +612,7 @@ __all__ = [
     "fit_scaler",
     "load_classification_dataset",
     "load_feature_model",
+    "load_labelled_rows",
     "markdown_table",
     "resample_series",
     "results_markdown",

@@ -20,7 +20,9 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from .modeling_vqshape import instance_normalize
 from .processing_vqshape import VQShapeFeatureExtractor
 
 BUNDLED_DATASETS = (
@@ -223,14 +225,6 @@ def split_channels(series: list, window_length: int | None = None) -> list:
     return [channel for channel in univariate if np.count_nonzero(~np.isnan(channel)) >= 2]
 
 
-def instance_normalize(values: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-    """`(num_series, input_length)` -> (x - mean) / sqrt(unbiased variance + eps), per series."""
-    values = values.astype(np.float64)
-    mean = values.mean(axis=-1, keepdims=True)
-    variance = values.var(axis=-1, ddof=1, keepdims=True)
-    return ((values - mean) / np.sqrt(variance + eps)).astype(np.float32)
-
-
 def prepare_series(series: list, input_length: int, window_length: int | None = None,
                    normalize: bool = True) -> np.ndarray:
     """`(channels, time)` arrays -> `(num_series, input_length)` float32: channels split, NaNs filled, resampled,
@@ -239,7 +233,10 @@ def prepare_series(series: list, input_length: int, window_length: int | None = 
     if not univariate:
         return np.zeros((0, input_length), dtype=np.float32)
     past_values = VQShapeFeatureExtractor(input_length=input_length)(univariate, return_tensors="np")["past_values"]
-    return instance_normalize(past_values) if normalize else past_values.astype(np.float32)
+    if not normalize:
+        return past_values.astype(np.float32)
+    # the model's own normalisation, in float64 as the original loader computes it, stored as float32
+    return instance_normalize(torch.from_numpy(past_values.astype(np.float64)))[0].numpy().astype(np.float32)
 
 
 def build_pretraining_dataset(
@@ -376,7 +373,6 @@ __all__ = [
     "BUNDLED_DATASETS",
     "build_pretraining_dataset",
     "describe",
-    "instance_normalize",
     "load_pretraining_dataset",
     "load_sources",
     "prepare_series",

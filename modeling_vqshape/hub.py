@@ -1,11 +1,12 @@
-"""Model cards and publishing to the Hugging Face Hub: the one helper every script and the converter use.
+"""Model cards and publishing to the Hugging Face Hub: `publish`, the one route every script, the converter and
+`save_pretrained(push_to_hub=True)` take.
 
 `publish(model, "lab/vqshape-geneactiv")` saves the model (weights, config with the complete `auto_map`, modeling
 files for `trust_remote_code`, `preprocessor_config.json`), draws the codebook atlas, writes the model card and
-uploads the folder in one commit. `push_folder_to_hub` uploads a folder that is already saved (the converter's
-`--push-to-hub`, `examples/pretrain.py`). Everything written is deterministic (no dates), so pushing an unchanged
-model uploads nothing: the Hub reports each file's git oid in its pre-upload answer and `huggingface_hub` drops the
-files that match.
+uploads the folder in one commit. `publish("vqshape-small", "lab/vqshape-small")` uploads a folder that is already
+saved, completed with the atlas and a card when it lacks them. Everything written is deterministic (no dates), so
+pushing an unchanged model uploads nothing: the Hub reports each file's git oid in its pre-upload answer and
+`huggingface_hub` drops the files that match.
 """
 
 import json
@@ -214,36 +215,16 @@ def write_atlas(model, folder, atlas_dataset=None, feature_extractor=None) -> Pa
     return path
 
 
-def save_for_hub(model, folder, feature_extractor=None, description: str | None = None, training=None, extra=None,
-                 results=None, dataset_names=None, base_model=None, license: str = "mit", atlas_dataset=None,
-                 repo_id: str | None = None) -> Path:
-    """Write everything a Hub repo holds into `folder`: `save_pretrained` output, the feature extractor, the codebook
-    atlas and the model card."""
-    from .processing_vqshape import VQShapeFeatureExtractor
-
-    folder = Path(folder)
-    model.save_pretrained(folder)
-    feature_extractor = feature_extractor or VQShapeFeatureExtractor(input_length=model.config.input_length)
-    feature_extractor.save_pretrained(folder)
-    write_atlas(model, folder, atlas_dataset, feature_extractor)
-    write_model_card(
-        folder, model.config, description or "A VQShape model.", training, extra, results=results,
-        dataset_names=dataset_names, base_model=base_model, license=license, repo_id=repo_id,
-    )
-    return folder
-
-
-def upload_to_hub(folder, repo_id: str, private: bool = False, commit_message: str = DEFAULT_COMMIT_MESSAGE,
-                  token: str | None = None, revision: str | None = None, endpoint: str | None = None,
-                  repo_type: str | None = None, space_sdk: str | None = None):
+def _upload(folder, repo_id: str, private: bool = False, commit_message: str = DEFAULT_COMMIT_MESSAGE,
+            token: str | None = None, revision: str | None = None, endpoint: str | None = None,
+            repo_type: str | None = None, space_sdk: str | None = None):
     """Create `repo_id` if needed (private when asked) and upload `folder` in one commit; returns the `CommitInfo`.
     Files identical to the ones on the Hub are not uploaded; when none changed, no commit is made and the info of the
-    current head is returned. `repo_type="space"` (with `space_sdk`) makes it a Space, as metrics are."""
+    current head is returned. `repo_type="space"` (with `space_sdk`) makes it a Space, as metrics and demos are."""
     from huggingface_hub import HfApi
 
-    check_repo_id(repo_id)
     api = HfApi(token=token, endpoint=endpoint)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, space_sdk=space_sdk)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type, space_sdk=space_sdk).repo_id
     if revision is not None and revision != "main":
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type=repo_type)
     return api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message=commit_message,
@@ -291,8 +272,8 @@ def push_metric_to_hub(repo_id: str, private: bool = False, token: str | None = 
             "```python\nimport evaluate\n\n"
             f'metric = evaluate.load("{repo_id}")\n'
             'metric.compute(predictions=["walking", "running"], references=["walking", "walking"])\n```\n')
-        commit = upload_to_hub(folder, repo_id, private, commit_message, token, endpoint=endpoint,
-                               repo_type="space", space_sdk="gradio")
+        commit = _upload(folder, repo_id, private, commit_message, token, endpoint=endpoint, repo_type="space",
+                         space_sdk="gradio")
     return commit.commit_url if hasattr(commit, "commit_url") else str(commit)
 
 
@@ -323,56 +304,82 @@ def publish_demo(space_id: str, model_id: str, private: bool = False, token: str
     check_repo_id(model_id)
     with tempfile.TemporaryDirectory(prefix="vqshape-space-") as folder:
         write_demo_space(folder, model_id)
-        return upload_to_hub(folder, space_id, private, commit_message, token, endpoint=endpoint, repo_type="space",
-                             space_sdk="gradio")
+        return _upload(folder, space_id, private, commit_message, token, endpoint=endpoint, repo_type="space",
+                       space_sdk="gradio")
 
 
-def publish(model, repo_id: str, feature_extractor=None, private: bool = False,
+def _save_model(model, folder, feature_extractor=None, atlas_dataset=None, **card) -> Path:
+    """Write everything a Hub repo holds into `folder`: `save_pretrained` output (complete `auto_map`, modeling files),
+    the feature extractor, the codebook atlas and the model card (`card`: `write_model_card`'s arguments)."""
+    from .processing_vqshape import VQShapeFeatureExtractor
+
+    model.save_pretrained(folder)
+    feature_extractor = feature_extractor or VQShapeFeatureExtractor(input_length=model.config.input_length)
+    feature_extractor.save_pretrained(folder)
+    write_atlas(model, folder, atlas_dataset, feature_extractor)
+    write_model_card(folder, model.config, card.pop("description") or "A VQShape model.", **card)
+    return Path(folder)
+
+
+def _completed_folder(folder: Path, staging, repo_id: str, atlas_dataset=None) -> Path:
+    """`folder` itself when it is complete, or not a VQShape model's (a text-aligned model's is uploaded as saved);
+    else a copy in `staging` with the codebook atlas, and a model card when it has none (the atlas section is added to
+    a card it has). `folder` itself is not changed."""
+    config = folder / "config.json"
+    is_vqshape = config.exists() and json.loads(config.read_text(encoding="utf-8")).get("model_type") == "vqshape"
+    card = folder / "README.md"
+    if not is_vqshape or ((folder / ATLAS_FILE).exists() and card.exists()):
+        return folder
+    from .visualization import load_model
+
+    staged = Path(staging) / folder.name
+    shutil.copytree(folder, staged)
+    model = load_model(str(folder))
+    if not (staged / ATLAS_FILE).exists():
+        write_atlas(model, staged, atlas_dataset)
+    if card.exists():
+        _add_atlas_to_card(staged)
+    else:
+        write_model_card(staged, model.config, "A VQShape model.", repo_id=repo_id)
+    return staged
+
+
+def publish(model_or_folder, repo_id: str, feature_extractor=None, private: bool = False,
             commit_message: str = DEFAULT_COMMIT_MESSAGE, description: str | None = None, training=None, extra=None,
             results=None, dataset_names=None, base_model=None, license: str = "mit", atlas_dataset=None,
             token: str | None = None, revision: str | None = None, endpoint: str | None = None,
             demo_space: str | None = None):
-    """Publish a trained or converted model to the Hub in one commit and return the `huggingface_hub.CommitInfo`
-    (`.oid` is the commit sha to pin with `from_pretrained(..., revision=...)`).
+    """Publish a model, or a folder it was saved into, to the Hub in one commit; returns the
+    `huggingface_hub.CommitInfo` (a string, the commit's URL; `.oid` is the commit sha to pin with
+    `from_pretrained(..., revision=...)`).
 
-    The repo id is checked before anything is written or sent. The model is saved into a temporary folder with its
+    The repo ids are checked before anything is written or sent. A model is saved into a temporary folder with its
     feature extractor, the codebook atlas (usage counts from `atlas_dataset`, raw series, when given) and a model card
-    (`results` fill its `model-index`; see `write_model_card`), then uploaded to `revision` (default: main). With
-    `demo_space` (a Space id), the Gradio demo of the model is pushed there too (`publish_demo`).
+    (`description`, `training`, `extra`, `results` for its `model-index`, `dataset_names`, `base_model`, `license`; see
+    `write_model_card`). A folder (a path) is uploaded as it was saved, with the atlas and a card added to a temporary
+    copy when it lacks them; the card arguments and `feature_extractor` are for a model only. The upload goes to
+    `revision` (default: main). With `demo_space` (a Space id), the Gradio demo of the model is pushed there too
+    (`publish_demo`).
     """
     check_repo_id(repo_id)
     if demo_space is not None:
         check_repo_id(demo_space)
-    with tempfile.TemporaryDirectory(prefix="vqshape-publish-") as folder:
-        save_for_hub(model, folder, feature_extractor, description, training, extra, results, dataset_names,
-                     base_model, license, atlas_dataset, repo_id)
-        commit = upload_to_hub(folder, repo_id, private, commit_message, token, revision, endpoint)
+    card = dict(description=description, training=training, extra=extra, results=results,
+                dataset_names=dataset_names, base_model=base_model)
+    is_folder = isinstance(model_or_folder, (str, os.PathLike))
+    if is_folder and (feature_extractor is not None or any(value is not None for value in card.values())):
+        raise ValueError("publish(folder, ...) uploads the folder's own feature extractor and card; pass the model "
+                         "to publish it with a new card, or write the card into the folder first (write_model_card).")
+    with tempfile.TemporaryDirectory(prefix="vqshape-publish-") as staging:
+        if is_folder:
+            folder = _completed_folder(Path(model_or_folder), staging, repo_id, atlas_dataset)
+        else:
+            folder = _save_model(model_or_folder, staging, feature_extractor, atlas_dataset, license=license,
+                                 repo_id=repo_id, **card)
+        commit = _upload(folder, repo_id, private, commit_message, token, revision, endpoint)
     if demo_space is not None:
         publish_demo(demo_space, repo_id, private, token, endpoint)
     return commit
-
-
-def push_folder_to_hub(folder, repo_id: str, private: bool = False, commit_message: str = DEFAULT_COMMIT_MESSAGE,
-                       token: str | None = None, revision: str | None = None, endpoint: str | None = None) -> str:
-    """Upload a saved model folder to `repo_id` (created if needed); returns the commit's URL.
-
-    A folder without `atlas.png` (written by `save_pretrained` alone, or by the converter) is uploaded from a
-    temporary copy to which the codebook atlas and its card section are added; `folder` itself is not changed.
-    """
-    check_repo_id(repo_id)
-    folder = Path(folder)
-    if (folder / ATLAS_FILE).exists() or not (folder / "config.json").exists():
-        commit = upload_to_hub(folder, repo_id, private, commit_message, token, revision, endpoint)
-    else:
-        from .visualization import load_model
-
-        with tempfile.TemporaryDirectory(prefix="vqshape-push-") as staging:
-            staged = Path(staging) / folder.name
-            shutil.copytree(folder, staged)
-            write_atlas(load_model(str(folder)), staged)
-            _add_atlas_to_card(staged)
-            commit = upload_to_hub(staged, repo_id, private, commit_message, token, revision, endpoint)
-    return commit.commit_url if hasattr(commit, "commit_url") else str(commit)
 
 
 __all__ = [
@@ -380,10 +387,8 @@ __all__ = [
     "check_repo_id",
     "eval_results",
     "publish",
-    "push_folder_to_hub",
+    "publish_demo",
     "push_metric_to_hub",
-    "save_for_hub",
-    "upload_to_hub",
     "write_atlas",
     "write_model_card",
 ]

@@ -735,11 +735,13 @@ def vqshape_model(model) -> "VQShapeModel":
     return getattr(model, "backbone", model).base_model
 
 
-def complete_saved_folder(save_directory, auto_map: dict, input_length: int):
+def complete_saved_folder(save_directory, auto_map: dict, input_length: int, push_to_hub: bool = False, **hub_kwargs):
     """After `save_pretrained`: write the complete `auto_map` and the pipelines (`custom_pipelines`, whose code
     `pipeline_vqshape.py` save_pretrained copies with the modeling files through the import below) into config.json
     (a head lists only itself; written to a temporary file, then renamed) and add the feature extractor, so that the
-    folder loads with every Auto class and `transformers.pipeline`, with or without the package."""
+    folder loads with every Auto class and `transformers.pipeline`, with or without the package. With `push_to_hub`,
+    the completed folder is then published by `modeling_vqshape.hub.publish`, the one route to the Hub (`hub_kwargs`:
+    `repo_id`, by default the folder's name, `commit_message`, `private`, `revision`, `token`)."""
     from .pipeline_vqshape import custom_pipelines
 
     config_path = os.path.join(save_directory, "config.json")
@@ -756,6 +758,14 @@ def complete_saved_folder(save_directory, auto_map: dict, input_length: int):
         from .processing_vqshape import VQShapeFeatureExtractor
 
         VQShapeFeatureExtractor(input_length=input_length).save_pretrained(save_directory)
+    if push_to_hub:
+        repo_id = hub_kwargs.pop("repo_id", None) or os.path.basename(os.path.normpath(save_directory))
+        try:  # absolute, inside `try`: remote code neither copies hub.py nor requires the package
+            from modeling_vqshape.hub import publish
+        except ImportError as error:
+            raise ImportError("save_pretrained(push_to_hub=True) publishes with the vqshape package (pip install "
+                              "vqshape); without it, model.push_to_hub(repo_id) uploads the same folder.") from error
+        publish(save_directory, repo_id, **hub_kwargs)
 
 
 class VQShapePreTrainedModel(PreTrainedModel):
@@ -800,15 +810,14 @@ class VQShapePreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
         """Save as `PreTrainedModel.save_pretrained` does, then complete the `auto_map` (a head lists only itself) and
         add the feature extractor, so that the folder loads with every Auto class, with or without the package.
-        With `push_to_hub=True` the completed folder is then pushed (`repo_id`, `commit_message`, `private`)."""
-        hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private") if key in kwargs}
+        With `push_to_hub=True` the completed folder is then published by `modeling_vqshape.hub.publish`, as every
+        VQShape model is (`repo_id`, by default the folder's name, `commit_message`, `private`, `revision`, `token`)."""
+        hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "revision")
+                      if key in kwargs}
         super().save_pretrained(save_directory, *args, **kwargs)
-        if not kwargs.get("is_main_process", True):
-            return
-        complete_saved_folder(save_directory, AUTO_MAP, self.config.input_length)
-        if push_to_hub:
-            repo_id = hub_kwargs.pop("repo_id", None) or os.path.basename(os.path.normpath(save_directory))
-            self.push_to_hub(repo_id, token=kwargs.get("token"), **hub_kwargs)
+        if kwargs.get("is_main_process", True):
+            complete_saved_folder(save_directory, AUTO_MAP, self.config.input_length, push_to_hub,
+                                  token=kwargs.get("token"), **hub_kwargs)
 
     def _flatten_channels(self, past_values: torch.Tensor):
         """Check `past_values` and make every channel an independent univariate series.

@@ -204,13 +204,18 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
         if config.freeze_backbone:
             self.backbone.requires_grad_(False)
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
+    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
         """Save, with the model's state (stored classes, intensity calibration) written into the saved config, then
-        complete the folder (`auto_map`, feature extractor): it loads with `AutoModel` and `trust_remote_code`."""
+        complete the folder (`auto_map`, feature extractor): it loads with `AutoModel` and `trust_remote_code`.
+        With `push_to_hub=True` the completed folder is then published by `modeling_vqshape.hub.publish`
+        (`repo_id`, by default the folder's name, `commit_message`, `private`, `revision`, `token`)."""
+        hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "revision")
+                      if key in kwargs}
         self.config.update(self.state_dict_for_config())
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            complete_saved_folder(save_directory, TEXT_AUTO_MAP, self.config.vqshape_config.input_length)
+            complete_saved_folder(save_directory, TEXT_AUTO_MAP, self.config.vqshape_config.input_length,
+                                  push_to_hub, token=kwargs.get("token"), **hub_kwargs)
 
     def state_dict_for_config(self) -> dict:
         """The model's state that its config carries when saved: the stored classes and the intensity calibration."""

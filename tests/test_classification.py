@@ -2,7 +2,6 @@
 (examples/finetune.py), on the tiny config and small subsets of the bundled sets."""
 
 import csv
-import importlib.util
 import itertools
 import json
 import sys
@@ -19,20 +18,15 @@ pytest.importorskip("sklearn")
 
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining, VQShapeForTimeSeriesClassification  # noqa: E402
 from modeling_vqshape.classification import (  # noqa: E402
+    CLASS_NAMES,
     classification_metrics,
     extract_features,
     fit_scaler,
     load_classification_dataset,
+    load_labelled_rows,
     select_and_evaluate,
     train_linear_probes,
 )
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", REPO_ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -190,6 +184,21 @@ def test_load_classification_dataset_reads_bundled_folders_files_and_saved_datas
         load_classification_dataset("NoSuchSet")
 
 
+def test_labelled_rows_keep_their_units_and_get_global_class_ids():
+    past_values, labels, class_names, sources = load_labelled_rows(["GunPoint", "BasicMotions"], 32, max_series=5)
+    assert class_names == list(CLASS_NAMES["GunPoint"].values()) + list(CLASS_NAMES["BasicMotions"].values())
+    # GunPoint: 5 univariate series; BasicMotions: 5 series of 6 channels, a row each with its series' label
+    assert past_values.shape == (5 + 30, 32) and past_values.dtype == np.float32
+    assert sources == ["GunPoint"] * 5 + ["BasicMotions"] * 30
+    train = load_classification_dataset("BasicMotions")["train"]
+    ids = {name: 2 + index for index, name in enumerate(CLASS_NAMES["BasicMotions"])}
+    np.testing.assert_array_equal(labels[5:], np.repeat([ids[label] for label in train.labels[:5]], 6))
+    assert set(labels[:5]) <= {0, 1}
+    assert abs(past_values[5:].std(axis=1).mean() - 1) > 0.1  # in their own units, not instance-normalised
+    empty = load_labelled_rows([], 32)
+    assert empty[0].shape == (0, 32) and empty[1].shape == (0,) and empty[2:] == ([], [])
+
+
 def test_features_are_flattened_over_channels_and_deterministic(tiny_config):
     from modeling_vqshape import VQShapeFeatureExtractor
 
@@ -207,17 +216,16 @@ def test_features_are_flattened_over_channels_and_deterministic(tiny_config):
 
 @pytest.mark.slow
 def test_classify_script_end_to_end_writes_csv_and_markdown(tiny_checkpoint, tmp_path):
-    classify = load_script("classify")
     output_dir = tmp_path / "results"
-    threads = torch.get_num_threads()
-    rows = classify.main([
-        "--model_name_or_path", str(tiny_checkpoint), "--datasets", "BasicMotions", "JapaneseVowels",
-        "--baselines", "--num_seeds", "2", "--epochs", "10", "--max_train_samples", "18", "--max_test_samples", "9",
-        "--baseline_length", "24", "--output_dir", str(output_dir),
+    result = run_script([
+        sys.executable, str(REPO_ROOT / "examples" / "classify.py"), "--model_name_or_path", str(tiny_checkpoint),
+        "--datasets", "BasicMotions", "JapaneseVowels", "--baselines", "--num_seeds", "2", "--epochs", "10",
+        "--max_train_samples", "18", "--max_test_samples", "9", "--baseline_length", "24", "--output_dir",
+        str(output_dir),
     ])
-    assert torch.get_num_threads() == threads  # aeon's baselines change it; left so, the probes crawl
+    # run_script starts it with one thread; aeon's baselines change the count, and left so, the probes crawl
+    assert "(torch threads: 1)" in result.stdout
     methods = ["VQShape tokens", "VQShape histogram", "raw values", "MiniRocket", "1-NN DTW"]
-    assert len(rows) == 2 * len(methods) * 2
     with open(output_dir / "results.csv") as handle:
         table = list(csv.DictReader(handle))
     assert [(row["dataset"], row["method"], row["seed"]) for row in table] == [

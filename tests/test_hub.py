@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining
-from modeling_vqshape.hub import check_repo_id, publish, push_folder_to_hub, write_model_card
+from modeling_vqshape.hub import check_repo_id, publish, write_model_card
 
 from .conftest import ORIGINAL_TINY, REPO_ROOT, TINY
 from .hub_stand_in import HubStandIn
@@ -106,7 +106,7 @@ def test_invalid_repo_id_fails_before_anything_is_sent(hub, repo_id):
     with pytest.raises(ValueError, match="invalid Hub repo id"):
         publish(VQShapeForPreTraining(VQShapeConfig(**TINY)), repo_id, endpoint=hub.endpoint)
     with pytest.raises(ValueError, match="invalid Hub repo id"):
-        push_folder_to_hub(REPO_ROOT, repo_id, endpoint=hub.endpoint)
+        publish(REPO_ROOT, repo_id, endpoint=hub.endpoint)
     assert len(hub.requests) == before
 
 
@@ -118,11 +118,48 @@ def test_converter_push_to_hub_uses_the_same_helper(hub, tmp_path):
     files = hub.repos["lab/vqshape-converted"].head[2]
     assert {"atlas.png", "model.safetensors", "modeling_vqshape.py", "preprocessor_config.json"} <= set(files)
     assert b"](atlas.png)" in files["README.md"]
-    local = tmp_path / "converted"
     # the folder holds exactly what was pushed, byte for byte
-    assert set(files) == {path.name for path in local.iterdir()}
-    for name, content in files.items():
-        assert (local / name).read_bytes() == content, name
+    pushed_files_equal_folder(files, tmp_path / "converted")
+
+
+def pushed_files_equal_folder(files, folder, added=()):
+    """The repo holds the folder's files byte for byte, plus `added` (completed on a copy, not in the folder)."""
+    assert set(files) == {path.name for path in folder.iterdir()} | set(added)
+    for name in set(files) - set(added):
+        assert (folder / name).read_bytes() == files[name], name
+
+
+@pytest.mark.slow
+def test_a_saved_folder_is_published_as_saved(hub, tmp_path):
+    torch.manual_seed(0)
+    publish(VQShapeForPreTraining(VQShapeConfig(**TINY)), "lab/vqshape-model", endpoint=hub.endpoint)
+    folder = tmp_path / "downloaded"
+    folder.mkdir()
+    for name, content in hub.repos["lab/vqshape-model"].head[2].items():
+        (folder / name).write_bytes(content)
+    # a complete folder (atlas and card): uploaded as it is; an unchanged one makes no new commit
+    commit = publish(folder, "lab/vqshape-folder", endpoint=hub.endpoint, commit_message="From a folder")
+    pushed_files_equal_folder(hub.repos["lab/vqshape-folder"].head[2], folder)
+    assert publish(folder, "lab/vqshape-folder", endpoint=hub.endpoint).oid == commit.oid
+    with pytest.raises(ValueError, match="card"):
+        publish(folder, "lab/vqshape-folder", description="A new card", endpoint=hub.endpoint)
+
+
+@pytest.mark.slow
+def test_save_pretrained_push_to_hub_takes_the_same_route(hub, tmp_path):
+    torch.manual_seed(0)
+    model = VQShapeForPreTraining(VQShapeConfig(**TINY))
+    folder = tmp_path / "vqshape-saved"
+    model.save_pretrained(folder, push_to_hub=True, repo_id="lab/vqshape-saved", private=True,
+                          commit_message="save_pretrained", token="hf_stand_in")
+    repo = hub.repos["lab/vqshape-saved"]
+    assert repo.private and [message for _, message, _ in repo.commits] == ["save_pretrained"]
+    # the completed folder (auto_map, feature extractor, modeling files), with the atlas and a card added by publish
+    files = repo.head[2]
+    pushed_files_equal_folder(files, folder, added=("atlas.png", "README.md"))
+    assert "AutoModelForSequenceClassification" in files["config.json"].decode()
+    assert b"](atlas.png)" in files["README.md"] and "preprocessor_config.json" in files
+    assert not (folder / "atlas.png").exists()  # the folder itself is left as saved
 
 
 def test_model_card_metadata_round_trips(tmp_path):

@@ -110,6 +110,7 @@ def run_loader(root, mode, source, expected):
     return result.stdout
 
 
+@pytest.mark.slow  # a fresh Python process per case
 @pytest.mark.parametrize("mode", ["package", "remote"])
 def test_load_from_folder(saved, mode):
     root, folder, expected = saved
@@ -117,6 +118,7 @@ def test_load_from_folder(saved, mode):
     assert ("transformers_modules" in printed) == (mode == "remote")
 
 
+@pytest.mark.slow  # a fresh Python process per case
 @pytest.mark.parametrize("mode", ["package", "remote"])
 def test_load_by_repo_id_from_offline_hub_cache(saved, mode):
     root, _, expected = saved

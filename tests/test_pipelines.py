@@ -248,11 +248,11 @@ def test_pipelines_from_a_folder_in_a_fresh_process(classifier_folder, tmp_path,
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["package", "remote"])
 def test_pipelines_from_the_hub_stand_in_in_a_fresh_process(classifier_folder, hub, tmp_path, mode):  # noqa: F811
-    from modeling_vqshape.hub import upload_to_hub
+    from modeling_vqshape.hub import publish
 
     folder, model = classifier_folder
     expected = write_expected(model, tmp_path / "expected.json")
-    upload_to_hub(folder, "lab/vqshape-pipelines", endpoint=hub.endpoint, token="hf_stand_in")
+    publish(folder, "lab/vqshape-pipelines", endpoint=hub.endpoint, token="hf_stand_in")
     run_pipeline_loader(tmp_path / mode, mode, "lab/vqshape-pipelines", expected, dict(
         HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / f"hf_home-{mode}"), HF_HUB_OFFLINE="0",
         TRANSFORMERS_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_XET="1",
