@@ -16,7 +16,8 @@ series never seen in training (the TEST splits of the sets bundled with aeon) an
   precision@10 against the series' rule value (the majority of its tokens', or its intensity), beside the value's
   share of the series (a random ranking);
 - intensity accuracy: the same for each channel of the sets stored in their own units, each set calibrated on its
-  TEST split;
+  TEST split; rhythm accuracy for every channel; "which channel moves most" on BasicMotions TEST (its channels named,
+  calibrated on its TRAIN series; the alignment saw its TRAIN series unlabelled, `--channel_data BasicMotions`);
 - zero-shot BasicMotions (its labels never train anything): accuracy and macro-F1 on its TEST split from the class
   names alone, shapes only and with the intensity calibrated on the TRAIN series (their scales only), beside chance
   (0.25) and a supervised logistic-regression probe on the same series embeddings (TRAIN -> TEST); the predicted class
@@ -25,7 +26,8 @@ series never seen in training (the TEST splits of the sets bundled with aeon) an
   mean over the held-out series): what a perfect alignment with the captions would give, so that a failure of the
   vocabulary is told from one of the heads; and the zero-shot from class descriptions
   (benchmarks/basicmotions_descriptions.py), alone and with the inverted-softmax hubness correction over the TRAIN
-  series (unlabelled) as the reference set.
+  series (unlabelled) as the reference set; then the descriptions with rhythm and channel words added
+  (`RHYTHM_AND_CHANNELS`, same file), alone and with the correction.
 
 Every figure is also given for the untrained alignment (projection heads at initialisation) as a second baseline.
 """
@@ -45,7 +47,7 @@ import torch
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from basicmotions_descriptions import DESCRIPTIONS  # noqa: E402  (benchmarks/, written before any result)
+from basicmotions_descriptions import CHANNEL_NAMES, DESCRIPTIONS, RHYTHM_AND_CHANNELS  # noqa: E402  (written before any result)
 
 from modeling_vqshape import VQShapeFeatureExtractor  # noqa: E402
 from modeling_vqshape.configuration_vqshape_text import ATTRIBUTES, DEFAULT_TEXT_MODEL, PHRASE_BANK  # noqa: E402
@@ -85,7 +87,8 @@ def encode_in_batches(model, past_values, calibration=None, batch_size=256):
     outputs = [part.outputs for part in parts]
     return {
         **{name: torch.cat([getattr(part, name) for part in parts]) if getattr(parts[0], name) is not None else None
-           for name in ("token_embeddings", "series_embeddings", "intensity_embeddings", "intensity")},
+           for name in ("token_embeddings", "series_embeddings", "intensity_embeddings", "intensity", "rhythm",
+                        "rhythm_embeddings")},
         **{name: torch.cat([getattr(o, name) for o in outputs]) for name in
            ("code_indices", "shape_start", "shape_length", "shape_offset", "shape_scale")},
     }
@@ -100,24 +103,34 @@ def nearest_value_accuracy(model, attribute, embeddings, labels):
         values = torch.tensor([model.phrases[i][1] for i in phrases])
         predicted = values[(embeddings @ model.text_bank.phrase_embeddings[phrases].t()).argmax(dim=-1)]
         row[f"accuracy_{split}_paraphrases"] = float((predicted == labels).float().mean())
-    counts = torch.bincount(labels, minlength=len(PHRASE_BANK[attribute]))
-    row.update(chance=1 / len(PHRASE_BANK[attribute]), majority=float(counts.max() / counts.sum()),
-               label_counts=dict(zip(PHRASE_BANK[attribute], counts.tolist())))
+    names = value_names(model, attribute)
+    counts = torch.bincount(labels, minlength=len(names))
+    row.update(chance=1 / len(names), majority=float(counts.max() / counts.sum()),
+               label_counts=dict(zip(names, counts.tolist())))
     return row
+
+
+def value_names(model, attribute):
+    """The values of an attribute: the bank's, or for "channel" the model's channel names."""
+    return list(model.config.channel_names) if attribute == "channel" else list(PHRASE_BANK[attribute])
 
 
 def attribute_accuracy(model, encoded, code_labels):
     labels = caption_labels(code_labels, encoded["code_indices"], encoded["shape_start"], encoded["shape_length"],
                             encoded["shape_offset"], encoded["shape_scale"]).reshape(-1, len(ATTRIBUTES))
-    tokens = encoded.token_embeddings.reshape(-1, len(ATTRIBUTES), model.config.text_dim)
+    tokens = encoded["token_embeddings"].reshape(-1, len(ATTRIBUTES), model.config.text_dim)
     results = {attribute: nearest_value_accuracy(model, attribute, tokens[:, index], labels[:, index])
                for index, attribute in enumerate(ATTRIBUTES)}
-    if encoded.intensity is not None:  # series level: one value per channel of the calibrated sets
-        known = encoded.intensity.reshape(-1) >= 0
+    if encoded["intensity"] is not None:  # series level: one value per channel of the calibrated sets
+        known = encoded["intensity"].reshape(-1) >= 0
         results["intensity"] = nearest_value_accuracy(
-            model, "intensity", encoded.intensity_embeddings.reshape(-1, model.config.text_dim)[known],
-            encoded.intensity.reshape(-1)[known])
+            model, "intensity", encoded["intensity_embeddings"].reshape(-1, model.config.text_dim)[known],
+            encoded["intensity"].reshape(-1)[known])
         results["intensity"]["channels"] = int(known.sum())
+    if encoded["rhythm"] is not None:  # one value per channel, every channel
+        results["rhythm"] = nearest_value_accuracy(
+            model, "rhythm", encoded["rhythm_embeddings"].reshape(-1, model.config.text_dim),
+            encoded["rhythm"].reshape(-1))
     return results
 
 
@@ -169,18 +182,22 @@ def value_embeddings(model, attribute):
     phrases = model.text_bank.phrase_indices(attribute)
     values = torch.tensor([model.phrases[i][1] for i in phrases])
     return torch.stack([torch.nn.functional.normalize(bank[phrases][values == v].mean(dim=0), dim=-1)
-                        for v in range(len(PHRASE_BANK[attribute]))])
+                        for v in range(len(value_names(model, attribute)))])
 
 
-def rule_caption_vectors(model, code_labels, code_indices, start, length, offset, scale, intensity=None):
-    """Each token as the sum over attributes of its rule value's embedding (plus its channel's centred intensity value
-    where `intensity` `(batch, channels)` is known): the text-space vector a perfect alignment with the captions would
-    give. `(..., text_dim)`."""
+def rule_caption_vectors(model, code_labels, code_indices, start, length, offset, scale, channel_values=None):
+    """Each token as the sum over attributes of its rule value's embedding, plus its channel's centred intensity and
+    rhythm values and its series' channel value where known (`channel_values`: `{attribute: values}`, `(batch,
+    channels)` or `(batch,)`, -1 unknown): the text-space vector a perfect alignment with the captions would give.
+    `(..., text_dim)`."""
     labels = caption_labels(code_labels, code_indices, start, length, offset, scale)
     vectors = sum(value_embeddings(model, attribute)[labels[..., index]] for index, attribute in enumerate(ATTRIBUTES))
-    if intensity is not None:  # centred over the values (terciles: equally frequent), as the model centres its own
-        values = value_embeddings(model, "intensity")
-        per_channel = (values - values.mean(dim=0))[intensity.clamp(min=0)] * (intensity >= 0).unsqueeze(-1)
+    for attribute, known_values in (channel_values or {}).items():
+        if known_values is None:
+            continue
+        values = value_embeddings(model, attribute)  # centred over the values, as the model centres its own
+        per_channel = (values - values.mean(dim=0))[known_values.clamp(min=0)] * (known_values >= 0).unsqueeze(-1)
+        per_channel = per_channel if per_channel.dim() == 3 else per_channel.unsqueeze(1)
         vectors = vectors + per_channel.unsqueeze(-2)
     return vectors
 
@@ -204,6 +221,11 @@ def zero_shot(model, caption_mean, calibrate):
         described = model.zero_shot_classify(test_values, DESCRIPTIONS).predictions.numpy()
         corrected = model.zero_shot_classify(test_values, DESCRIPTIONS, hubness="inverted_softmax",
                                              reference_values=train_values).predictions.numpy()
+        # the descriptions with rhythm and channel words (same file), alone and corrected
+        rhythm_channels = model.zero_shot_classify(test_values, RHYTHM_AND_CHANNELS).predictions.numpy()
+        rhythm_channels_corrected = model.zero_shot_classify(
+            test_values, RHYTHM_AND_CHANNELS, hubness="inverted_softmax", reference_values=train_values
+        ).predictions.numpy()
         encoded = model.encode(test_values)
         train_features = model.encode(train_values).series_embeddings.numpy()
     finally:
@@ -211,9 +233,11 @@ def zero_shot(model, caption_mean, calibrate):
     outputs = encoded.outputs
     captions = rule_caption_vectors(model, model.code_shape_labels(), outputs.code_indices, outputs.shape_start,
                                     outputs.shape_length, outputs.shape_offset, outputs.shape_scale,
-                                    encoded.intensity)
+                                    {"intensity": encoded.intensity, "rhythm": encoded.rhythm,
+                                     "channel": encoded.channel})
     captions = torch.nn.functional.normalize(captions.mean(dim=(1, 2)) - caption_mean, dim=-1)
     caption_predictions = (captions @ model.embed_class_prompts(ZERO_SHOT_CLASSES).t()).argmax(dim=-1).numpy()
+    caption_described = (captions @ model.embed_class_prompts(RHYTHM_AND_CHANNELS).t()).argmax(dim=-1).numpy()
     probe = LogisticRegression(max_iter=5000, C=10.0).fit(train_features, train_labels)
     probe_predictions = probe.predict(encoded.series_embeddings.numpy())
     return {
@@ -228,8 +252,15 @@ def zero_shot(model, caption_mean, calibrate):
         "rule_caption_accuracy": accuracy_score(test_labels, caption_predictions),
         "rule_caption_macro_f1": f1_score(test_labels, caption_predictions, average="macro"),
         "rule_caption_predicted_counts": np.bincount(caption_predictions, minlength=4).tolist(),
+        "rule_caption_rhythm_channels_accuracy": accuracy_score(test_labels, caption_described),
+        "rule_caption_rhythm_channels_macro_f1": f1_score(test_labels, caption_described, average="macro"),
+        "channel": nearest_value_accuracy(model, "channel", encoded.channel_embeddings[encoded.channel >= 0],
+                                          encoded.channel[encoded.channel >= 0])
+        if encoded.channel is not None and bool((encoded.channel >= 0).any()) else None,
         **{f"{setting}_{name}": value for setting, values in (("descriptions", described),
-                                                               ("descriptions_hubness", corrected))
+                                                               ("descriptions_hubness", corrected),
+                                                               ("rhythm_channels", rhythm_channels),
+                                                               ("rhythm_channels_hubness", rhythm_channels_corrected))
            for name, value in (("accuracy", accuracy_score(test_labels, values)),
                                ("macro_f1", f1_score(test_labels, values, average="macro")),
                                ("confusion", confusion_matrix(test_labels, values, labels=range(4)).tolist()))},
@@ -247,9 +278,11 @@ def search_precision(model, past_values, calibration, encoded, k=10):
     everything = torch.arange(len(past_values))
     targets = [(attribute, labels[..., index].reshape(len(past_values), -1).mode(dim=1).values, everything)
                for index, attribute in enumerate(ATTRIBUTES)]
-    if encoded.intensity is not None:
-        intensity = encoded.intensity.reshape(len(past_values), -1)[:, 0]  # the bundled rows are univariate
+    if encoded["intensity"] is not None:
+        intensity = encoded["intensity"].reshape(len(past_values), -1)[:, 0]  # the bundled rows are univariate
         targets.append(("intensity", intensity, everything[intensity >= 0]))
+    if encoded["rhythm"] is not None:
+        targets.append(("rhythm", encoded["rhythm"].reshape(len(past_values), -1)[:, 0], everything))
     results = {}
     for attribute, values, rows in targets:
         heldout = model.text_bank.phrase_indices(attribute, heldout=True)
@@ -287,7 +320,7 @@ def print_report(results):
     untrained, trained = results["untrained"], results["trained"]
     print(f"\nheld-out series: {results['held_out_series']} (TEST splits of the bundled sets)")
     print(f"{'metric':44s} {'trained':>8s} {'untrained':>9s} {'baseline':>22s}")
-    for attribute in [a for a in (*ATTRIBUTES, "intensity") if a in trained["attributes"]]:
+    for attribute in [a for a in (*ATTRIBUTES, "intensity", "rhythm") if a in trained["attributes"]]:
         row, before = trained["attributes"][attribute], untrained["attributes"][attribute]
         print(f"{'attribute ' + attribute + ' acc, held-out paraphrases':44s} "
               f"{row['accuracy_held_out_paraphrases']:8.3f} "
@@ -320,9 +353,18 @@ def print_report(results):
               f"{str(before['zero_shot_predicted_counts']):>18s}  (true 10 each, {', '.join(ZERO_SHOT_CLASSES)})")
         print(f"{'  confusion (rows: true class)':44s} {z['zero_shot_confusion']}")
         print(f"{'  from rule captions (no heads)':44s} accuracy {z['rule_caption_accuracy']:.3f}, macro-F1 "
-              f"{z['rule_caption_macro_f1']:.3f}, counts {z['rule_caption_predicted_counts']}")
+              f"{z['rule_caption_macro_f1']:.3f}, counts {z['rule_caption_predicted_counts']}; with the rhythm and "
+              f"channel descriptions accuracy {z['rule_caption_rhythm_channels_accuracy']:.3f}, macro-F1 "
+              f"{z['rule_caption_rhythm_channels_macro_f1']:.3f}")
+        if z["channel"] is not None:
+            c = z["channel"]
+            print(f"{'  which channel moves most, held-out phrases':44s} {c['accuracy_held_out_paraphrases']:8.3f}"
+                  f"  chance {c['chance']:.3f} majority {c['majority']:.3f}   (trained phrases "
+                  f"{c['accuracy_trained_paraphrases']:.3f}; counts {c['label_counts']})")
         for setting, title in (("descriptions", "names -> descriptions"),
-                               ("descriptions_hubness", "descriptions + inverted softmax")):
+                               ("descriptions_hubness", "descriptions + inverted softmax"),
+                               ("rhythm_channels", "+ rhythm and channel words"),
+                               ("rhythm_channels_hubness", "+ rhythm, channels + inverted softmax")):
             print(f"{'  ' + title:44s} accuracy {z[setting + '_accuracy']:.3f} ({before[setting + '_accuracy']:.3f} "
                   f"untrained), macro-F1 {z[setting + '_macro_f1']:.3f}, confusion {z[setting + '_confusion']}")
 
@@ -342,7 +384,8 @@ def main(argv=None):
     started = time.time()
     encoder = load_text_encoder(args.text_model)
     untrained = VQShapeForTextAlignment.from_vqshape(args.vqshape, text_encoder=encoder,
-                                                     text_model_name_or_path=DEFAULT_TEXT_MODEL)
+                                                     text_model_name_or_path=DEFAULT_TEXT_MODEL,
+                                                     channel_names=CHANNEL_NAMES)
     if args.aligned:
         aligned = args.aligned
     else:
@@ -351,7 +394,8 @@ def main(argv=None):
         subprocess.run([sys.executable, os.path.join(REPO_ROOT, "examples", "align_text.py"), "--model_name_or_path",
                         args.vqshape, "--text_model", args.text_model, "--text_model_name", DEFAULT_TEXT_MODEL,
                         "--max_train_steps", str(args.steps), "--output_dir", aligned, "--report_to", "none",
-                        "--seed", str(args.seed), "--logging_steps", "100", *args.align_args.split()], check=True)
+                        "--seed", str(args.seed), "--logging_steps", "100", "--channel_data", "BasicMotions",
+                        "--channel_names", ",".join(CHANNEL_NAMES), *args.align_args.split()], check=True)
     trained = VQShapeForTextAlignment.from_pretrained(aligned)
     trained.set_text_encoder(encoder)
     past_values, calibration = held_out_series(trained.config.vqshape_config.input_length, args.max_series)

@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import math
 import os
+from itertools import cycle
 
 import numpy as np
 import torch
@@ -21,7 +22,8 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from modeling_vqshape.classification import CLASS_NAMES, load_labelled_rows
+from modeling_vqshape import VQShapeFeatureExtractor
+from modeling_vqshape.classification import CLASS_NAMES, load_classification_dataset, load_labelled_rows
 from modeling_vqshape.configuration_vqshape_text import DEFAULT_TEXT_MODEL
 from modeling_vqshape.data import load_pretraining_dataset
 from modeling_vqshape.modeling_vqshape_text import (
@@ -29,10 +31,19 @@ from modeling_vqshape.modeling_vqshape_text import (
     calibrations_by_source,
     load_text_encoder,
 )
-from modeling_vqshape.training import add_hub_arguments, check_hub_arguments, finish, get_process_scheduler
+from modeling_vqshape.text_calibration import per_channel_calibrations
+from modeling_vqshape.training import (
+    add_hub_arguments,
+    check_hub_arguments,
+    evaluate_alignment,
+    finish,
+    get_process_scheduler,
+    loss_terms,
+)
 
-EVALUATED = ("code_text_loss", "token_text_loss", "intensity_text_loss")
-TERMS = ("loss", "code_text_loss", "token_text_loss", "intensity_text_loss", "class_text_loss", "pretraining_loss")
+EVALUATED = ("code_text_loss", "token_text_loss", "intensity_text_loss", "rhythm_text_loss")
+TERMS = ("loss", "code_text_loss", "token_text_loss", "intensity_text_loss", "rhythm_text_loss", "channel_text_loss",
+         "class_text_loss", "pretraining_loss")
 
 
 def parse_args(argv=None):
@@ -47,6 +58,9 @@ def parse_args(argv=None):
                         help="Bundled sets whose training labels train the class prompts; known: "
                              f"{sorted(CLASS_NAMES)}.")
     parser.add_argument("--zero_shot_dataset", default="BasicMotions", help="Never used as a labelled set.")
+    parser.add_argument("--channel_data", default=None,
+                        help="A multichannel set whose TRAIN series (labels unused) teach which channel moves most.")
+    parser.add_argument("--channel_names", default=None, help="Its channels' names, comma-separated, in order.")
     parser.add_argument("--max_series_per_dataset", type=int, default=300)
     parser.add_argument("--validation_split", type=float, default=0.1)
     parser.add_argument("--output_dir", default="vqshape-text")
@@ -71,6 +85,8 @@ def parse_args(argv=None):
     if unknown:
         parser.error(f"no class names for {unknown}; known: {sorted(CLASS_NAMES)} (add yours to "
                      "modeling_vqshape.classification.CLASS_NAMES).")
+    if bool(args.channel_data) != bool(args.channel_names):
+        parser.error("--channel_data and --channel_names go together.")
     if args.zero_shot_dataset in args.labelled_data:
         parser.error(f"{args.zero_shot_dataset} is the zero-shot dataset: its labels must not train the model.")
     return args
@@ -104,25 +120,14 @@ def get_dataloaders(accelerator, args, input_length):
     return train_loader, validation_loader, class_names, {"unlabelled": len(unlabelled), "labelled": len(labelled)}
 
 
-def loss_terms(outputs, names):
-    """The named losses as one float tensor on the losses' device; a term the batch did not have (no labelled or no
-    calibrated rows) is NaN, so that every rank contributes a row of the same shape."""
-    nan = outputs.code_text_loss.new_tensor(math.nan)
-    return torch.stack([getattr(outputs, name).detach() if getattr(outputs, name) is not None else nan
-                        for name in names]).float()
-
-
-def evaluate(model, dataloader, accelerator):
-    """Mean alignment losses on held-out series (intensity over the batches with calibrated rows)."""
-    model.eval()
-    totals = []
-    with torch.no_grad():
-        for past_values, labels, calibration in dataloader:
-            outputs = model(past_values=past_values, intensity_thresholds=calibration)
-            row = loss_terms(outputs, EVALUATED)
-            totals.append(accelerator.gather_for_metrics(row.expand(past_values.shape[0], -1)))
-    model.train()
-    return dict(zip(EVALUATED, torch.cat(totals).nanmean(0).tolist()))
+def get_channel_dataloader(args, input_length):
+    """The multichannel series of `--channel_data` (its TRAIN split; labels unused), each with every channel's
+    calibration on that split, in batches of a quarter of the main batch size."""
+    series = load_classification_dataset(args.channel_data)["train"].series
+    past_values = VQShapeFeatureExtractor(input_length)(series)["past_values"].float()
+    dataset = TensorDataset(past_values, per_channel_calibrations(past_values))
+    return DataLoader(dataset, batch_size=max(args.per_device_train_batch_size // 4, 2), shuffle=True,
+                      drop_last=True, generator=torch.Generator().manual_seed(args.seed))
 
 
 def main(argv=None):
@@ -137,7 +142,9 @@ def main(argv=None):
                                                  text_model_name_or_path=text_name,
                                                  freeze_backbone=not args.joint_training,
                                                  class_text_weight=args.class_text_weight,
-                                                 intensity_text_weight=args.intensity_text_weight)
+                                                 intensity_text_weight=args.intensity_text_weight,
+                                                 channel_names=args.channel_names.split(",") if args.channel_names
+                                                 else None)
     train_dataloader, eval_dataloader, class_names, corpus = get_dataloaders(
         accelerator, args, model.config.vqshape_config.input_length)
     if class_names:
@@ -147,12 +154,15 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = get_process_scheduler("cosine", optimizer, args.num_warmup_steps, args.max_train_steps,
                                       accelerator.num_processes)
+    channel_dataloader = get_channel_dataloader(args, model.config.vqshape_config.input_length) \
+        if args.channel_data else None
     model, optimizer, train_dataloader, eval_dataloader, scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, eval_dataloader, scheduler)
+    channel_batches = cycle(accelerator.prepare(channel_dataloader)) if channel_dataloader else None
     if accelerator.log_with:
         accelerator.init_trackers("vqshape_align_text", {k: str(v) for k, v in vars(args).items()})
 
-    history = {"validation_step_0": evaluate(model, eval_dataloader, accelerator)}
+    history = {"validation_step_0": evaluate_alignment(model, eval_dataloader, accelerator, EVALUATED)}
     accelerator.print(f"step 0: validation {history['validation_step_0']}")
     progress = tqdm(range(args.max_train_steps), disable=not accelerator.is_local_main_process)
     completed_steps, log = 0, []
@@ -161,6 +171,11 @@ def main(argv=None):
         for past_values, labels, calibration in train_dataloader:
             outputs = model(past_values=past_values, labels=labels, intensity_thresholds=calibration)
             loss = outputs.loss
+            if channel_batches is not None:  # and a batch of the named channels: every term, "which moves most" too
+                channel_values, channel_calibration = next(channel_batches)
+                channel_outputs = model(past_values=channel_values, intensity_thresholds=channel_calibration)
+                loss = loss + channel_outputs.loss
+                outputs.channel_text_loss = channel_outputs.channel_text_loss
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
@@ -181,7 +196,7 @@ def main(argv=None):
         if completed_steps >= args.max_train_steps:
             break
     progress.close()
-    history["validation_final"] = evaluate(model, eval_dataloader, accelerator)
+    history["validation_final"] = evaluate_alignment(model, eval_dataloader, accelerator, EVALUATED)
     accelerator.print(f"step {completed_steps}: validation {history['validation_final']}")
 
     results = {"base_model": args.model_name_or_path, "text_model": text_name, "series": corpus,

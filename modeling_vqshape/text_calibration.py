@@ -91,3 +91,13 @@ def resolve_calibration(given, stored, batch_size: int, num_channels: int, devic
             f"channels, or pass per-row thresholds of shape (batch_size, 2) or (batch_size, num_channels, 2)."
         )
     return thresholds.expand(batch_size, num_channels, 2)
+
+
+def per_channel_calibrations(past_values: torch.Tensor) -> torch.Tensor:
+    """A multichannel domain's calibration for every row: `(num_series, sequence_length, num_channels)` series in their
+    own units -> `(num_series, num_channels, 2)`, each channel's log-scale terciles (NaN where a channel has no usable
+    spread)."""
+    scale = instance_normalize(past_values.double().transpose(1, 2))[2][..., 0]  # (num_series, num_channels)
+    pairs = [intensity_thresholds(scale[:, channel]) for channel in range(scale.shape[1])]
+    pairs = torch.stack([pair if pair is not None else torch.full((2,), math.nan) for pair in pairs])
+    return pairs[None].expand(len(past_values), -1, -1).float()

@@ -249,6 +249,31 @@ class PretrainingLog:
         return None
 
 
+# ---- text alignment --------------------------------------------------------------------------------------------------
+
+
+def loss_terms(outputs, names):
+    """The named losses as one float tensor on the losses' device; a term the batch did not have (no labelled or no
+    calibrated rows) is NaN, so that every rank contributes a row of the same shape."""
+    nan = outputs.code_text_loss.new_tensor(math.nan)
+    return torch.stack([getattr(outputs, name).detach() if getattr(outputs, name) is not None else nan
+                        for name in names]).float()
+
+
+def evaluate_alignment(model, dataloader, accelerator, names) -> dict:
+    """Mean text-alignment losses `names` on held-out `(past_values, labels, calibration)` batches, each term over
+    the batches that have it (intensity over those with calibrated rows)."""
+    model.eval()
+    totals = []
+    with torch.no_grad():
+        for past_values, labels, calibration in dataloader:
+            outputs = model(past_values=past_values, intensity_thresholds=calibration)
+            row = loss_terms(outputs, names)
+            totals.append(accelerator.gather_for_metrics(row.expand(past_values.shape[0], -1)))
+    model.train()
+    return dict(zip(names, torch.cat(totals).nanmean(0).tolist()))
+
+
 # ---- the end of a run ------------------------------------------------------------------------------------------------
 
 

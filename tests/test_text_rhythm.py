@@ -161,3 +161,15 @@ def test_bad_channel_names_and_rates_are_refused(named):
             named.explain(torch.randn(1, LENGTH, 2), ["a", "b"], sampling_rate=rate)
     with pytest.raises(ValueError, match="window_seconds must be positive"):
         named.explain(torch.randn(1, LENGTH, 2), ["a", "b"], window_seconds=-1.0)
+
+
+def test_per_channel_calibrations_give_every_row_its_channels_terciles():
+    from modeling_vqshape.text_calibration import intensity_thresholds, per_channel_calibrations
+
+    series = two_channel_series(seed=4)
+    series[..., 1] = 3.0  # a constant channel: no usable spread
+    calibrations = per_channel_calibrations(series)
+    assert calibrations.shape == (len(series), 2, 2)
+    scale = (series[..., 0].double().var(dim=-1) + 1e-5).sqrt()  # as instance normalisation computes it
+    torch.testing.assert_close(calibrations[5, 0], intensity_thresholds(scale), atol=1e-4, rtol=0)
+    assert torch.isnan(calibrations[:, 1]).all() and torch.equal(calibrations[0, 0], calibrations[-1, 0])
