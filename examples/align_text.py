@@ -13,7 +13,6 @@ import argparse
 import importlib.util
 import math
 import os
-from itertools import cycle
 
 import numpy as np
 import torch
@@ -39,6 +38,7 @@ from modeling_vqshape.training import (
     finish,
     get_process_scheduler,
     loss_terms,
+    resumable_batches,
 )
 
 EVALUATED = ("code_text_loss", "token_text_loss", "intensity_text_loss", "rhythm_text_loss")
@@ -125,9 +125,14 @@ def get_channel_dataloader(args, input_length):
     calibration on that split, in batches of a quarter of the main batch size."""
     series = load_classification_dataset(args.channel_data)["train"].series
     past_values = VQShapeFeatureExtractor(input_length)(series)["past_values"].float()
+    names = args.channel_names.split(",")
+    channels = past_values.shape[-1] if past_values.dim() == 3 else 1
+    if channels != len(names):
+        raise ValueError(f"--channel_data {args.channel_data} has {channels} channel(s) but --channel_names gives "
+                         f"{len(names)} ({names}); name each channel once, in order.")
     dataset = TensorDataset(past_values, per_channel_calibrations(past_values))
-    return DataLoader(dataset, batch_size=max(args.per_device_train_batch_size // 4, 2), shuffle=True,
-                      drop_last=True, generator=torch.Generator().manual_seed(args.seed))
+    return DataLoader(dataset, batch_size=min(max(args.per_device_train_batch_size // 4, 2), len(dataset)),
+                      shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(args.seed))
 
 
 def main(argv=None):
@@ -143,8 +148,8 @@ def main(argv=None):
                                                  freeze_backbone=not args.joint_training,
                                                  class_text_weight=args.class_text_weight,
                                                  intensity_text_weight=args.intensity_text_weight,
-                                                 channel_names=args.channel_names.split(",") if args.channel_names
-                                                 else None)
+                                                 channel_names=[name.strip() for name in args.channel_names.split(",")]
+                                                 if args.channel_names else None)
     train_dataloader, eval_dataloader, class_names, corpus = get_dataloaders(
         accelerator, args, model.config.vqshape_config.input_length)
     if class_names:
@@ -158,7 +163,8 @@ def main(argv=None):
         if args.channel_data else None
     model, optimizer, train_dataloader, eval_dataloader, scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, eval_dataloader, scheduler)
-    channel_batches = cycle(accelerator.prepare(channel_dataloader)) if channel_dataloader else None
+    channel_batches = (batch for *_, batch in resumable_batches(accelerator, accelerator.prepare(channel_dataloader))) \
+        if channel_dataloader else None  # epoch after epoch, reshuffled
     if accelerator.log_with:
         accelerator.init_trackers("vqshape_align_text", {k: str(v) for k, v in vars(args).items()})
 

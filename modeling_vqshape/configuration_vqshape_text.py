@@ -9,7 +9,7 @@ from .configuration_vqshape import VQShapeConfig, remote_only_pipelines
 
 DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
-# Attributes captioned per token, in this order; the values of each come from the rules in modeling_vqshape_text.py.
+# Attributes captioned per token, in this order; the values of each come from the rules in text_captions.py.
 ATTRIBUTES = ("shape", "position", "duration", "amplitude", "level")
 # Attributes captioned per channel or series, from the raw channels (what instance normalisation hides from the
 # tokens): intensity from the channel's standard deviation `scale` against its domain's calibration
@@ -116,7 +116,7 @@ class VQShapeTextConfig(PretrainedConfig):
         num_heldout_paraphrases (`int`, defaults to 2):
             The last paraphrases of each value that training never sees (for evaluation).
         projection_hidden_dim (`int`, defaults to 256):
-            Hidden width of the code and token projection heads.
+            Hidden width of the projection heads (codes, tokens, and the channel-level intensity, rhythm and channel).
         class_names (`list[str]`, *optional*), class_templates (`list[str]`, *optional*):
             Class names whose prompt embeddings are stored with the model (`set_class_names`), so that `explain` and
             `zero_shot_classify` serve them without the text encoder; `class_templates` ("{}" is the name) are the

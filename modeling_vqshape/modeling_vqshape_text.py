@@ -33,6 +33,7 @@ from .text_bank import VQShapeTextBank, check_classes, load_text_encoder
 from .text_calibration import (
     calibrations_by_source,
     channel_calibration,
+    check_calibration,
     intensity_thresholds,
     relative_intensity,
     resolve_calibration,
@@ -198,8 +199,7 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
         for name in ("rhythm", "channel"):  # the same for the other channel- and series-level attributes
             if getattr(self, f"has_{name}"):
                 self.register_buffer(f"{name}_vector_mean", torch.zeros(config.text_dim))
-        # the intensity calibration in use: [low, high] log-scale pairs, one per channel or one for all (or None)
-        self.intensity_thresholds = config.intensity_thresholds
+        self.intensity_thresholds = config.intensity_thresholds  # the calibration in use (a property, checked)
         self.post_init()
         if config.freeze_backbone:
             self.backbone.requires_grad_(False)
@@ -216,6 +216,15 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
         if kwargs.get("is_main_process", True):
             complete_saved_folder(save_directory, TEXT_AUTO_MAP, self.config.vqshape_config.input_length,
                                   push_to_hub, token=kwargs.get("token"), **hub_kwargs)
+
+    @property
+    def intensity_thresholds(self) -> list | None:
+        """The intensity calibration in use: `[low, high]` log-scale pairs, one per channel or one for all, or None."""
+        return self._intensity_thresholds
+
+    @intensity_thresholds.setter
+    def intensity_thresholds(self, thresholds):
+        self.__dict__["_intensity_thresholds"] = check_calibration(thresholds)
 
     def state_dict_for_config(self) -> dict:
         """The model's state that its config carries when saved: the stored classes and the intensity calibration."""
@@ -356,10 +365,11 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
         """
         self._require_intensity()
         scale = self.channel_scales(past_values)
-        if self.has_channel and scale.shape[1] != len(self.config.channel_names):
+        if self.has_channel and (scale.shape[1] != len(self.config.channel_names) or not per_channel):
             raise ValueError(f"The series have {scale.shape[1]} channel(s), but this model names "
-                             f"{len(self.config.channel_names)} ({self.config.channel_names}); calibrate on series of "
-                             f"those channels, in that order.")
+                             f"{len(self.config.channel_names)} ({self.config.channel_names}) and compares them, each "
+                             f"against its own calibration: calibrate on series of those channels, in that order, "
+                             f"with per_channel=True.")
         self.intensity_thresholds = channel_calibration(scale, per_channel)
         return self.intensity_thresholds
 
@@ -419,11 +429,19 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
             regularity, cycles = self.channel_rhythm(past_values)
             inputs = torch.stack([regularity, cycles.log1p()], dim=-1).to(scale.dtype)
             attributes["rhythm"] = (F.normalize(self.rhythm_projection(inputs), dim=-1), rhythm_labels(regularity))
-        if thresholds is not None and self.has_channel and num_channels == len(self.config.channel_names):
+        if thresholds is not None and self.has_channel and num_channels == len(self.config.channel_names) \
+                and self._calibrated_per_channel(intensity_thresholds, num_channels):
             all_known = known.all(dim=-1)
             moves_most = torch.where(all_known, relative.nan_to_num(-math.inf).argmax(dim=-1), -1)
             attributes["channel"] = (F.normalize(self.channel_projection(relative_inputs), dim=-1), moves_most)
         return attributes
+
+    def _calibrated_per_channel(self, intensity_thresholds, num_channels: int) -> bool:
+        """Whether the calibration in use gives each channel its own pair (comparing channels needs it)."""
+        if intensity_thresholds is not None:
+            shape = torch.as_tensor(intensity_thresholds).shape
+            return len(shape) == 3 and shape[1] == num_channels
+        return len(self.intensity_thresholds) == num_channels
 
     def attribute_vectors(self, attributes: dict) -> list:
         """What each attribute adds to the token vectors of its channels (or of the whole series): its embedding less

@@ -89,7 +89,8 @@ class VQShapeTextBank(nn.Module):
         self.text_model_name_or_path = config.text_model_name_or_path
         self.text_dim = config.text_dim
         self.channel_names = list(config.channel_names or [])
-        # the bank as a flat list, in config order; the channel templates once per channel name (its value)
+        # the bank as a flat list, in the order of BANK_ATTRIBUTES and of each attribute's values (what the stored
+        # embeddings of saved models follow); the channel templates once per channel name (its value)
         values = {attribute: [(index, config.phrase_bank[attribute][value], None)
                               for index, value in enumerate(ATTRIBUTE_VALUES[attribute])]
                   for attribute in BANK_ATTRIBUTES if attribute in config.phrase_bank and attribute != "channel"}

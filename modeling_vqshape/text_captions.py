@@ -153,7 +153,13 @@ def rhythm_words(regularity: float, cycles: float, window_seconds: float | None 
     """A channel's rhythm in words, with its cycles per window and, when the window's duration is known, in Hz."""
     value = RHYTHM_VALUES[int(rhythm_labels(torch.tensor(float(regularity))))]
     phrase = PHRASE_BANK["rhythm"][value][0]
-    if value == "none":
-        return phrase
+    return phrase if value == "none" else phrase + rhythm_numbers(float(cycles), window_seconds)
+
+
+def rhythm_numbers(cycles: float, window_seconds: float | None = None) -> str:
+    """" (8.0 cycles per window, 2 Hz)": a rhythm's cycles per window and, with the window's duration, its frequency;
+    empty without cycles."""
+    if cycles <= 0:
+        return ""
     rate = f", {cycles / window_seconds:.2g} Hz" if window_seconds else ""
-    return f"{phrase} ({cycles:.1f} cycles per window{rate})"
+    return f" ({cycles:.1f} cycles per window{rate})"

@@ -10,7 +10,7 @@ import torch
 from transformers.utils import ModelOutput
 
 from .configuration_vqshape_text import ATTRIBUTES
-from .text_captions import RHYTHM_VALUES, SHAPE_VALUES
+from .text_captions import RHYTHM_VALUES, SHAPE_VALUES, rhythm_numbers
 
 HUBNESS_METHODS = ("inverted_softmax", "csls")
 
@@ -98,7 +98,8 @@ class TextInterpretationMixin:
     @torch.no_grad()
     def zero_shot_classify(self, past_values: torch.Tensor, class_names=None, templates=None,
                            intensity_thresholds=None, hubness: str | None = None,
-                           reference_values: torch.Tensor | None = None) -> VQShapeZeroShotOutput:
+                           reference_values: torch.Tensor | None = None,
+                           reference_thresholds=None) -> VQShapeZeroShotOutput:
         """Classify series by the cosine of their pooled embedding with each class's prompts (CLIP-style).
 
         Args:
@@ -111,6 +112,8 @@ class TextInterpretationMixin:
                 every series (see `hubness_corrected_logits`), using `reference_values`.
             reference_values: unlabelled series like `past_values` for the hubness correction; `past_values`
                 themselves when not given.
+            reference_thresholds: the per-row intensity calibration of `reference_values`; the stored one when not
+                given (with `past_values` as the reference, `intensity_thresholds`).
         """
         class_names, prompts = self.text_bank.class_prompts(class_names, templates)
         series = self.encode(past_values, intensity_thresholds).series_embeddings
@@ -120,7 +123,7 @@ class TextInterpretationMixin:
             logits = self.logit_scale_value() * similarity
         else:
             reference = series if reference_values is None else \
-                self.encode(reference_values, intensity_thresholds).series_embeddings
+                self.encode(reference_values, reference_thresholds).series_embeddings
             logits = hubness_corrected_logits(similarity, reference @ prompts.t(), hubness, self.logit_scale_value())
         probabilities = logits.softmax(dim=-1)
         return VQShapeZeroShotOutput(logits=logits, probabilities=probabilities,
@@ -134,10 +137,13 @@ class TextInterpretationMixin:
 
         sampling_rate = check_sampling_rate(sampling_rate)
         if window_seconds is not None:
-            seconds = torch.as_tensor(window_seconds, dtype=torch.float64).reshape(-1).expand(len(past_values))
-            if not bool((seconds > 0).all()):
-                raise ValueError(f"window_seconds must be positive durations, got {window_seconds!r}.")
-            return seconds
+            if sampling_rate is not None:
+                raise ValueError("give sampling_rate or window_seconds, not both: each says how long the series last.")
+            seconds = torch.as_tensor(window_seconds, dtype=torch.float64).reshape(-1)
+            if len(seconds) not in (1, len(past_values)) or not bool((seconds > 0).all()):
+                raise ValueError(f"window_seconds must be one positive duration or one per series "
+                                 f"({len(past_values)}), got {window_seconds!r}.")
+            return seconds.expand(len(past_values))
         if sampling_rate is not None:
             return torch.full((len(past_values),), past_values.shape[1] / sampling_rate, dtype=torch.float64)
         return None
@@ -213,10 +219,9 @@ class TextInterpretationMixin:
         """A channel's rhythm as the model reads it, with the rule's cycles per window (and Hz) when it has one."""
         phrase = self._best_phrases("rhythm", encoded.rhythm_embeddings[row, channel, None])[0]
         cycles = float(encoded.cycles[row, channel])
-        if phrase == self.text_bank.value_phrase("rhythm", RHYTHM_VALUES.index("none")) or cycles <= 0:
+        if phrase == self.text_bank.value_phrase("rhythm", RHYTHM_VALUES.index("none")):
             return phrase
-        rate = f", {cycles / float(window_seconds[row]):.2g} Hz" if window_seconds is not None else ""
-        return f"{phrase} ({cycles:.1f} cycles per window{rate})"
+        return phrase + rhythm_numbers(cycles, None if window_seconds is None else float(window_seconds[row]))
 
     def token_phrases(self, token_embeddings: torch.Tensor) -> list:
         """`(num_tokens, num_attributes, text_dim)` -> one caption per token: per attribute the value of the best

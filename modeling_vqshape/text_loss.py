@@ -1,6 +1,7 @@
 """The text-alignment loss, pure: symmetric multi-positive InfoNCE terms that align (a) codebook entries with their
-shape phrases, (b) tokens with each attribute's phrases, channels with their channel-level phrases (intensity), and
-(c) pooled series with class prompts when labels exist. Positives come from the caption rules (`text_captions`)."""
+shape phrases, (b) tokens with each attribute's phrases, channels with their intensity and rhythm phrases and series of
+named channels with the channel that moves most, and (c) pooled series with class prompts when labels exist.
+Positives come from the caption rules (`text_captions`)."""
 
 import torch
 
@@ -76,6 +77,8 @@ def text_alignment_loss(
         terms[f"{attribute}_text_loss"] = term(attribute, embeddings, values) if len(values) else None
         if terms[f"{attribute}_text_loss"] is not None:
             loss = loss + weights[f"{attribute}_text"] * terms[f"{attribute}_text_loss"]
+        else:  # no known value in the batch: the head still reaches the loss (with zero gradient), as DDP expects
+            loss = loss + embeddings.sum() * 0
     terms["class_text_loss"] = None  # (c): every series of a class is a positive of its prompt
     if labels is not None:
         labels = labels.to(device).long()

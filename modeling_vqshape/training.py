@@ -267,7 +267,7 @@ def evaluate_alignment(model, dataloader, accelerator, names) -> dict:
     totals = []
     with torch.no_grad():
         for past_values, labels, calibration in dataloader:
-            outputs = model(past_values=past_values, intensity_thresholds=calibration)
+            outputs = model(past_values=past_values, labels=labels, intensity_thresholds=calibration)
             row = loss_terms(outputs, names)
             totals.append(accelerator.gather_for_metrics(row.expand(past_values.shape[0], -1)))
     model.train()

@@ -159,8 +159,31 @@ def test_bad_channel_names_and_rates_are_refused(named):
             VQShapeFeatureExtractor(LENGTH, sampling_rate=rate)
         with pytest.raises(ValueError, match="sampling_rate must be a positive"):
             named.explain(torch.randn(1, LENGTH, 2), ["a", "b"], sampling_rate=rate)
-    with pytest.raises(ValueError, match="window_seconds must be positive"):
+    with pytest.raises(ValueError, match="window_seconds must be one positive duration"):
         named.explain(torch.randn(1, LENGTH, 2), ["a", "b"], window_seconds=-1.0)
+    with pytest.raises(ValueError, match="window_seconds must be one positive duration or one per series"):
+        named.explain(torch.randn(3, LENGTH, 2), ["a", "b"], window_seconds=[1.0, 2.0])
+    with pytest.raises(ValueError, match="not both"):
+        named.explain(torch.randn(1, LENGTH, 2), ["a", "b"], sampling_rate=10, window_seconds=4.0)
+    # comparing channels needs each channel's own calibration
+    with pytest.raises(ValueError, match="per_channel=True"):
+        named.calibrate_intensity(two_channel_series(), per_channel=False)
+    for bad in ([[1.0, 0.5]], [[0.0, float("inf")]], "low-high", [[0.0, 1.0, 2.0]]):
+        with pytest.raises(ValueError, match="increasing"):
+            named.intensity_thresholds = bad
+
+
+def test_a_shared_calibration_says_nothing_about_which_channel_moves_most(named):
+    series = two_channel_series()
+    shared = torch.tensor([[-2.0, 2.0]]).expand(len(series), 2)  # one pair per row, for every channel
+    assert named.encode(series, shared).channel is None
+    per_channel = shared[:, None].expand(len(series), 2, 2)
+    assert named.encode(series, per_channel).channel is not None
+    # the hubness reference set takes its own calibration
+    output = named.zero_shot_classify(series[:4], ["a", "b"], intensity_thresholds=per_channel[:4],
+                                      hubness="inverted_softmax", reference_values=series,
+                                      reference_thresholds=per_channel)
+    assert output.logits.shape == (4, 2)
 
 
 def test_per_channel_calibrations_give_every_row_its_channels_terciles():
@@ -173,3 +196,17 @@ def test_per_channel_calibrations_give_every_row_its_channels_terciles():
     scale = (series[..., 0].double().var(dim=-1) + 1e-5).sqrt()  # as instance normalisation computes it
     torch.testing.assert_close(calibrations[5, 0], intensity_thresholds(scale), atol=1e-4, rtol=0)
     assert torch.isnan(calibrations[:, 1]).all() and torch.equal(calibrations[0, 0], calibrations[-1, 0])
+
+
+def test_heads_without_a_known_value_still_reach_the_loss(named):
+    """A batch with no calibrated channel leaves the intensity and channel heads in the loss with zero gradient, so
+    that DDP (which follows the outputs' graph) gets a gradient for every head it saw used."""
+    model = VQShapeForTextAlignment(VQShapeTextConfig(**{**named.config.to_dict(), **named.state_dict_for_config()}))
+    model.load_state_dict(named.state_dict())
+    model.train()
+    unknown = torch.full((4, 2, 2), float("nan"))
+    out = model(two_channel_series()[:4], intensity_thresholds=unknown)
+    assert out.intensity_text_loss is None and out.channel_text_loss is None
+    out.loss.backward()
+    for head in (model.intensity_projection, model.channel_projection):
+        assert head[0].weight.grad is not None and not head[0].weight.grad.any()
