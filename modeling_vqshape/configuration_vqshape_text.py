@@ -1,6 +1,5 @@
 """Configuration of the multimodal VQShape (codebook aligned with frozen sentence-transformer text embeddings)."""
 
-import math
 
 import numpy as np
 from transformers import PretrainedConfig
@@ -96,6 +95,25 @@ PHRASE_BANK = {
 }
 
 DEFAULT_CLASS_TEMPLATES = ("{}", "a time series of {}", "sensor data recorded during {}", "a signal of {}")
+
+
+def check_calibration(thresholds, name: str = "intensity thresholds") -> list | None:
+    """An intensity calibration as stored: None, or `[low, high]` pairs of finite, increasing log-scale values (one
+    pair, or one per channel), from lists, arrays or tensors; a `ValueError` naming `name` otherwise."""
+    if thresholds is None:
+        return None
+    if hasattr(thresholds, "detach"):  # a tensor
+        thresholds = thresholds.detach().cpu().tolist()
+    try:  # numpy, not torch: models are built on the meta device by from_pretrained
+        pairs = np.asarray(thresholds, dtype=np.float64)
+    except (TypeError, ValueError):
+        pairs = np.empty(0)
+    pairs = pairs[None] if pairs.ndim == 1 else pairs
+    if pairs.ndim != 2 or pairs.shape[-1] != 2 or len(pairs) == 0 or not np.isfinite(pairs).all() \
+            or not (pairs[:, 0] < pairs[:, 1]).all():
+        raise ValueError(f"{name} must be increasing [low, high] pairs of finite log-scale values (one pair, or one "
+                         f"per channel), got {thresholds!r}; use calibrate_intensity(...).")
+    return pairs.tolist()
 
 
 class VQShapeTextConfig(PretrainedConfig):
@@ -207,16 +225,7 @@ class VQShapeTextConfig(PretrainedConfig):
         self.class_text_weight = class_text_weight
         self.freeze_backbone = freeze_backbone
         self.pretraining_weight = pretraining_weight
-        self.intensity_thresholds = None
-        if intensity_thresholds is not None:  # lists, arrays or tensors; one pair stands for every channel
-            try:
-                pairs = np.asarray(intensity_thresholds, dtype=np.float64)
-                if pairs.ndim not in (1, 2):
-                    raise ValueError(f"{pairs.ndim} dimensions")
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"VQShapeTextConfig: `intensity_thresholds` must be [low, high] pairs of numbers, got "
-                                 f"{intensity_thresholds!r}.") from error
-            self.intensity_thresholds = (pairs[None] if pairs.ndim == 1 else pairs).tolist()
+        self.intensity_thresholds = check_calibration(intensity_thresholds, "VQShapeTextConfig: `intensity_thresholds`")
         self.intensity_text_weight = intensity_text_weight
         self.rhythm_text_weight = rhythm_text_weight
         if isinstance(channel_names, str):
@@ -244,11 +253,6 @@ class VQShapeTextConfig(PretrainedConfig):
             if "intensity" not in self.phrase_bank:
                 raise ValueError("VQShapeTextConfig: `intensity_thresholds` is set but the phrase bank has no "
                                  "'intensity' phrases; rebuild the alignment with the current PHRASE_BANK.")
-            if not self.intensity_thresholds or not all(isinstance(pair, list) and len(pair) == 2
-                                                        and all(map(math.isfinite, pair)) and pair[0] < pair[1]
-                                                        for pair in self.intensity_thresholds):
-                raise ValueError(f"VQShapeTextConfig: `intensity_thresholds` must be pairs of increasing finite "
-                                 f"log-scale values (one pair, or one per channel), got {self.intensity_thresholds}.")
         for attribute in self.phrase_bank:
             if set(self.phrase_bank[attribute]) != set(PHRASE_BANK[attribute]):
                 raise ValueError(f"VQShapeTextConfig: the values of `phrase_bank[{attribute!r}]` must be "

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_vqshape_text import ATTRIBUTES, VQShapeTextConfig
+from .configuration_vqshape_text import ATTRIBUTES, VQShapeTextConfig, check_calibration
 from .modeling_vqshape import (
     VQShapeForPreTraining,
     VQShapeModel,
@@ -33,7 +33,6 @@ from .text_bank import VQShapeTextBank, check_classes, load_text_encoder
 from .text_calibration import (
     calibrations_by_source,
     channel_calibration,
-    check_calibration,
     intensity_thresholds,
     relative_intensity,
     resolve_calibration,
@@ -410,9 +409,10 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
         regularity, cycles = rhythm_features(series.detach().float())
         return regularity.reshape(batch_size, num_channels), cycles.reshape(batch_size, num_channels)
 
-    def attribute_embeddings(self, past_values: torch.Tensor, scale: torch.Tensor, intensity_thresholds) -> dict:
-        """The channel- and series-level attributes of a batch: `{name: (embeddings, values)}`, values being rule
-        value indices, -1 where unknown. Intensity and rhythm: `(batch_size, num_channels, text_dim)` and
+    def attribute_embeddings(self, scale: torch.Tensor, rhythm, intensity_thresholds) -> dict:
+        """The channel- and series-level attributes of a batch, from the backbone's `scale` and the channels'
+        `rhythm` (`channel_rhythm`; None when the bank has no rhythm phrases): `{name: (embeddings, values)}`, values
+        being rule value indices, -1 where unknown. Intensity and rhythm: `(batch_size, num_channels, text_dim)` and
         `(batch_size, num_channels)`; intensity only with a calibration (NaN thresholds: unknown). Channel (which named
         channel moves most, by its relative intensity): `(batch_size, text_dim)` and `(batch_size,)`, for series of
         the named channels whose channels are all calibrated. Only the attributes the bank has."""
@@ -425,8 +425,8 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
             relative_inputs = torch.where(known, relative, torch.zeros_like(relative))
             attributes["intensity"] = (F.normalize(self.intensity_projection(relative_inputs.unsqueeze(-1)), dim=-1),
                                        torch.where(known, intensity_labels(relative_inputs), -1))
-        if self.has_rhythm:
-            regularity, cycles = self.channel_rhythm(past_values)
+        if rhythm is not None:
+            regularity, cycles = rhythm
             inputs = torch.stack([regularity, cycles.log1p()], dim=-1).to(scale.dtype)
             attributes["rhythm"] = (F.normalize(self.rhythm_projection(inputs), dim=-1), rhythm_labels(regularity))
         if thresholds is not None and self.has_channel and num_channels == len(self.config.channel_names) \
@@ -519,7 +519,8 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
         code_labels = self.code_shape_labels()
         labels_per_token = caption_labels(code_labels, outputs.code_indices, start, length, offset, scale)
         token_embeddings = self.token_embeddings(outputs.token_features)
-        attributes = self.attribute_embeddings(past_values, outputs.scale, intensity_thresholds)
+        rhythm = self.channel_rhythm(past_values) if self.has_rhythm else None
+        attributes = self.attribute_embeddings(outputs.scale, rhythm, intensity_thresholds)
         token_vectors = self.token_vectors(token_embeddings, self.attribute_vectors(attributes))
         series_embeddings = self.series_embeddings(token_vectors)
         logit_scale = self.logit_scale_value()
@@ -561,9 +562,10 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
         try:
             outputs = self.backbone.vqshape(past_values, return_dict=True)
             token_embeddings = self.token_embeddings(outputs.token_features)
-            attributes = self.attribute_embeddings(past_values, outputs.scale, intensity_thresholds)
+            rhythm = self.channel_rhythm(past_values) if self.has_rhythm else None
+            attributes = self.attribute_embeddings(outputs.scale, rhythm, intensity_thresholds)
             token_vectors = self.token_vectors(token_embeddings, self.attribute_vectors(attributes))
-            regularity, cycles = self.channel_rhythm(past_values) if self.has_rhythm else (None, None)
+            regularity, cycles = rhythm if rhythm is not None else (None, None)
             return VQShapeTextEncoding(
                 outputs=outputs, token_embeddings=token_embeddings, token_vectors=token_vectors,
                 series_embeddings=self.series_embeddings(token_vectors), regularity=regularity, cycles=cycles,

@@ -4,7 +4,6 @@ keeps the calibration it uses as state (`VQShapeForTextAlignment.intensity_thres
 
 import math
 
-import numpy as np
 import torch
 
 from .modeling_vqshape import instance_normalize
@@ -102,22 +101,3 @@ def per_channel_calibrations(past_values: torch.Tensor) -> torch.Tensor:
     pairs = [intensity_thresholds(scale[:, channel]) for channel in range(scale.shape[1])]
     pairs = torch.stack([pair if pair is not None else torch.full((2,), math.nan) for pair in pairs])
     return pairs[None].expand(len(past_values), -1, -1).float()
-
-
-def check_calibration(thresholds) -> list | None:
-    """A calibration as stored: None, or `[low, high]` pairs of finite, increasing log-scale values (one pair, or one
-    per channel), from lists, arrays or tensors; a clear `ValueError` otherwise."""
-    if thresholds is None:
-        return None
-    if isinstance(thresholds, torch.Tensor):
-        thresholds = thresholds.detach().cpu().tolist()
-    try:  # numpy, not torch: models are built on the meta device by from_pretrained
-        pairs = np.asarray(thresholds, dtype=np.float64)
-    except (TypeError, ValueError):
-        pairs = np.empty(0)
-    pairs = pairs[None] if pairs.ndim == 1 else pairs
-    if pairs.ndim != 2 or pairs.shape[-1] != 2 or len(pairs) == 0 or not np.isfinite(pairs).all() \
-            or not (pairs[:, 0] < pairs[:, 1]).all():
-        raise ValueError(f"intensity thresholds must be increasing [low, high] pairs of finite log-scale values (one "
-                         f"pair, or one per channel), got {thresholds!r}; use calibrate_intensity(...).")
-    return pairs.tolist()
