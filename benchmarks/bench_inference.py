@@ -115,15 +115,16 @@ def run(path, args):
     return result
 
 
-def agreement(folder: str) -> dict:
-    """bf16 autocast against fp32 for a trained model on the bundled TEST splits (every channel a series)."""
+def agreement(folder: str, device="cpu") -> dict:
+    """bf16 autocast against fp32 for a trained model on the bundled TEST splits (every channel a series), on
+    `device`."""
     sys.path.insert(0, REPO_ROOT)
     from modeling_vqshape import VQShapeFeatureExtractor, VQShapeModel
     from modeling_vqshape.classification import load_classification_dataset
     from modeling_vqshape.data import BUNDLED_DATASETS
     from modeling_vqshape.precision import autocast_agreement
 
-    model = VQShapeModel.from_pretrained(folder).eval()
+    model = VQShapeModel.from_pretrained(folder).to(device).eval()
     extractor = VQShapeFeatureExtractor.from_pretrained(folder)
     series = [channel for name in BUNDLED_DATASETS for item in load_classification_dataset(name)["test"].series
               for channel in item]

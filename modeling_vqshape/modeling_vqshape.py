@@ -534,13 +534,22 @@ class VQShapePatchDecoder(nn.Module):
         return self.output_projection(hidden[:, 1:]).reshape(batch_size, -1)
 
 
-def conv1d_channels_last(hidden: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """Apply a 'same'-padded `nn.Conv1d` to `(rows, channels, 1, time)` activations as a 2-D convolution.
+def shape_decoder_layout(device: torch.device) -> str:
+    """How the shape decoder lays out its activations: "channels_last" runs its 1-D convolutions as 2-D ones in the
+    channels-last layout, "plain" as `(rows, channels, time)` 1-D ones; the same function either way.
 
-    The shape decoder runs on every token of the batch (thousands of short rows); in the channels-last layout
-    oneDNN's convolution is about twice as fast on CPU, forward and backward, as the 1-D one, for the same sums.
-    The parameters stay those of the `nn.Conv1d`, so checkpoints keep the original's shapes.
+    Measured on the shape decoder's thousands of short rows (docs/benchmarks.md): channels-last is about twice as fast
+    as the 1-D layout on CPU (oneDNN) and 1.5x in an eager CUDA training step (cuDNN), while a CUDA training step
+    compiled with torch.compile is faster with the plain layout.
     """
+    return "plain" if device.type == "cuda" and torch.compiler.is_compiling() else "channels_last"
+
+
+def same_conv(hidden: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """Apply a 'same'-padded `nn.Conv1d` to `(rows, channels, time)` activations, or to `(rows, channels, 1, time)`
+    channels-last ones as a 2-D convolution with the same parameters (checkpoints keep the original's shapes)."""
+    if hidden.dim() == 3:
+        return conv(hidden)
     return F.conv2d(hidden, conv.weight.unsqueeze(2), conv.bias, padding=(0, conv.kernel_size[0] // 2))
 
 
@@ -560,11 +569,11 @@ class VQShapeResidualBlock(nn.Module):
         self.skip = nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """`(rows, in_channels, 1, time)` channels-last -> `(rows, out_channels, 1, time)`."""
+        """`(rows, in_channels, [1,] time)` -> `(rows, out_channels, [1,] time)` (see `same_conv`)."""
         first_norm, _, first_conv, second_norm, _, second_conv = self.block
-        out = conv1d_channels_last(F.gelu(first_norm(hidden)), first_conv)
-        out = conv1d_channels_last(F.gelu(second_norm(out)), second_conv)
-        skip = hidden if isinstance(self.skip, nn.Identity) else conv1d_channels_last(hidden, self.skip)
+        out = same_conv(F.gelu(first_norm(hidden)), first_conv)
+        out = same_conv(F.gelu(second_norm(out)), second_conv)
+        skip = hidden if isinstance(self.skip, nn.Identity) else same_conv(hidden, self.skip)
         return skip + out
 
 
@@ -577,9 +586,9 @@ class VQShapeUpsample(nn.Module):
         self.conv = nn.Conv1d(channels, channels, 3, padding="same")
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """`(rows, channels, 1, time)` channels-last -> `(rows, channels, 1, factor * time)`."""
-        return conv1d_channels_last(F.interpolate(hidden, scale_factor=(1.0, float(self.factor)), mode="nearest"),
-                                    self.conv)
+        """`(rows, channels, [1,] time)` -> `(rows, channels, [1,] factor * time)` (see `same_conv`)."""
+        factor = (1.0, float(self.factor)) if hidden.dim() == 4 else float(self.factor)
+        return same_conv(F.interpolate(hidden, scale_factor=factor, mode="nearest"), self.conv)
 
 
 class VQShapeShapeDecoder(nn.Module):
@@ -601,13 +610,13 @@ class VQShapeShapeDecoder(nn.Module):
         """`(batch_size, num_tokens, code_dim)` -> `(batch_size, num_tokens, shape_length)`, each shape with zero mean
         and unit (unbiased) standard deviation."""
         batch_size, num_tokens, _ = codes.shape
-        # "batch tokens (channels time) -> (batch tokens) channels 1 time", channel-major as the original's Rearrange;
-        # the convolutions run as 2-D ones in the channels-last layout (see conv1d_channels_last)
-        hidden = self.input_projection(codes).reshape(batch_size * num_tokens, self.channels, 1, -1)
-        hidden = hidden.contiguous(memory_format=torch.channels_last)
+        # "batch tokens (channels time) -> (batch tokens) channels time", channel-major as the original's Rearrange
+        hidden = self.input_projection(codes).reshape(batch_size * num_tokens, self.channels, -1)
+        if shape_decoder_layout(codes.device) == "channels_last":  # "... channels time -> ... channels 1 time"
+            hidden = hidden.unsqueeze(2).contiguous(memory_format=torch.channels_last)
         hidden = self.upsample_in(F.gelu(self.residual_in(hidden)))
         hidden = F.gelu(self.upsample_out(F.gelu(self.residual_out(hidden))))
-        shapes = conv1d_channels_last(hidden, self.output_conv).reshape(batch_size, num_tokens, -1)
+        shapes = same_conv(hidden, self.output_conv).reshape(batch_size, num_tokens, -1)
         return (shapes - shapes.mean(dim=-1, keepdim=True)) / (shapes.std(dim=-1, keepdim=True) + 1e-8)
 
 

@@ -50,6 +50,31 @@ def test_cpu_inference_in_chunks_equals_one_pass(tiny_config, series_batch, monk
     torch.testing.assert_close(received.reconstruction, expected.reconstruction, atol=1e-5, rtol=1e-5)
 
 
+def test_shape_decoder_layouts_compute_the_same_function(tiny_config, monkeypatch):
+    """The channels-last 2-D convolutions (eager, and compiled on CPU) and the plain 1-D ones (compiled on CUDA) give
+    the same shapes and gradients."""
+    import modeling_vqshape.modeling_vqshape as modeling
+
+    decoder = trained_like(tiny_config).shape_decoder
+    codes = torch.randn(2, tiny_config.num_tokens, tiny_config.code_dim, requires_grad=True)
+
+    def shapes_and_gradients():
+        decoder.zero_grad(set_to_none=True)
+        codes.grad = None
+        shapes = decoder(codes)
+        (shapes * torch.linspace(-1, 1, shapes.shape[-1])).sum().backward()
+        return shapes.detach(), codes.grad.clone(), [p.grad.clone() for p in decoder.parameters()]
+
+    channels_last = shapes_and_gradients()
+    assert modeling.shape_decoder_layout(codes.device) == "channels_last"
+    monkeypatch.setattr(modeling, "shape_decoder_layout", lambda device: "plain")
+    plain = shapes_and_gradients()
+    torch.testing.assert_close(plain[0], channels_last[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain[1], channels_last[1], atol=1e-5, rtol=1e-4)
+    for received, expected in zip(plain[2], channels_last[2]):
+        torch.testing.assert_close(received, expected, atol=1e-5, rtol=1e-4)
+
+
 def test_tokenizer_inference_path_computes_the_decoder(tiny_config):
     """Eval mode runs the decoder layers' own weights without nn.TransformerDecoder: same function, less work."""
     model = trained_like(tiny_config)
