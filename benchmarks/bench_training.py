@@ -2,6 +2,7 @@
 forward, weighted loss, backward and AdamW (fused, as examples/pretrain.py uses it), as in the original's training_step.
 
     python benchmarks/bench_training.py [--steps 3] [--original-repo /path/to/YunshiWen/VQShape]
+    python benchmarks/bench_training.py --profile     # where a step of ours spends its time, and the dropout draws
 
 With --original-repo (a checkout of https://github.com/YunshiWen/VQShape; needs einops) the original VQShape is
 measured the same way in the same run, and the ratio is printed. Each measurement runs in its own process, so that
@@ -60,6 +61,41 @@ def measure(name, batch_size, steps, warmup, repo=None):
     return batch_size * steps / elapsed, peak
 
 
+def profile(batch_size: int, warmup: int, row_limit: int = 15):
+    """The operators of one training step of ours by self time, then what a dropout draw costs: `bernoulli_` (what
+    dropout calls) against `torch.rand(float64) < keep`, which draws the same masks from the same generator."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    sys.path.insert(0, REPO_ROOT)
+    torch.manual_seed(0)
+    model, compute_loss = ours(batch_size)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
+
+    def step():
+        compute_loss().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as profiler:
+        step()
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit))
+    draws = torch.empty(10_000_000)
+    for name, draw in (("bernoulli_(0.9)", lambda: draws.bernoulli_(0.9)),
+                       ("rand(float64) < 0.9", lambda: torch.rand(len(draws), dtype=torch.float64) < 0.9)):
+        draw()
+        start = time.perf_counter()
+        draw()
+        print(f"{name:>20}: {(time.perf_counter() - start) / len(draws) * 1e9:.1f} ns a draw")
+    torch.manual_seed(0)
+    masks = torch.empty(4096).bernoulli_(0.9).bool()
+    torch.manual_seed(0)
+    print(f"same masks from the same seed: {torch.equal(masks, torch.rand(4096, dtype=torch.float64) < 0.9)}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch_size", type=int, default=64)
@@ -69,7 +105,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=2,
                         help="Alternate the implementations this many times and keep each one's best round, so that "
                              "load from other processes on a shared machine does not favour either.")
+    parser.add_argument("--profile", action="store_true", help="Profile one step of ours instead of timing.")
     args = parser.parse_args()
+    if args.profile:
+        return profile(args.batch_size, args.warmup)
     context = multiprocessing.get_context("spawn")
     names = ["ours"] + (["original"] if args.original_repo else [])
     figures = {}
