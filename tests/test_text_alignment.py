@@ -549,3 +549,17 @@ def test_align_text_script_on_two_ranks(tmp_path):
     assert all(math.isfinite(value) for value in results["validation_final"].values())
     model = VQShapeForTextAlignment.from_pretrained(output)
     assert model.config.class_names == ["drawing a gun", "pointing a finger"] and model.text_bank.is_built
+
+
+@pytest.mark.slow
+def test_align_text_refuses_channel_names_that_do_not_match_the_channel_data(tmp_path):
+    base = tmp_path / "vqshape"
+    VQShapeForPreTraining(VQShapeConfig(**{**TINY, "input_length": 64})).save_pretrained(base)
+    command = [sys.executable, str(REPO_ROOT / "examples" / "align_text.py"),
+               *align_text_arguments(base, tmp_path / "aligned"),
+               "--channel_data", "BasicMotions", "--channel_names", "accelerometer, gyroscope"]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1"})
+    assert refused.returncode != 0
+    assert "BasicMotions has 6 channel(s) but --channel_names gives 2" in refused.stderr
+    assert not (tmp_path / "aligned" / "model.safetensors").exists()
