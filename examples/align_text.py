@@ -87,6 +87,7 @@ def parse_args(argv=None):
                      "modeling_vqshape.classification.CLASS_NAMES).")
     if bool(args.channel_data) != bool(args.channel_names):
         parser.error("--channel_data and --channel_names go together.")
+    args.channel_names = [name.strip() for name in args.channel_names.split(",")] if args.channel_names else None
     if args.zero_shot_dataset in args.labelled_data:
         parser.error(f"{args.zero_shot_dataset} is the zero-shot dataset: its labels must not train the model.")
     return args
@@ -125,11 +126,10 @@ def get_channel_dataloader(args, input_length):
     calibration on that split, in batches of a quarter of the main batch size."""
     series = load_classification_dataset(args.channel_data)["train"].series
     past_values = VQShapeFeatureExtractor(input_length)(series)["past_values"].float()
-    names = args.channel_names.split(",")
     channels = past_values.shape[-1] if past_values.dim() == 3 else 1
-    if channels != len(names):
+    if channels != len(args.channel_names):
         raise ValueError(f"--channel_data {args.channel_data} has {channels} channel(s) but --channel_names gives "
-                         f"{len(names)} ({names}); name each channel once, in order.")
+                         f"{len(args.channel_names)} ({args.channel_names}); name each channel once, in order.")
     dataset = TensorDataset(past_values, per_channel_calibrations(past_values))
     return DataLoader(dataset, batch_size=min(max(args.per_device_train_batch_size // 4, 2), len(dataset)),
                       shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(args.seed))
@@ -148,8 +148,7 @@ def main(argv=None):
                                                  freeze_backbone=not args.joint_training,
                                                  class_text_weight=args.class_text_weight,
                                                  intensity_text_weight=args.intensity_text_weight,
-                                                 channel_names=[name.strip() for name in args.channel_names.split(",")]
-                                                 if args.channel_names else None)
+                                                 channel_names=args.channel_names)
     train_dataloader, eval_dataloader, class_names, corpus = get_dataloaders(
         accelerator, args, model.config.vqshape_config.input_length)
     if class_names:
