@@ -176,9 +176,11 @@ def main(argv=None):
         for past_values, labels, calibration in train_dataloader:
             outputs = model(past_values=past_values, labels=labels, intensity_thresholds=calibration)
             loss = outputs.loss
-            if channel_batches is not None:  # and a batch of the named channels: every term, "which moves most" too
+            if channel_batches is not None:  # and a batch of the named channels: its terms, "which moves most" too
                 channel_values, channel_calibration = next(channel_batches)
-                channel_outputs = model(past_values=channel_values, intensity_thresholds=channel_calibration)
+                # the code <-> phrase term does not depend on the batch: the main batch has counted it
+                channel_outputs = model(past_values=channel_values, intensity_thresholds=channel_calibration,
+                                        with_code_term=False)
                 loss = loss + channel_outputs.loss
                 outputs.channel_text_loss = channel_outputs.channel_text_loss
             accelerator.backward(loss)

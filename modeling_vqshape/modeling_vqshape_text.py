@@ -497,6 +497,7 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
         labels: torch.LongTensor | None = None,
         label_embeddings: torch.Tensor | None = None,
         intensity_thresholds: torch.Tensor | None = None,
+        with_code_term: bool = True,
         return_dict: bool | None = None,
         **kwargs,
     ) -> VQShapeForTextAlignmentOutput | tuple:
@@ -510,6 +511,9 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
                 calibration (its domain's log-scale terciles; NaN: unknown, e.g. a standardised source); the model's
                 calibration when not given. Rows with a calibration add the intensity loss and their intensity to the
                 series embedding.
+            with_code_term: whether `loss` counts the codebook entries <-> shape phrases term (`code_text_loss`, still
+                returned). That term depends on the codebook alone, not on the batch: pass `False` for a second batch
+                of the same training step, which would otherwise count it twice.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self.text_bank.require_built()
@@ -531,7 +535,8 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
                                                                minlength=self.code_counts.shape[0]))
         losses = text_alignment_loss(
             self.text_bank.phrase_embeddings, self.text_bank.phrases, logit_scale,
-            {name: getattr(config, f"{name}_weight") for name in LOSS_TERMS},
+            {name: getattr(config, f"{name}_weight") if with_code_term or name != "code_text" else 0.0
+             for name in LOSS_TERMS},
             self.code_embeddings(), code_labels, token_embeddings, labels_per_token,
             {name: (embeddings[values >= 0], values[values >= 0]) for name, (embeddings, values) in attributes.items()},
             series_embeddings, labels,

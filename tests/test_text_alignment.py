@@ -264,6 +264,22 @@ def _copy_without_encoder(aligned, **config_changes):
     return model
 
 
+def test_a_second_batch_can_leave_out_the_code_term(aligned, series_batch):
+    """`with_code_term=False` (align_text's channel batch) drops the codebook <-> phrase term from `loss` only: it
+    depends on the codebook alone, so a step with two batches counts it once."""
+    model = _copy_without_encoder(aligned).eval()
+    full, without = model(series_batch), model(series_batch, with_code_term=False)
+    torch.testing.assert_close(without.code_text_loss, full.code_text_loss)
+    torch.testing.assert_close(without.loss, full.loss - model.config.code_text_weight * full.code_text_loss)
+    # only the code term weighted: the second batch adds nothing, and no gradient
+    code_only = _copy_without_encoder(aligned, token_text_weight=0.0, intensity_text_weight=0.0,
+                                      rhythm_text_weight=0.0, channel_text_weight=0.0, class_text_weight=0.0).train()
+    first, second = code_only(series_batch), code_only(series_batch, with_code_term=False)
+    assert first.loss.detach() > 0 and second.loss.detach() == 0
+    second.loss.backward()
+    assert all(parameter.grad is None or not parameter.grad.any() for parameter in code_only.parameters())
+
+
 def test_training_lowers_the_loss_and_joint_training_keeps_pretraining_loss(aligned, series_batch):
     torch.manual_seed(0)
     model = _copy_without_encoder(aligned).train()
