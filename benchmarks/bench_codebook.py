@@ -13,8 +13,9 @@ For each run it reports:
   ItalyPowerDemand, with the same probe on the raw resampled values beside it.
 
 Every run is a separate `examples/pretrain.py` process with its own output folder under `--output_dir`; results go
-to `results.json` and `results.md` there. The variants differ only in their codebook options (`--config_overrides`
-on top of `--codebook_recipe original`), so everything else (data order, patch masks, schedule) is the same.
+to `results.json` and `results.md` there. The variants differ only in their codebook options and loss weights
+(`--config_overrides` on top of `--codebook_recipe original`), so everything else (data order, patch masks, schedule)
+is the same. The "loss weights x2" variants are not in the default set (`--variants` names them).
 """
 
 import argparse
@@ -37,6 +38,7 @@ from modeling_vqshape.configuration_vqshape import DIVERSE_CODEBOOK  # noqa: E40
 from modeling_vqshape.data import BUNDLED_DATASETS  # noqa: E402
 from modeling_vqshape.visualization import code_counts, codebook_summary  # noqa: E402
 
+LOSS_WEIGHTS_X2 = {"reconstruction_weight": 2.0, "codebook_weight": 2.0}
 # each option alone, on top of the original recipe; "chosen" is DIVERSE_CODEBOOK, what the scripts use
 VARIANTS = {
     "original": {},
@@ -47,16 +49,20 @@ VARIANTS = {
     "rotation trick": {"rotation_trick": True},
     "SimVQ projection": {"codebook_projection": True},
     "chosen": dict(DIVERSE_CODEBOOK),
+    # a trial of loss weights that count reconstruction and the codebook term twice, alone and with the chosen options
+    "loss weights x2": LOSS_WEIGHTS_X2,
+    "chosen with loss weights x2": {**DIVERSE_CODEBOOK, **LOSS_WEIGHTS_X2},
 }
 PROBE_DATASETS = ("BasicMotions", "GunPoint", "ItalyPowerDemand")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        default=[variant for variant in VARIANTS if "loss weights" not in variant])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="Seeds of every variant.")
     parser.add_argument("--extra_seeds", nargs="*", type=int, default=[1, 2],
-                        help="Further seeds for 'original' and 'chosen' (the seed spread).")
+                        help="Further seeds for 'original' and the 'chosen' variants (the seed spread).")
     parser.add_argument("--steps", type=int, default=None, help="Training steps; default: the script's default.")
     parser.add_argument("--probe_seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--no-probe", dest="probe", action="store_false", help="Skip the linear probes.")
@@ -162,7 +168,7 @@ def main(argv=None):
     results, raw = {}, {}
     for variant in args.variants:
         seeds = list(args.seeds)
-        if variant in ("original", "chosen"):
+        if variant == "original" or variant.startswith("chosen"):
             seeds += [seed for seed in args.extra_seeds if seed not in seeds]
         for seed in seeds:
             folder = pretrain(variant, seed, args)

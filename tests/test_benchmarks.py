@@ -51,3 +51,26 @@ def test_training_profile_shows_the_step_and_that_rand_draws_dropouts_masks():
                          "--batch_size", "2", "--warmup", "0"], timeout=600)
     assert "aten::bernoulli_" in result.stdout and "ns a draw" in result.stdout
     assert "same masks from the same seed: True" in result.stdout
+
+
+@pytest.mark.slow
+def test_codebook_ablation_trains_each_variant_with_its_options_and_tabulates_it(tmp_path):
+    """`bench_codebook.py` on two variants for two steps: each run's saved config holds its options on top of the
+    original recipe, and the results hold every measure for the table."""
+    from modeling_vqshape.configuration_vqshape import DIVERSE_CODEBOOK
+
+    output = tmp_path / "ablation"
+    run_script([sys.executable, str(REPO_ROOT / "benchmarks" / "bench_codebook.py"), "--variants", "loss weights x2",
+                "chosen", "--seeds", "0", "--extra_seeds", "--steps", "2", "--no-probe", "--output_dir", str(output)],
+               timeout=600)
+    weights = json.loads((output / "loss-weights-x2-seed0" / "config.json").read_text())
+    assert (weights["reconstruction_weight"], weights["codebook_weight"], weights["code_lookup"]) == (2.0, 2.0,
+                                                                                                     "euclidean")
+    chosen = json.loads((output / "chosen-seed0" / "config.json").read_text())
+    assert {key: chosen[key] for key in DIVERSE_CODEBOOK} == DIVERSE_CODEBOOK
+    results = json.loads((output / "results.json").read_text())["results"]
+    assert list(results) == ["loss weights x2", "chosen"]
+    for (run,) in results.values():
+        assert run["seed"] == 0 and 0 < run["test_codes_used"] <= 1 and run["reconstruction_loss"] > 0
+        assert run["num_shape_values"] == len(run["shape_values"])
+    assert "| loss weights x2 | 0 |" in (output / "results.md").read_text()
