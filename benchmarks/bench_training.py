@@ -41,6 +41,13 @@ def original(batch_size, repo):
     return model, lambda: original_training_loss(model, config, inputs)
 
 
+def training_step(compute_loss, optimizer):
+    """Forward, weighted loss, backward, optimizer step."""
+    compute_loss().backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def measure(name, batch_size, steps, warmup, repo=None):
     """Run in a fresh process: returns (series per second, peak resident memory in MiB)."""
     torch.manual_seed(0)
@@ -52,10 +59,7 @@ def measure(name, batch_size, steps, warmup, repo=None):
     for step in range(warmup + steps):
         if step == warmup:
             start = time.perf_counter()
-        loss = compute_loss()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        training_step(compute_loss, optimizer)
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return batch_size * steps / elapsed, peak
@@ -67,21 +71,14 @@ def profile(batch_size: int, warmup: int, row_limit: int = 15):
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    sys.path.insert(0, REPO_ROOT)
     torch.manual_seed(0)
     model, compute_loss = ours(batch_size)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
-
-    def step():
-        compute_loss().backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
     for _ in range(warmup):
-        step()
+        training_step(compute_loss, optimizer)
     with torch_profile(activities=[ProfilerActivity.CPU]) as profiler:
-        step()
+        training_step(compute_loss, optimizer)
     print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit))
     draws = torch.empty(10_000_000)
     for name, draw in (("bernoulli_(0.9)", lambda: draws.bernoulli_(0.9)),
