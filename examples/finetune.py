@@ -1,21 +1,23 @@
-"""Fine-tune `VQShapeForTimeSeriesClassification` end to end with accelerate, and save it with its label names.
+"""Fine-tune `VQShapeForTimeSeriesClassification` with accelerate, and save it with its label names.
 
     accelerate launch examples/finetune.py --model_name_or_path vqshape-pretrained --dataset BasicMotions \
-        --classifier_features histogram --freeze_backbone --output_dir vqshape-basicmotions
+        --output_dir vqshape-basicmotions
 
-`--freeze_backbone` trains the linear head alone (the linear probe, trained by gradient descent); without it the whole
-model is fine-tuned. The dataset is any that `modeling_vqshape.classification.load_classification_dataset` reads (a
-bundled aeon set, a UEA/UCR folder, a saved DatasetDict with train/test splits); the number of channels and the label
-names come from its training split, and the saved `config.json` keeps them as `id2label`, so the folder (or its Hub
-repo, `--push_to_hub`) predicts named classes. Accuracy, balanced accuracy and macro-F1 on the test split are printed,
-written to `eval_results.json` and put into the model card's `model-index`.
+The recipe (its defaults were chosen on validation splits of the bundled sets; docs/classification.md): the head reads
+`--classifier_features` standardised with statistics of the training rows (saved with the model); a stratified
+`--validation_fraction` of TRAIN is held out and picks the epoch whose weights are kept; the test split is read once,
+at the end. The whole model trains (the backbone at `--backbone_learning_rate`) unless `--freeze_backbone`. The
+dataset is any that `modeling_vqshape.classification.load_classification_dataset` reads (a bundled aeon set, a
+UEA/UCR folder, a saved DatasetDict with train/test splits); the channels and label names come from its training
+split, and the saved `config.json` keeps them as `id2label`, so the folder (or its Hub repo, `--push_to_hub`)
+predicts named classes. Test accuracy, macro-F1 and the mean top probability are printed, written to
+`eval_results.json` and put into the model card's `model-index`.
 """
 
 import argparse
 import json
 import os
 
-import evaluate
 import numpy as np
 import torch
 from accelerate import Accelerator
@@ -23,15 +25,25 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from modeling_vqshape import VQShapeFeatureExtractor, VQShapeForTimeSeriesClassification
-from modeling_vqshape.classification import dataset_name, load_classification_dataset
-from modeling_vqshape.metrics import CLASSIFICATION_METRIC
+from modeling_vqshape import VQShapeFeatureExtractor, VQShapeForTimeSeriesClassification, VQShapeModel
+from modeling_vqshape.classification import classification_metrics, dataset_name, load_classification_dataset
+from modeling_vqshape.finetuning import (
+    FEATURE_CANDIDATES,
+    BestEpoch,
+    evaluate_classifier,
+    frozen_feature_parts,
+    labelled_tensors,
+    parameter_groups,
+    select_linear_head,
+    validation_split,
+)
 from modeling_vqshape.training import (
     add_hub_arguments,
     check_hub_arguments,
     finish,
     get_process_scheduler,
     num_training_steps,
+    set_cpu_threads,
 )
 
 
@@ -41,22 +53,25 @@ def parse_args(argv=None):
     parser.add_argument("--dataset", default="BasicMotions")
     parser.add_argument("--series_column", default="past_values")
     parser.add_argument("--label_column", default="label")
-    parser.add_argument("--classifier_features", default="histogram", choices=["tokens", "histogram"])
-    parser.add_argument("--classifier_dropout", type=float, default=0.1)
+    parser.add_argument("--classifier_features", nargs="+", default=list(FEATURE_CANDIDATES),
+                        help="Candidate feature sets for the validation to choose from: tokens, histogram, embedding, "
+                             "statistics joined by '+', or combined (all four).")
     parser.add_argument("--freeze_backbone", action="store_true", help="Train the classifier head alone.")
+    parser.add_argument("--validation_fraction", type=float, default=0.2, help="Stratified share of TRAIN.")
     parser.add_argument("--output_dir", default="vqshape-classifier")
     parser.add_argument("--per_device_train_batch_size", type=int, default=16)
     parser.add_argument("--per_device_eval_batch_size", type=int, default=64)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--weight_decay", type=float, default=0.01)
-    parser.add_argument("--num_train_epochs", type=int, default=30)
-    parser.add_argument("--max_train_steps", type=int, default=0, help="Overrides epochs when > 0.")
+    parser.add_argument("--learning_rate", type=float, default=1e-4, help="The head's, after the linear probe.")
+    parser.add_argument("--backbone_learning_rate", type=float, default=1e-4)
+    parser.add_argument("--weight_decay", type=float, default=0.01, help="The backbone's (the head's is chosen).")
+    parser.add_argument("--num_train_epochs", type=int, default=10, help="After the probe; 0: the probe alone.")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    parser.add_argument("--lr_scheduler_type", default="linear")
+    parser.add_argument("--lr_scheduler_type", default="constant")
     parser.add_argument("--num_warmup_steps", type=int, default=0)
     parser.add_argument("--max_train_samples", type=int, default=None, help="Stratified subset of TRAIN.")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Stratified subset of TEST.")
     parser.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
+    parser.add_argument("--num_threads", type=int, default=None, help="CPU threads per process (default: cores).")
     parser.add_argument("--seed", type=int, default=0)
     add_hub_arguments(parser)
     args = parser.parse_args(argv)
@@ -65,7 +80,7 @@ def parse_args(argv=None):
 
 
 def get_dataloaders(args, input_length):
-    """Train/test dataloaders of `(past_values, labels)` and the label names (sorted training labels)."""
+    """Train, validation (carved from TRAIN) and test dataloaders of `(past_values, labels)`, and the label names."""
     splits = load_classification_dataset(args.dataset, args.series_column, args.label_column)
     train = splits["train"].subset(args.max_train_samples, args.seed)
     test = splits["test"].subset(args.max_eval_samples, args.seed)
@@ -73,34 +88,15 @@ def get_dataloaders(args, input_length):
     unseen = sorted(set(test.labels) - set(label_names))
     if unseen:
         raise ValueError(f"{args.dataset}: test labels {unseen} never occur in the training split.")
-    feature_extractor = VQShapeFeatureExtractor(input_length=input_length)
-
-    def tensors(split):
-        # (channels, time) series -> past_values (batch, input_length, channels); label names -> indices
-        past_values = torch.as_tensor(feature_extractor(split.series)["past_values"])
-        labels = torch.as_tensor(np.searchsorted(label_names, split.labels))
-        return TensorDataset(past_values, labels)
-
-    train_data, test_data = tensors(train), tensors(test)
-    num_channels = train_data.tensors[0].shape[-1]
+    past_values, labels = labelled_tensors(train, label_names, input_length)
+    rows = validation_split(labels.numpy(), args.validation_fraction, args.seed)  # (train rows, validation rows)
+    train_data, validation_data = (TensorDataset(past_values[part], labels[part]) for part in rows)
+    test_data = TensorDataset(*labelled_tensors(test, label_names, input_length))
     train_dataloader = DataLoader(train_data, batch_size=args.per_device_train_batch_size, shuffle=True,
                                   generator=torch.Generator().manual_seed(args.seed))
+    validation_dataloader = DataLoader(validation_data, batch_size=args.per_device_eval_batch_size)
     test_dataloader = DataLoader(test_data, batch_size=args.per_device_eval_batch_size)
-    return train_dataloader, test_dataloader, label_names, num_channels
-
-
-def evaluate_model(model, dataloader, accelerator, label_names):
-    """Test metrics of the named classes, from the package's `evaluate` module, over every process's batches."""
-    metric = evaluate.load(CLASSIFICATION_METRIC)
-    names = np.asarray(label_names)
-    model.eval()
-    with torch.no_grad():
-        for past_values, labels in dataloader:
-            logits = model(past_values=past_values).logits
-            predicted, labels = accelerator.gather_for_metrics((logits.argmax(-1), labels))
-            metric.add_batch(predictions=names[predicted.cpu().numpy()], references=names[labels.cpu().numpy()])
-    model.train()
-    return metric.compute()
+    return (train_dataloader, validation_dataloader, test_dataloader), label_names, (past_values, labels, rows)
 
 
 def main(argv=None):
@@ -108,60 +104,77 @@ def main(argv=None):
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
                               mixed_precision=args.mixed_precision,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    set_cpu_threads(accelerator, args.num_threads)
     set_seed(args.seed)
     input_length = VQShapeFeatureExtractor.from_pretrained(args.model_name_or_path).input_length
     with accelerator.main_process_first():
-        train_dataloader, test_dataloader, label_names, num_channels = get_dataloaders(args, input_length)
+        dataloaders, label_names, (past_values, labels, rows) = get_dataloaders(args, input_length)
+    # first stage, the same on every process: a linear head on frozen features, chosen by the validation rows
+    parts = frozen_feature_parts(VQShapeModel.from_pretrained(args.model_name_or_path), past_values)
+    head = select_linear_head(parts, labels, *rows, num_classes=len(label_names), seed=args.seed,
+                              candidates=args.classifier_features)
     model = VQShapeForTimeSeriesClassification.from_pretrained(
-        args.model_name_or_path, num_labels=len(label_names), num_input_channels=num_channels,
+        args.model_name_or_path, num_labels=len(label_names), num_input_channels=past_values.shape[-1],
         id2label=dict(enumerate(label_names)), label2id={name: index for index, name in enumerate(label_names)},
-        classifier_features=args.classifier_features, classifier_dropout=args.classifier_dropout,
+        classifier_features=head.classifier_features, classifier_dropout=head.dropout,
         freeze_backbone=args.freeze_backbone,
     )
-    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
+    head.apply(model)
+    accelerator.print(f"{dataset_name(args.dataset)}: {len(label_names)} classes {label_names}, "
+                      f"{past_values.shape[-1]} channel(s); linear probe on {head.classifier_features} (weight decay "
+                      f"{head.weight_decay}, dropout {head.dropout}): validation accuracy "
+                      f"{head.validation_accuracy:.3f}")
+
+    # second stage: fine-tune from the probe; the validation rows pick the epoch (0: the probe itself)
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
+                                                   args.weight_decay))
+    train_dataloader, validation_dataloader, test_dataloader = dataloaders
     max_train_steps = num_training_steps(len(train_dataloader), accelerator.num_processes,
-                                         args.gradient_accumulation_steps, args.num_train_epochs, args.max_train_steps)
+                                         args.gradient_accumulation_steps, args.num_train_epochs)
     scheduler = get_process_scheduler(args.lr_scheduler_type, optimizer, args.num_warmup_steps, max_train_steps,
                                       accelerator.num_processes)
-    model, optimizer, train_dataloader, test_dataloader, scheduler = accelerator.prepare(
-        model, optimizer, train_dataloader, test_dataloader, scheduler
+    model, optimizer, train_dataloader, validation_dataloader, test_dataloader, scheduler = accelerator.prepare(
+        model, optimizer, train_dataloader, validation_dataloader, test_dataloader, scheduler
     )
-    accelerator.print(f"{dataset_name(args.dataset)}: {len(label_names)} classes {label_names}, {num_channels} "
-                      f"channel(s); features {args.classifier_features}, backbone "
-                      f"{'frozen' if args.freeze_backbone else 'trained'}; {max_train_steps} steps")
-
-    completed_steps = 0
+    best = BestEpoch()
+    best.update(0, evaluate_classifier(model, validation_dataloader, accelerator), accelerator.unwrap_model(model))
     progress = tqdm(range(max_train_steps), disable=not accelerator.is_local_main_process)
     model.train()
-    while completed_steps < max_train_steps:
-        for past_values, labels in train_dataloader:
+    for epoch in range(1, args.num_train_epochs + 1):
+        for batch_values, batch_labels in train_dataloader:
             with accelerator.accumulate(model):
-                outputs = model(past_values=past_values, labels=labels)
+                outputs = model(past_values=batch_values, labels=batch_labels)
                 loss = outputs.loss
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            if accelerator.sync_gradients:
-                completed_steps += 1
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss.item():.3f}")
-                if completed_steps >= max_train_steps:
-                    break
+            progress.update(int(accelerator.sync_gradients))
+        # the test rows are never looked at here
+        if best.update(epoch, evaluate_classifier(model, validation_dataloader, accelerator),
+                       accelerator.unwrap_model(model)):
+            progress.set_postfix(best_epoch=epoch, validation_accuracy=f"{best.metrics['accuracy']:.3f}")
     progress.close()
+    best.restore(accelerator.unwrap_model(model))
 
-    metrics = evaluate_model(model, test_dataloader, accelerator, label_names)
-    per_class = metrics.pop("per_class")
-    accelerator.print(f"test: {json.dumps(metrics)}")
+    test = evaluate_classifier(model, test_dataloader, accelerator)
+    names = np.asarray(label_names)
+    metrics = {**classification_metrics(names[test["labels"]], names[test["predictions"]]),
+               "mean_top_probability": test["mean_top_probability"]}
+    accelerator.print(f"epoch {best.epoch} kept (validation accuracy {best.metrics['accuracy']:.3f}); test: "
+                      f"{json.dumps(metrics)}")
     name = dataset_name(args.dataset)
     training = {"base_model": args.model_name_or_path, "dataset": name, "labels": label_names,
-                "classifier_features": args.classifier_features, "freeze_backbone": args.freeze_backbone,
-                "steps": completed_steps, "learning_rate": args.learning_rate, "seed": args.seed}
+                "classifier_features": head.classifier_features, "head_weight_decay": head.weight_decay,
+                "classifier_dropout": head.dropout, "freeze_backbone": args.freeze_backbone,
+                "epochs": args.num_train_epochs, "selected_epoch": best.epoch, "validation": best.metrics,
+                "learning_rate": args.learning_rate, "backbone_learning_rate": args.backbone_learning_rate,
+                "seed": args.seed}
     card = dict(description=f"Fine-tuned on {name} with `examples/finetune.py`.", training=training,
                 results={name: metrics}, dataset_names=[name],
                 results_description="Test split of the fine-tuned classifier (`examples/finetune.py`).")
-    finish(accelerator, model, args, {"dataset": name, "split": "test", **metrics, "per_class": per_class},
+    finish(accelerator, model, args, {"dataset": name, "split": "test", **metrics, "selected_epoch": best.epoch,
+                                      "validation": best.metrics},
            results_file="eval_results.json", card=card,
            message=f"\nModel saved to {os.path.abspath(args.output_dir)}. Predict named classes with:\n"
                    f"  import modeling_vqshape\n  from transformers import AutoFeatureExtractor, "

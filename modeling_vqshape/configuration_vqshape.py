@@ -10,6 +10,24 @@ CODEBOOK_CHOICES = {
 
 # The codebook options that `examples/pretrain.py` gives the models it creates (`benchmarks/bench_codebook.py` compares
 # them with the original recipe and with each option alone). VQShapeConfig's own defaults stay the original's.
+# what a classification head can read per channel, in the order it concatenates them
+CLASSIFIER_FEATURE_PARTS = ("tokens", "histogram", "embedding", "statistics")
+
+
+def classifier_feature_parts(features: str) -> tuple:
+    """`"tokens+statistics"` -> `("tokens", "statistics")`, in `CLASSIFIER_FEATURE_PARTS` order; `"combined"`: all."""
+    if features == "combined":
+        return CLASSIFIER_FEATURE_PARTS
+    parts = [part.strip() for part in str(features).split("+")]
+    unknown = [part for part in parts if part not in CLASSIFIER_FEATURE_PARTS]
+    if unknown:
+        raise ValueError(
+            f"VQShapeConfig: `classifier_features` must be 'combined' or parts of {CLASSIFIER_FEATURE_PARTS} joined "
+            f"by '+', got {features!r}."
+        )
+    return tuple(part for part in CLASSIFIER_FEATURE_PARTS if part in parts)
+
+
 DIVERSE_CODEBOOK = {
     "codebook_init": "kmeans",
     "code_lookup": "cosine",
@@ -98,7 +116,11 @@ class VQShapeConfig(PretrainedConfig):
         num_input_channels (`int`, defaults to 1):
             Channels of the series a classification head expects (its features are flattened over them).
         classifier_features (`str`, defaults to `"tokens"`):
-            `"tokens"` or `"histogram"`: which representation the classification head reads.
+            What the classification head reads, per channel: one part or several joined by `"+"`, of `"tokens"`
+            (every token's [code, start, length, offset, scale]), `"histogram"` (code frequencies), `"embedding"`
+            (the tokenizer's output averaged over tokens) and `"statistics"` (the mean and log-scale that instance
+            normalisation takes out of each channel); `"combined"` is all four. Parts are always concatenated in
+            that order.
         classifier_dropout (`float`, defaults to 0.1):
             Dropout on the classification head's input.
         freeze_backbone (`bool`, defaults to `False`):
@@ -242,6 +264,18 @@ class VQShapeConfig(PretrainedConfig):
         return self.input_length // self.num_tokens
 
     @property
+    def classifier_feature_parts(self) -> tuple:
+        """The parts of `classifier_features`, in their fixed order."""
+        return classifier_feature_parts(self.classifier_features)
+
+    @property
+    def classifier_feature_sizes(self) -> dict:
+        """Features per channel of each part the classification head reads, in order."""
+        sizes = {"tokens": self.num_tokens * self.token_dim, "histogram": self.num_codes, "embedding": self.d_model,
+                 "statistics": 2}
+        return {part: sizes[part] for part in self.classifier_feature_parts}
+
+    @property
     def token_dim(self) -> int:
         """Features per token: the code, then start, length, offset and scale."""
         return self.code_dim + 4
@@ -298,11 +332,7 @@ class VQShapeConfig(PretrainedConfig):
         for name in ("dropout", "classifier_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"VQShapeConfig: `{name}` must lie in [0, 1), got {getattr(self, name)}.")
-        if self.classifier_features not in ("tokens", "histogram"):
-            raise ValueError(
-                f"VQShapeConfig: `classifier_features` must be 'tokens' or 'histogram', got "
-                f"{self.classifier_features!r}."
-            )
+        classifier_feature_parts(self.classifier_features)  # raises on an unknown part
         for name, choices in CODEBOOK_CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"VQShapeConfig: `{name}` must be one of {choices}, got {getattr(self, name)!r}.")

@@ -695,7 +695,8 @@ class VQShapeForTimeSeriesClassificationOutput(ModelOutput):
     Args:
         loss: cross-entropy, when `labels` is given.
         logits: `(batch_size, num_labels)`.
-        features: `(batch_size, feature_dim)` the flattened tokens or histogram the logits came from.
+        features: `(batch_size, feature_dim)` the head's input before scaling (`config.classifier_features`,
+            flattened over channels).
     """
 
     loss: torch.FloatTensor | None = None
@@ -805,6 +806,9 @@ class VQShapePreTrainedModel(PreTrainedModel):
                 init.zeros_(module.ema_counts)
                 init.zeros_(module.ema_sums)
 
+        elif isinstance(module, VQShapeFeatureScaler):  # the identity until the recipe sets training statistics
+            init.zeros_(module.mean)
+            init.ones_(module.std)
         elif isinstance(module, nn.Embedding):  # the patch encoder's position embeddings
             init.normal_(module.weight)
         elif isinstance(module, VQShapeTokenizer):
@@ -1079,19 +1083,48 @@ class VQShapeForPreTraining(VQShapePreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+class VQShapeFeatureScaler(nn.Module):
+    """Standardises the classification head's input with fixed statistics: `(features - mean) / std`.
+
+    The statistics are model state (persistent buffers, saved and reloaded with the weights), set once from training
+    rows by the fine-tuning recipe (`set_statistics`); until then, and in folders saved before they existed, they are
+    the identity (mean 0, std 1)."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_features))
+        self.register_buffer("std", torch.ones(num_features))
+
+    @torch.no_grad()
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor, min_std: float = 1e-6):
+        """Use `mean` and `std` (`(num_features,)` each); a feature that never varies (std under `min_std`, e.g. a
+        code no training series uses) is only centred."""
+        mean, std = torch.as_tensor(mean), torch.as_tensor(std)
+        if mean.shape != self.mean.shape or std.shape != self.std.shape:
+            raise ValueError(f"feature statistics must have shape {tuple(self.mean.shape)}, got mean "
+                             f"{tuple(mean.shape)} and std {tuple(std.shape)}.")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+            raise ValueError("feature statistics contain NaN or inf.")
+        self.mean.copy_(mean)
+        self.std.copy_(torch.where(std < min_std, torch.ones_like(std), std))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.mean) / self.std
+
+
 class VQShapeForTimeSeriesClassification(VQShapePreTrainedModel):
-    """A linear classifier on VQShape's tokens or code histogram, flattened over channels (the paper's linear probe),
-    with dropout on its input. Set `config.freeze_backbone` to train the classifier alone."""
+    """A linear classifier on VQShape's features, flattened over channels (the paper's linear probe), standardised by
+    `feature_scaler` and with dropout on its input. `config.classifier_features` names what it reads (tokens,
+    histogram, pooled embedding, instance statistics, or all of them); set `config.freeze_backbone` to train the
+    classifier alone."""
 
     def __init__(self, config: VQShapeConfig):
         super().__init__(config)
         self.vqshape = VQShapeModel(config)
-        if config.classifier_features == "tokens":
-            per_channel = config.num_tokens * config.token_dim
-        else:
-            per_channel = config.num_codes
+        num_features = config.num_input_channels * sum(config.classifier_feature_sizes.values())
+        self.feature_scaler = VQShapeFeatureScaler(num_features)
         self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.num_input_channels * per_channel, config.num_labels)
+        self.classifier = nn.Linear(num_features, config.num_labels)
         self.post_init()
         if config.freeze_backbone:
             self.vqshape.requires_grad_(False)
@@ -1106,6 +1139,25 @@ class VQShapeForTimeSeriesClassification(VQShapePreTrainedModel):
             self.vqshape.eval()  # frozen features stay deterministic (no dropout)
         return self
 
+    @staticmethod
+    def feature_parts(outputs: VQShapeModelOutput, parts) -> torch.Tensor:
+        """What a head reads per channel: the `parts` (of `CLASSIFIER_FEATURE_PARTS`) of the backbone's `outputs`,
+        concatenated, `(batch_size, num_channels, features per channel)`."""
+        num_tokens = outputs.code_indices.shape[-1]
+        values = {
+            "tokens": lambda: outputs.token_features.flatten(start_dim=2),  # "batch channels tokens dim -> ..."
+            # code frequencies rather than counts keep the input scale independent of num_tokens
+            "histogram": lambda: outputs.histogram.to(outputs.token_features.dtype) / num_tokens,
+            "embedding": lambda: outputs.last_hidden_state.mean(dim=2),
+            "statistics": lambda: torch.stack([outputs.loc, outputs.scale.log()], dim=-1),
+        }
+        return torch.cat([values[part]() for part in parts], dim=-1)
+
+    def features(self, outputs: VQShapeModelOutput) -> torch.Tensor:
+        """The head's unscaled input, `(batch_size, num_channels * features per channel)`."""
+        per_channel = self.feature_parts(outputs, self.config.classifier_feature_parts)
+        return per_channel.flatten(start_dim=1)  # "batch channels features -> batch (channels features)"
+
     def forward(
         self,
         past_values: torch.Tensor,
@@ -1118,6 +1170,8 @@ class VQShapeForTimeSeriesClassification(VQShapePreTrainedModel):
             past_values: `(batch_size, sequence_length)` or `(batch_size, sequence_length, num_channels)` with
                 `num_channels == config.num_input_channels`.
             labels: `(batch_size,)` class indices; gives the cross-entropy `loss`.
+        Returns:
+            `VQShapeForTimeSeriesClassificationOutput`; its `features` are the head's input before scaling.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
@@ -1128,13 +1182,8 @@ class VQShapeForTimeSeriesClassification(VQShapePreTrainedModel):
                 f"past_values has {num_channels} channels but this classifier was built for "
                 f"config.num_input_channels={self.config.num_input_channels}."
             )
-        if self.config.classifier_features == "tokens":
-            features = outputs.token_features
-        else:
-            # code frequencies rather than counts keep the input scale independent of num_tokens
-            features = outputs.histogram.to(outputs.token_features.dtype) / self.config.num_tokens
-        features = features.flatten(start_dim=1)  # "batch channels ... -> batch (channels ...)"
-        logits = self.classifier(self.dropout(features))
+        features = self.features(outputs)
+        logits = self.classifier(self.dropout(self.feature_scaler(features)))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits, labels.to(logits.device).long())
@@ -1147,6 +1196,7 @@ __all__ = [
     "VQShapeModel",
     "VQShapeForPreTraining",
     "VQShapeForTimeSeriesClassification",
+    "VQShapeFeatureScaler",
     "VQShapeModelOutput",
     "VQShapeForPreTrainingOutput",
     "VQShapeForTimeSeriesClassificationOutput",

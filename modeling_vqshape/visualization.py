@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .modeling_vqshape import vqshape_model
+from .modeling_vqshape import extract_subsequence, vqshape_model
 
 # a fixed qualitative palette so that a code keeps its colour across pictures
 _PALETTE = [
@@ -104,7 +104,10 @@ def explain_series(model, series, feature_extractor=None, channel: int = 0) -> d
 
     Returns a dict with `series` and `reconstruction` `(input_length,)`, and per token (`num_tokens` entries):
     `code`, `start`, `length`, `offset`, `scale` (as the model predicts them, start and length in [0, 1]),
-    `x` (the time steps the decoded shape covers) and `y` (the decoded shape), both `(shape_length,)`.
+    `x` (the time steps the token covers, its stretch clamped at the series' end as the model's subsequence
+    extraction clamps it), `y` (the decoded shape at the token's own offset and scale: what the model places there),
+    and `fitted` (the code's decoded shape standardised, then given the mean and standard deviation of the stretch it
+    covers: the code's form drawn at the series' size, to read against the series), all `(shape_length,)`.
     """
     base = vqshape_model(model)
     series = np.asarray(series.detach().cpu().numpy() if isinstance(series, torch.Tensor) else series, dtype=float)
@@ -115,27 +118,33 @@ def explain_series(model, series, feature_extractor=None, channel: int = 0) -> d
     out = base(past_values, output_reconstruction=True, output_shapes=True, return_dict=True)
     if past_values.dim() == 2:
         past_values = past_values.unsqueeze(-1)
-    input_length = base.config.input_length
+    config = base.config
+    values = past_values[0, :, channel].float()
+    start = out.shape_start[0, channel].float()  # (num_tokens,)
+    length = out.shape_length[0, channel].float()
+    # the stretch each token covers, read as the shape loss reads it: (num_tokens, shape_length)
+    stretches = extract_subsequence(values[None], start[None, :, None], length[None, :, None], config.shape_length)[0]
+    forms = base.shape_decoder(out.codes[0, channel][None].to(base.dtype))[0].float()  # the codes' own shapes
+    forms = (forms - forms.mean(-1, keepdim=True)) / forms.std(-1, keepdim=True).clamp_min(1e-6)
+    fitted = forms * stretches.std(-1, keepdim=True) + stretches.mean(-1, keepdim=True)
+    last = (start + length).clamp(max=1.0)
     tokens = []
-    for token in range(base.config.num_tokens):
-        start = float(out.shape_start[0, channel, token])
-        length = float(out.shape_length[0, channel, token])
-        y = out.shapes[0, channel, token].float().cpu().numpy()
-        # the decoded shape spans [start, start + length] of the (resampled) input
-        x = (start + np.linspace(0.0, length, len(y))) * (input_length - 1)
+    for token in range(config.num_tokens):
+        x = np.linspace(float(start[token]), float(last[token]), config.shape_length) * (config.input_length - 1)
         tokens.append(
             {
                 "code": int(out.code_indices[0, channel, token]),
-                "start": start,
-                "length": length,
+                "start": float(start[token]),
+                "length": float(length[token]),
                 "offset": float(out.shape_offset[0, channel, token]),
                 "scale": float(out.shape_scale[0, channel, token]),
                 "x": x,
-                "y": y,
+                "y": out.shapes[0, channel, token].float().cpu().numpy(),
+                "fitted": fitted[token].cpu().numpy(),
             }
         )
     return {
-        "series": past_values[0, :, channel].float().cpu().numpy(),
+        "series": values.cpu().numpy(),
         "reconstruction": out.reconstruction[0, :, channel].float().cpu().numpy(),
         "tokens": tokens,
     }
@@ -186,25 +195,36 @@ def plot_codebook_atlas(model, usage=None, dataset=None, feature_extractor=None,
 
 
 def plot_explanation(model, series, feature_extractor=None, channel: int = 0, output=None,
-                     figsize=(8, 3.2), dpi: int = 100) -> Figure:
-    """One series with its decoded shapes drawn where the model placed them (start, length, offset, scale), coloured
-    by code, and the reconstruction from the tokens."""
+                     figsize=(8, 4.8), dpi: int = 100) -> Figure:
+    """One series, twice. Above: each token's decoded shape where the model placed it (start, length) at its own offset
+    and scale, coloured by code, with the reconstruction from the tokens. Below: each token's code shape fitted to the
+    stretch it covers (the stretch's mean and standard deviation), so that codes can be matched to the series; the
+    legend says how flat the model's own scales are."""
     explanation = explain_series(model, series, feature_extractor, channel)
+    tokens = explanation["tokens"]
     figure = Figure(figsize=figsize, layout="constrained")
-    axis = figure.subplots()
-    axis.plot(explanation["series"], color="black", linewidth=1.2, label="series (resampled)")
-    axis.plot(explanation["reconstruction"], color="black", linewidth=1.0, linestyle="--", alpha=0.6,
-              label="reconstruction")
+    placed, fitted = figure.subplots(2, 1)
+    for axis in (placed, fitted):
+        axis.plot(explanation["series"], color="black", linewidth=1.2, label="series (resampled)")
+        for token in tokens:
+            axis.axvspan(token["x"][0], token["x"][-1], color=code_colour(token["code"]), alpha=0.06)
+    placed.plot(explanation["reconstruction"], color="black", linewidth=1.0, linestyle="--", alpha=0.6,
+                label="reconstruction")
     labelled = set()
-    for token in explanation["tokens"]:
+    for token in tokens:
         code = token["code"]
-        label = None if code in labelled else f"code {code}"
+        placed.plot(token["x"], token["y"], color=code_colour(code), linewidth=2.4, alpha=0.85,
+                    label=None if code in labelled else f"code {code}")
         labelled.add(code)
-        axis.plot(token["x"], token["y"], color=code_colour(code), linewidth=2.4, alpha=0.85, label=label)
-        axis.axvspan(token["x"][0], token["x"][-1], color=code_colour(code), alpha=0.06)
-    axis.set_xlabel("time step")
-    axis.set_title("VQShape explanation: shape tokens at their start, length, offset and scale", fontsize=9)
-    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for token in tokens:
+        fitted.plot(token["x"], token["fitted"], color=code_colour(token["code"]), linewidth=2.0, alpha=0.9)
+    series_std = float(np.std(explanation["series"])) or 1.0
+    amplitude = np.median([np.ptp(token["y"]) for token in tokens]) / series_std
+    placed.set_title(f"shape tokens at the model's start, length, offset and scale (median height {amplitude:.2f} "
+                     "of the series' std)", fontsize=9)
+    fitted.set_title("each token's code shape fitted to the stretch it covers (its mean and std)", fontsize=9)
+    fitted.set_xlabel("time step")
+    placed.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(figure, output, dpi)
 
 

@@ -53,7 +53,7 @@ def fast_arguments(script: str) -> list:
                      "8", "--max_series_per_dataset", "16", "--eval_steps", "0", "--report_to", "none"],
         "classify": ["--num_seeds", "1", "--epochs", "2", "--weight_decays", "0", "--dropouts", "0",
                      "--max_train_samples", "18", "--max_test_samples", "9", "--baseline_length", "24"],
-        "finetune": ["--max_train_steps", "2", "--max_train_samples", "12", "--max_eval_samples", "8",
+        "finetune": ["--num_train_epochs", "1", "--max_train_samples", "12", "--max_eval_samples", "8",
                      "--per_device_train_batch_size", "4"],
     }[script]
 

@@ -273,7 +273,7 @@ def test_finetune_script_saves_a_head_that_reloads_with_named_classes(tiny_check
     command = [sys.executable, *launcher, str(REPO_ROOT / "examples" / "finetune.py"), "--model_name_or_path",
                str(tiny_checkpoint), "--dataset", "BasicMotions", "--max_train_samples", "12",
                "--max_eval_samples", "8",
-               "--max_train_steps", "3", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "3",
+               "--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "3",
                "--classifier_features", "tokens", "--output_dir", str(output_dir)]
     result = run_script(command)
     assert "Model saved to" in result.stdout

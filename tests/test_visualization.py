@@ -105,19 +105,30 @@ def test_explanation_places_each_shape_where_the_model_says(model, tmp_path):
     length = TINY["input_length"]
     assert explanation["series"].shape == explanation["reconstruction"].shape == (length,)
     assert len(explanation["tokens"]) == TINY["num_tokens"]
+    values = explanation["series"]
     for token in explanation["tokens"]:
         assert 0 <= token["x"][0] <= token["x"][-1] <= length - 1
-        np.testing.assert_allclose(token["x"][-1] - token["x"][0], token["length"] * (length - 1), rtol=1e-5)
-        assert token["y"].shape == (TINY["shape_length"],)
+        # the stretch it covers ends where the model's subsequence extraction clamps it: at the series' end
+        covered = min(token["start"] + token["length"], 1.0) - token["start"]
+        np.testing.assert_allclose(token["x"][-1] - token["x"][0], covered * (length - 1), rtol=1e-5)
+        assert token["y"].shape == token["fitted"].shape == (TINY["shape_length"],)
+        # the fitted code shape has the mean and the spread of the stretch of the series it covers
+        stretch = np.interp(token["x"], np.arange(length), values)
+        np.testing.assert_allclose(token["fitted"].mean(), stretch.mean(), atol=1e-4)
+        np.testing.assert_allclose(token["fitted"].std(ddof=1), stretch.std(ddof=1), rtol=1e-3, atol=1e-5)
     path = tmp_path / "explain.png"
     figure = plot_explanation(model, series, output=path)
     assert_drawn(path)
-    lines = figure.axes[0].lines
-    assert len(lines) == 2 + TINY["num_tokens"]  # series, reconstruction, one curve per token
+    placed, fitted = figure.axes[:2]
+    assert len(placed.lines) == 2 + TINY["num_tokens"]  # series, reconstruction, one curve per token
+    assert len(fitted.lines) == 1 + TINY["num_tokens"]  # series, one fitted code shape per token
     colours = {}  # one colour per code
-    for line, token in zip(lines[2:], explanation["tokens"]):
+    for line, token in zip(placed.lines[2:], explanation["tokens"]):
         np.testing.assert_allclose(line.get_ydata(), token["y"])
         assert colours.setdefault(token["code"], to_hex(line.get_color())) == to_hex(line.get_color())
+    for line, token in zip(fitted.lines[1:], explanation["tokens"]):
+        np.testing.assert_allclose(line.get_ydata(), token["fitted"])
+        assert colours[token["code"]] == to_hex(line.get_color())
 
 
 def test_histograms_of_a_dataset_and_per_class(model, dataset, tmp_path):

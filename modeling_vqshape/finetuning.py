@@ -1,0 +1,226 @@
+"""The fine-tuning recipe of `examples/finetune.py`: what a classifier needs besides its model.
+
+- `select_linear_head`: the first stage (a linear probe, as in "linear probing then fine-tuning", Kumar et al.,
+  ICLR 2022): on frozen features of the training rows, every candidate feature set x weight decay x dropout is
+  trained (`classification.train_linear_probes`) and the validation rows pick one; the classifier starts from it.
+- `labelled_tensors`: a labelled split -> `(past_values, labels)` tensors, every series resampled to the model's
+  `input_length` (the length rule: see docs/classification.md).
+- `validation_split`: a stratified, seeded share of TRAIN held out to pick the epoch; TEST is read once, at the end.
+- `fit_feature_scaler`: the head's standardisation statistics from the training rows (model state, saved with the
+  weights and used by the pipeline and the demo).
+- `parameter_groups`: AdamW groups with separate learning rates for the head and the backbone.
+- `evaluate_classifier`: accuracy, macro-F1, cross-entropy and the mean top probability over every process's rows.
+- `BestEpoch`: keeps the weights of the epoch with the best validation accuracy (ties: lower cross-entropy).
+"""
+
+import copy
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .classification import DROPOUTS, WEIGHT_DECAYS, classification_metrics, train_linear_probes
+from .configuration_vqshape import CLASSIFIER_FEATURE_PARTS, classifier_feature_parts
+from .processing_vqshape import VQShapeFeatureExtractor
+
+# the feature sets the first stage chooses from, in order of preference on ties
+FEATURE_CANDIDATES = ("combined", "tokens+statistics", "embedding+statistics", "statistics")
+
+
+def labelled_tensors(split, label_names, input_length: int) -> tuple:
+    """`(past_values (num_series, input_length, channels), labels (num_series,))` of a `ClassificationSplit`, every
+    channel resampled to `input_length` by the feature extractor, labels as indices into the sorted `label_names`."""
+    past_values = torch.as_tensor(VQShapeFeatureExtractor(input_length=input_length)(split.series)["past_values"])
+    if past_values.ndim == 2:  # univariate: "batch time -> batch time 1"
+        past_values = past_values.unsqueeze(-1)
+    labels = torch.as_tensor(np.searchsorted(np.asarray(label_names), split.labels))
+    return past_values, labels
+
+
+def validation_split(labels, fraction: float, seed: int = 0) -> tuple:
+    """Indices `(train, validation)` of a stratified, seeded `fraction` of `labels` (at least one row per class when
+    every class has two; a plain seeded split otherwise)."""
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the validation fraction must lie in (0, 1), got {fraction}.")
+    indices = np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    size = max(int(round(fraction * len(labels))), len(classes) if counts.min() >= 2 else 1)
+    if size >= len(labels):
+        raise ValueError(f"{len(labels)} training series are too few to hold out a validation split.")
+    stratify = labels if counts.min() >= 2 and size >= len(classes) else None
+    train, validation = train_test_split(indices, test_size=size, stratify=stratify, random_state=seed)
+    return np.sort(train), np.sort(validation)
+
+
+@torch.no_grad()
+def frozen_feature_parts(backbone, past_values: torch.Tensor, batch_size: int = 64) -> dict:
+    """Every part a head can read (`CLASSIFIER_FEATURE_PARTS`) of `past_values`, from the `VQShapeModel` `backbone`
+    in eval mode: `{part: (num_series, num_channels, size)}` float32 tensors on the CPU."""
+    from .modeling_vqshape import VQShapeForTimeSeriesClassification
+
+    was_training = backbone.training
+    backbone.eval()
+    device = next(backbone.parameters()).device
+    parts = {part: [] for part in CLASSIFIER_FEATURE_PARTS}
+    try:
+        for batch in past_values.split(batch_size):
+            outputs = backbone(batch.to(device), return_dict=True)
+            for part in CLASSIFIER_FEATURE_PARTS:
+                parts[part].append(VQShapeForTimeSeriesClassification.feature_parts(outputs, [part]).float().cpu())
+    finally:
+        backbone.train(was_training)
+    return {part: torch.cat(values) for part, values in parts.items()}
+
+
+def standardise(features: torch.Tensor, min_std: float = 1e-6) -> tuple:
+    """`(mean, std)` of each column of `features` (population std; 1 where a column never varies)."""
+    mean, std = features.mean(0), features.std(0, unbiased=False)
+    return mean, torch.where(std < min_std, torch.ones_like(std), std)
+
+
+@dataclass
+class LinearHead:
+    """The first stage's choice: what the head reads, its regularisation, scaler statistics and weights."""
+
+    classifier_features: str
+    weight_decay: float
+    dropout: float
+    mean: torch.Tensor
+    std: torch.Tensor
+    weight: torch.Tensor  # (num_labels, num_features), as nn.Linear's
+    bias: torch.Tensor
+    validation_accuracy: float
+    validation_loss: float
+
+    @torch.no_grad()
+    def apply(self, model):
+        """Give a `VQShapeForTimeSeriesClassification` built for `classifier_features` these statistics and
+        weights."""
+        model.feature_scaler.set_statistics(self.mean, self.std)
+        model.classifier.weight.copy_(self.weight)
+        model.classifier.bias.copy_(self.bias)
+
+
+def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_classes: int, seed: int = 0,
+                       candidates=FEATURE_CANDIDATES, weight_decays=WEIGHT_DECAYS, dropouts=DROPOUTS,
+                       **training) -> LinearHead:
+    """Train a linear head on the standardised `train_rows` of each candidate feature set, for every weight decay x
+    dropout (`classification.train_linear_probes`, `training` its options), and keep the one with the best accuracy
+    on `validation_rows` (ties: lower cross-entropy, then the earlier candidate). `parts`: `frozen_feature_parts`."""
+    labels = torch.as_tensor(np.asarray(labels)).long()
+    settings = list(itertools.product(weight_decays, dropouts))
+    best = None
+    for candidate in candidates:
+        # "series channels features -> series (channels features)", the head's layout
+        features = torch.cat([parts[part] for part in classifier_feature_parts(candidate)], dim=-1).flatten(1)
+        mean, std = standardise(features[train_rows])
+        scaled = (features - mean) / std
+        probes = train_linear_probes(scaled[train_rows].numpy(), labels[train_rows].numpy(), num_classes, settings,
+                                     seed=seed, **training)
+        logits = probes.logits(scaled[validation_rows].numpy())
+        targets = labels[validation_rows]
+        for index, (weight_decay, dropout) in enumerate(settings):
+            accuracy = (logits[index].argmax(-1) == targets).float().mean().item()
+            loss = F.cross_entropy(logits[index], targets).item()
+            if best is None or (accuracy, -loss) > (best.validation_accuracy, -best.validation_loss):
+                best = LinearHead(candidate, weight_decay, dropout, mean, std, probes.weight[index].T.clone(),
+                                  probes.bias[index].clone(), accuracy, loss)
+    return best
+
+
+@torch.no_grad()
+def fit_feature_scaler(model, dataloader, accelerator=None) -> tuple:
+    """Set a classifier's `feature_scaler` to the mean and standard deviation of its input over `dataloader` of
+    `(past_values, labels)` (the training rows; the backbone in eval mode; every process's rows when `accelerator` is
+    given), e.g. before training the head under `transformers.Trainer`. Returns `(mean, std)`."""
+    unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
+    was_training = unwrapped.training
+    unwrapped.eval()
+    rows = []
+    try:
+        for past_values, _ in dataloader:
+            features = unwrapped.features(unwrapped.vqshape(past_values, return_dict=True))
+            rows.append(accelerator.gather_for_metrics(features) if accelerator is not None else features)
+    finally:
+        unwrapped.train(was_training)
+    if not rows:
+        raise ValueError("no training rows to fit the feature scaler on.")
+    mean, std = standardise(torch.cat(rows).double())
+    unwrapped.feature_scaler.set_statistics(mean.float(), std.float())
+    return unwrapped.feature_scaler.mean.clone(), unwrapped.feature_scaler.std.clone()
+
+
+def parameter_groups(model, learning_rate: float, backbone_learning_rate: float | None, weight_decay: float) -> list:
+    """AdamW groups: the head (scaler has no parameters; linear layer) at `learning_rate`, the backbone at
+    `backbone_learning_rate` (default: the same); frozen parameters are left out."""
+    head, backbone = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (backbone if name.startswith("vqshape.") else head).append(parameter)
+    groups = [{"params": head, "lr": learning_rate, "weight_decay": weight_decay}]
+    if backbone:
+        groups.append({"params": backbone, "weight_decay": weight_decay,
+                       "lr": learning_rate if backbone_learning_rate is None else backbone_learning_rate})
+    return groups
+
+
+@torch.no_grad()
+def evaluate_classifier(model, dataloader, accelerator) -> dict:
+    """`{"accuracy", "macro_f1", "loss", "mean_top_probability", "predictions", "labels"}` over every process's rows
+    (`gather_for_metrics`: no duplicated padding rows), in eval mode; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for past_values, batch_labels in dataloader:
+        batch_logits = model(past_values=past_values).logits
+        batch_logits, batch_labels = accelerator.gather_for_metrics((batch_logits, batch_labels))
+        logits.append(batch_logits.float().cpu())
+        labels.append(batch_labels.cpu())
+    model.train(was_training)
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    probabilities = logits.softmax(-1)
+    predictions = probabilities.argmax(-1)
+    metrics = classification_metrics(labels.numpy(), predictions.numpy())
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+            "loss": F.cross_entropy(logits, labels).item(),
+            "mean_top_probability": probabilities.max(-1).values.mean().item(),
+            "predictions": predictions.numpy(), "labels": labels.numpy()}
+
+
+class BestEpoch:
+    """The epoch with the best validation accuracy (ties: lower validation cross-entropy; then the earlier one), and a
+    copy of its weights, which `restore` puts back."""
+
+    def __init__(self):
+        self.epoch, self.metrics, self.state = None, None, None
+
+    def update(self, epoch: int, metrics: dict, model) -> bool:
+        key = (metrics["accuracy"], -metrics["loss"])
+        if self.metrics is not None and key <= (self.metrics["accuracy"], -self.metrics["loss"]):
+            return False
+        self.epoch, self.metrics = epoch, {k: metrics[k] for k in ("accuracy", "macro_f1", "loss")}
+        self.state = copy.deepcopy({name: tensor.detach().cpu() for name, tensor in model.state_dict().items()})
+        return True
+
+    def restore(self, model):
+        model.load_state_dict(self.state)
+
+
+__all__ = [
+    "FEATURE_CANDIDATES",
+    "BestEpoch",
+    "LinearHead",
+    "frozen_feature_parts",
+    "select_linear_head",
+    "standardise",
+    "evaluate_classifier",
+    "fit_feature_scaler",
+    "labelled_tensors",
+    "parameter_groups",
+    "validation_split",
+]

@@ -1,0 +1,292 @@
+"""The fine-tuning recipe (modeling_vqshape.finetuning, examples/finetune.py): the head's features and their scaler,
+the linear-probe first stage, epoch selection by validation rows only, Trainer, and the scaler as saved state."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining, VQShapeForTimeSeriesClassification
+from modeling_vqshape.finetuning import (
+    BestEpoch,
+    fit_feature_scaler,
+    frozen_feature_parts,
+    select_linear_head,
+    validation_split,
+)
+
+from .conftest import REPO_ROOT, TINY, run_script
+from .test_hub import hub, online  # noqa: F401  (fixtures: the local Hub stand-in)
+from .test_loading import PACKAGE_OR_REMOTE
+
+pytest.importorskip("sklearn")
+
+
+def toy_problem(num_series: int = 64, seed: int = 0):
+    """Two classes of 2-channel series: quiet noise around 0 against loud noise around 3 (level and amplitude)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(num_series) % 2
+    noise = torch.randn(num_series, TINY["input_length"], 2, generator=generator)
+    past_values = noise * (1 + 4 * labels[:, None, None]) + 3 * labels[:, None, None]
+    return past_values, labels
+
+
+def classifier(**overrides):
+    torch.manual_seed(0)
+    config = VQShapeConfig(**{**TINY, "num_input_channels": 2, "num_labels": 2, **overrides})
+    return VQShapeForTimeSeriesClassification(config)
+
+
+@pytest.mark.parametrize("features", ["tokens", "histogram", "embedding", "statistics", "combined",
+                                      "statistics+tokens"])
+def test_features_are_the_named_parts_per_channel(features):
+    model = classifier(classifier_features=features).eval()
+    past_values, _ = toy_problem(4)
+    with torch.no_grad():
+        output = model(past_values)
+        base = model.vqshape(past_values)
+    sizes = {"tokens": TINY["num_tokens"] * (TINY["code_dim"] + 4), "histogram": TINY["num_codes"],
+             "embedding": TINY["d_model"], "statistics": 2}
+    parts = model.config.classifier_feature_parts
+    assert output.features.shape == (4, 2 * sum(sizes[part] for part in parts))
+    per_channel = output.features.reshape(4, 2, -1)
+    expected = {"tokens": base.token_features.flatten(2), "histogram": base.histogram / TINY["num_tokens"],
+                "embedding": base.last_hidden_state.mean(2),
+                "statistics": torch.stack([base.loc, base.scale.log()], -1)}
+    torch.testing.assert_close(per_channel, torch.cat([expected[part].float() for part in parts], -1))
+
+
+def test_unknown_feature_part_is_refused():
+    with pytest.raises(ValueError, match="classifier_features"):
+        VQShapeConfig(**TINY, classifier_features="tokens+colour")
+
+
+def test_the_head_learns_a_toy_problem_within_a_few_steps():
+    model = classifier(classifier_features="combined", freeze_backbone=True)
+    past_values, labels = toy_problem(256)
+    fit_feature_scaler(model, [(past_values, labels)])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for step in range(20):
+        loss = model(past_values, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    test_values, test_labels = toy_problem(seed=1)
+    with torch.no_grad():
+        accuracy = (model.eval()(test_values).logits.argmax(-1) == test_labels).float().mean().item()
+    assert accuracy >= 0.9  # chance is 0.5
+
+
+def test_feature_scaler_standardises_the_training_rows():
+    model = classifier(classifier_features="statistics+embedding")
+    past_values, labels = toy_problem()
+    fit_feature_scaler(model, [(past_values[:32], labels[:32]), (past_values[32:], labels[32:])])
+    with torch.no_grad():
+        features = model.eval()(past_values).features
+    scaled = model.feature_scaler(features)
+    torch.testing.assert_close(scaled.mean(0), torch.zeros(scaled.shape[1]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(scaled.std(0, unbiased=False), torch.ones(scaled.shape[1]), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="shape"):
+        model.feature_scaler.set_statistics(torch.zeros(3), torch.ones(3))
+
+
+def test_validation_split_is_stratified_seeded_and_disjoint():
+    labels = np.array(["a"] * 20 + ["b"] * 10 + ["c"] * 5)
+    train, validation = validation_split(labels, 0.2, seed=3)
+    assert len(validation) == 7 and not set(train) & set(validation) and len(train) + len(validation) == 35
+    assert sorted(np.unique(labels[validation], return_counts=True)[1]) == [1, 2, 4]
+    again = validation_split(labels, 0.2, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip((train, validation), again))
+    assert not np.array_equal(validation, validation_split(labels, 0.2, seed=4)[1])
+
+
+def test_best_epoch_keeps_the_best_accuracy_then_the_lower_loss():
+    model = classifier()
+    best = BestEpoch()
+    for epoch, (accuracy, loss) in enumerate([(0.5, 1.0), (0.75, 0.9), (0.75, 0.5), (0.75, 0.7), (0.5, 0.1)]):
+        with torch.no_grad():
+            model.classifier.bias.fill_(epoch)
+        best.update(epoch, {"accuracy": accuracy, "macro_f1": accuracy, "loss": loss}, model)
+    assert best.epoch == 2
+    best.restore(model)
+    assert torch.equal(model.classifier.bias, torch.full((2,), 2.0))
+
+
+def test_first_stage_picks_the_informative_features_and_gives_the_probe_to_the_model():
+    model = classifier(classifier_features="combined").eval()
+    past_values, labels = toy_problem()
+    parts = frozen_feature_parts(model.vqshape, past_values, batch_size=16)
+    # the statistics carry the classes; replacing the token features by noise makes them useless
+    parts["tokens"] = torch.randn(parts["tokens"].shape, generator=torch.Generator().manual_seed(0))
+    rows = validation_split(labels.numpy(), 0.25, seed=0)
+    head = select_linear_head(parts, labels, *rows, num_classes=2, candidates=["tokens", "statistics"],
+                              weight_decays=[0.0, 0.1], dropouts=[0.0], epochs=50)
+    assert head.classifier_features == "statistics" and head.validation_accuracy == 1.0
+    chosen = classifier(classifier_features="statistics", classifier_dropout=head.dropout).eval()
+    head.apply(chosen)
+    with torch.no_grad():
+        logits = chosen(past_values).logits
+    expected = ((parts["statistics"].flatten(1) - head.mean) / head.std) @ head.weight.T + head.bias
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+    assert (logits[rows[1]].argmax(-1) == labels[rows[1]]).all()
+
+
+def test_trainer_finetunes_the_head(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = classifier(classifier_features="statistics+embedding", freeze_backbone=True)
+    past_values, labels = toy_problem(128)
+    fit_feature_scaler(model, [(past_values, labels)])
+    backbone = {name: tensor.clone() for name, tensor in model.vqshape.state_dict().items()}
+    dataset = [{"past_values": values, "labels": label} for values, label in zip(past_values, labels)]
+    arguments = TrainingArguments(output_dir=str(tmp_path), max_steps=24, learning_rate=1e-2,
+                                  per_device_train_batch_size=16, report_to=[], save_strategy="no", use_cpu=True,
+                                  logging_steps=5, seed=0)
+    trainer = Trainer(model=model, args=arguments, train_dataset=dataset)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses[-1] < losses[0]
+    test_values, test_labels = toy_problem(seed=1)
+    with torch.no_grad():
+        predicted = model.eval()(test_values).logits.argmax(-1)
+    assert (predicted == test_labels).float().mean() >= 0.9
+    for name, tensor in model.vqshape.state_dict().items():  # the frozen backbone did not move
+        assert torch.equal(tensor, backbone[name]), name
+
+
+def test_feature_scaler_survives_save_and_reload_with_identical_logits(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    model = classifier(classifier_features="combined").eval()
+    past_values, labels = toy_problem()
+    mean, std = fit_feature_scaler(model, [(past_values, labels)])
+    model.save_pretrained(tmp_path / "saved")
+    assert "feature_scaler.std" in load_file(str(tmp_path / "saved" / "model.safetensors"))
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved").eval()
+    assert torch.equal(reloaded.feature_scaler.mean, mean) and torch.equal(reloaded.feature_scaler.std, std)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(past_values).logits, model(past_values).logits, rtol=0, atol=0)
+
+
+HUB_LOADER = PACKAGE_OR_REMOTE + textwrap.dedent(
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(source, trust_remote_code=mode == "remote").eval()
+    inputs = load_file(expected_path)["past_values"]
+    with torch.no_grad():
+        save_file({"logits": model(inputs).logits, "std": model.feature_scaler.std}, expected_path + ".out")
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["package", "remote"])
+def test_feature_scaler_survives_the_hub_with_identical_logits(hub, tmp_path, mode):  # noqa: F811
+    from modeling_vqshape.hub import publish
+
+    model = classifier(classifier_features="combined").eval()
+    past_values, labels = toy_problem()
+    fit_feature_scaler(model, [(past_values, labels)])
+    publish(model, f"lab/vqshape-scaled-{mode}", endpoint=hub.endpoint, token="hf_stand_in")
+    save_file({"past_values": past_values}, str(tmp_path / "inputs.safetensors"))
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_CACHE", "PYTHONPATH")}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="0",
+               HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_DISABLE_XET="1", NO_PROXY="127.0.0.1",
+               no_proxy="127.0.0.1", **({"PYTHONPATH": str(REPO_ROOT)} if mode == "package" else {}))
+    result = subprocess.run([sys.executable, "-c", HUB_LOADER, mode, f"lab/vqshape-scaled-{mode}",
+                             str(tmp_path / "inputs.safetensors")], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    loaded = load_file(str(tmp_path / "inputs.safetensors.out"))
+    assert torch.equal(loaded["std"], model.feature_scaler.std)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded["logits"], model(past_values).logits, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_test_labels_cannot_change_what_is_selected(tmp_path):
+    """The same run with the TEST labels shuffled keeps the same features, epoch and weights."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
+
+    past_values, labels = toy_problem(48)
+    test_values, test_labels = toy_problem(24, seed=1)
+    features = Features({"past_values": List(List(Value("float32"))), "label": ClassLabel(names=["quiet", "loud"])})
+
+    def split(values, targets):  # (channels, time) rows
+        return Dataset.from_dict({"past_values": values.transpose(1, 2).tolist(), "label": targets.tolist()},
+                                 features=features)
+
+    torch.manual_seed(0)
+    VQShapeForPreTraining(VQShapeConfig(**TINY)).save_pretrained(tmp_path / "tiny")
+    shuffled = test_labels[torch.randperm(len(test_labels), generator=torch.Generator().manual_seed(0))]
+    results = {}
+    for name, targets in (("true", test_labels), ("shuffled", shuffled)):
+        DatasetDict(train=split(past_values, labels), test=split(test_values, targets)).save_to_disk(tmp_path / name)
+        output_dir = tmp_path / f"classifier-{name}"
+        run_script([sys.executable, str(REPO_ROOT / "examples" / "finetune.py"), "--model_name_or_path",
+                    str(tmp_path / "tiny"), "--dataset", str(tmp_path / name), "--num_train_epochs", "3",
+                    "--per_device_train_batch_size", "8", "--output_dir", str(output_dir)])
+        results[name] = (json.loads((output_dir / "eval_results.json").read_text()),
+                         json.loads((output_dir / "config.json").read_text()),
+                         load_file(str(output_dir / "model.safetensors")))
+    (true, true_config, true_weights), (other, other_config, other_weights) = results["true"], results["shuffled"]
+    assert true["selected_epoch"] == other["selected_epoch"] and true["validation"] == other["validation"]
+    assert true_config["classifier_features"] == other_config["classifier_features"]
+    assert true_weights.keys() == other_weights.keys()
+    for key, tensor in true_weights.items():
+        assert torch.equal(tensor, other_weights[key]), key
+    assert true["accuracy"] != other["accuracy"]  # the test split itself did change
+
+
+def load_benchmark():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_classification",
+                                                  REPO_ROOT / "benchmarks" / "bench_classification.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_means_over_datasets_weigh_each_dataset_once():
+    bench = load_benchmark()
+    rows = [{"dataset": "A", "method": "m", "accuracy": 1.0}, {"dataset": "A", "method": "m", "accuracy": 0.5},
+            {"dataset": "B", "method": "m", "accuracy": 0.25}, {"dataset": "A", "method": "n", "accuracy": 0.1}]
+    # m: (mean of A's seeds 0.75 + B's 0.25) / 2, not the mean of its three rows
+    assert bench.mean_over_datasets(rows).splitlines()[2:] == ["| m | 0.500 |", "| n | 0.100 |"]
+
+
+@pytest.mark.slow
+def test_classification_benchmark_runs_every_method_and_reports_the_fine_tuned_runs(tmp_path):
+    import csv
+
+    torch.manual_seed(0)
+    VQShapeForPreTraining(VQShapeConfig(**TINY)).save_pretrained(tmp_path / "tiny")
+    output = tmp_path / "bench"
+    run_script([sys.executable, str(REPO_ROOT / "benchmarks" / "bench_classification.py"), "--model_name_or_path",
+                str(tmp_path / "tiny"), "--datasets", "ItalyPowerDemand", "--num_seeds", "1", "--max_train_samples",
+                "16", "--max_test_samples", "10", "--probe_epochs", "2", "--output_dir", str(output),
+                "--finetune_args", "--num_train_epochs", "1"], timeout=600)
+    with open(output / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["method"] for row in rows] == ["fine-tuned (defaults)", "VQShape tokens", "VQShape histogram",
+                                               "raw values", "MiniRocket", "1-NN DTW"]
+    finetuned = rows[0]
+    assert finetuned["classifier_features"] in ("combined", "tokens+statistics", "embedding+statistics", "statistics")
+    assert int(finetuned["selected_epoch"]) in (0, 1)
+    # 10 test series: every accuracy is a multiple of 0.1
+    for row in rows:
+        assert float(row["accuracy"]) * 10 == pytest.approx(round(float(row["accuracy"]) * 10))
+    markdown = (output / "results.md").read_text()
+    assert "mean over datasets" in markdown
+    assert f"| fine-tuned (defaults) | {float(finetuned['accuracy']):.3f} |" in markdown
