@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .modeling_vqshape import vqshape_model
+from .modeling_vqshape import token_span_end, vqshape_model
 
 # a fixed qualitative palette so that a code keeps its colour across pictures
 _PALETTE = [
@@ -104,7 +104,8 @@ def explain_series(model, series, feature_extractor=None, channel: int = 0) -> d
 
     Returns a dict with `series` and `reconstruction` `(input_length,)`, and per token (`num_tokens` entries):
     `code`, `start`, `length`, `offset`, `scale` (as the model predicts them, start and length in [0, 1]),
-    `x` (the time steps the decoded shape covers) and `y` (the decoded shape), both `(shape_length,)`.
+    `x` (the time steps the decoded shape covers: the span the model reads, which ends at the series' end at the
+    latest, `token_span_end`) and `y` (the decoded shape), both `(shape_length,)`.
     """
     base = vqshape_model(model)
     series = np.asarray(series.detach().cpu().numpy() if isinstance(series, torch.Tensor) else series, dtype=float)
@@ -116,13 +117,14 @@ def explain_series(model, series, feature_extractor=None, channel: int = 0) -> d
     if past_values.dim() == 2:
         past_values = past_values.unsqueeze(-1)
     input_length = base.config.input_length
+    ends = token_span_end(out.shape_start[0, channel], out.shape_length[0, channel]).float().cpu().numpy()
     tokens = []
     for token in range(base.config.num_tokens):
         start = float(out.shape_start[0, channel, token])
         length = float(out.shape_length[0, channel, token])
         y = out.shapes[0, channel, token].float().cpu().numpy()
-        # the decoded shape spans [start, start + length] of the (resampled) input
-        x = (start + np.linspace(0.0, length, len(y))) * (input_length - 1)
+        # the decoded shape spans [start, min(start + length, 1)] of the (resampled) input, as the model reads it
+        x = np.linspace(start, ends[token], len(y)) * (input_length - 1)
         tokens.append(
             {
                 "code": int(out.code_indices[0, channel, token]),
