@@ -204,7 +204,7 @@ def build_demo(model_id: str):
                 button = gr.Button("Analyse", variant="primary", elem_id="analyse")
         status = gr.Markdown(elem_id="status")
         prediction = gr.Label(label="Predicted class", elem_id="prediction")
-        explanation = gr.Plot(label="Explanation: tokens on the first window", elem_id="explanation")
+        explanation = gr.Plot(label="Explanation: tokens on the first window kept", elem_id="explanation")
         atlas = gr.Plot(label="Codebook atlas, with this recording's usage", elem_id="atlas")
         table = gr.File(label="Token table (CSV)", elem_id="table")
         button.click(run, [chosen_model, upload, sampling_rate, class_names, window_seconds],
