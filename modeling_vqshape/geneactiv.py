@@ -532,6 +532,7 @@ def build_geneactiv_dataset(recordings, annotations, window_length: int, stride:
 __all__ = [
     "GENEActivRecording",
     "build_geneactiv_dataset",
+    "gap_free",
     "iter_geneactiv_bin",
     "load_label_map",
     "read_annotations",
