@@ -5,11 +5,12 @@ codebook atlas with this recording's usage, the predicted class, and download th
 
 Uploads: a GENEActiv `.bin` or `.csv` export (their own sampling rate), a `.npy` array `(channels, time)` or
 `(time,)`, or a plain `.csv` with one column per channel (a header row is allowed); the last two take the sampling
-rate from the form. The first window is explained and classified, with a fine-tuned head
-(`VQShapeForTimeSeriesClassification`) or zero-shot with a text-aligned model, from the class names or descriptions in
-the form or the stored ones; every window goes into the token table. The model comes from `--model`, `$VQSHAPE_MODEL`
-or the page's model field. `modeling_vqshape.hub.publish_demo` pushes it as a
-Space (`space/app.py` and its requirements, plus this package).
+rate from the form. The recording is cut into windows by the token table's rule (`recordings`: windows that span a
+gap in a GENEActiv file's page times are left out, and times follow the device's clock); the first window kept is
+explained and classified, with a fine-tuned head (`VQShapeForTimeSeriesClassification`) or zero-shot with a
+text-aligned model, from the class names or descriptions in the form or the stored ones, and every window kept goes
+into the token table. The model comes from `--model`, `$VQSHAPE_MODEL` or the page's model field.
+`modeling_vqshape.hub.publish_demo` pushes it as a Space (`space/app.py` and its requirements, plus this package).
 """
 
 import argparse
@@ -21,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .geneactiv import CHANNELS, read_geneactiv
+from .geneactiv import read_geneactiv
 from .modeling_vqshape import vqshape_model
-from .recordings import tokenize_recordings
+from .recordings import RecordingSource, iter_windows, open_recording, tokenize_recordings
 from .visualization import plot_codebook_atlas, plot_explanation
 
 MODEL_ENV = "VQSHAPE_MODEL"
@@ -37,15 +38,14 @@ def _is_number(text) -> bool:
         return False
 
 
-def read_upload(path, sampling_rate: float | None = None):
-    """An uploaded file -> `(values (channels, time) float64, sampling_rate, channel names)`; a `ValueError` saying
-    what is wrong with anything else."""
+def read_upload(path, sampling_rate: float | None = None) -> RecordingSource:
+    """An uploaded file -> a `recordings.RecordingSource` (values in float64, the sampling rate, channel names, and
+    for a GENEActiv file its own sample times and start); a `ValueError` saying what is wrong with anything else."""
     path = Path(path)
     suffix = path.suffix.lower()
     try:
         if suffix == ".bin":
-            recording = read_geneactiv(path)
-            return recording.values, recording.frequency, list(CHANNELS)
+            return open_recording(read_geneactiv(path))
         if suffix == ".npy":
             try:
                 values = np.load(path, allow_pickle=False)
@@ -54,8 +54,7 @@ def read_upload(path, sampling_rate: float | None = None):
             names = None
         elif suffix == ".csv":
             try:  # a GENEActiv export states its own rate
-                recording = read_geneactiv(path)
-                return recording.values, recording.frequency, list(CHANNELS)
+                return open_recording(read_geneactiv(path))
             except ValueError:
                 import pandas as pd
 
@@ -81,7 +80,7 @@ def read_upload(path, sampling_rate: float | None = None):
         names = names if names and len(names) == values.shape[0] else None
     if not sampling_rate or sampling_rate <= 0:
         raise ValueError(f"{path.name}: give the sampling rate (Hz) of this file")
-    return values, float(sampling_rate), names or [f"channel_{index}" for index in range(values.shape[0])]
+    return open_recording(values, float(sampling_rate), path.stem, names)
 
 
 def predict(model, window: np.ndarray, class_names=None) -> dict | None:
@@ -120,27 +119,37 @@ def parse_classes(text: str):
 def analyse(model, path, sampling_rate=None, class_names_text: str = "", window_seconds: float = 10.0,
             workdir=None) -> dict:
     """Everything the page shows for one upload: `explanation` and `atlas` (matplotlib figures), `prediction`
-    (`{label: probability}` or None), `table` (the token table as a CSV path) and `summary` (a line of text)."""
-    values, rate, channel_names = read_upload(path, sampling_rate)
-    window_length = min(values.shape[1], max(2, int(round(window_seconds * rate))))
-    window = values[:, :window_length]
+    (`{label: probability}` or None), `table` (the token table as a CSV path) and `summary` (a line of text).
+
+    Windows follow the token table's rule, so the table equals what `python -m modeling_vqshape.recordings` writes
+    for the same file and window (a recording shorter than the window is taken as one window); the window explained
+    is the table's first. No window to keep is a `ValueError` saying why."""
+    source = read_upload(path, sampling_rate)
+    rate, num_channels = source.sampling_rate, len(source.channel_names)
+    window_length = min(source.num_samples, max(2, int(round(window_seconds * rate))))
     class_names = parse_classes(class_names_text)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="vqshape-demo-"))
-    table = tokenize_recordings(model, [values], workdir / "table", window_seconds=window_length / rate,
-                                sampling_rate=rate, channel_names=channel_names, progress=False)
-    usage = np.bincount(np.asarray(table["code"]), minlength=vqshape_model(model).config.num_codes)
-    table_path = workdir / f"{Path(path).stem}-tokens.csv"
-    table.to_pandas().to_csv(table_path, index=False)
-    windows, num_tokens = len(table.unique("window")), len(table)
-    del table
+    table = tokenize_recordings(model, [source], workdir / "table", window_seconds=window_length / rate,
+                                progress=False).to_pandas()
     shutil.rmtree(workdir / "table")  # the CSV is what the page offers; the Parquet shards are not kept
+    candidates = (source.num_samples - window_length) // window_length + 1
+    if table.empty:
+        raise ValueError(f"no window to keep: all {candidates} window(s) of {window_length / rate:g} s span a gap in "
+                         "the recording's sample times (its page times pause or jump); try shorter windows")
+    usage = np.bincount(table["code"], minlength=vqshape_model(model).config.num_codes)
+    table_path = workdir / f"{Path(path).stem}-tokens.csv"
+    table.to_csv(table_path, index=False)
+    windows, num_tokens = table["window"].nunique(), len(table)
+    number, _, window, times = next(iter_windows(source, window_length, window_length))  # the table's first window
+    left_out = f", {candidates - windows} spanning a gap left out" if windows < candidates else ""
     return {
         "explanation": plot_explanation(model, window),
         "atlas": plot_codebook_atlas(model, usage=usage),
         "prediction": predict(model, window, class_names),
         "table": str(table_path),
-        "summary": f"{values.shape[0]} channel(s), {values.shape[1]} samples at {rate:g} Hz: {windows} window(s) of "
-                   f"{window_length / rate:g} s, {num_tokens} tokens. The first window is explained and classified.",
+        "summary": f"{num_channels} channel(s), {source.num_samples} samples at {rate:g} Hz: {windows} window(s) of "
+                   f"{window_length / rate:g} s{left_out}, {num_tokens} tokens. Window {number} (from "
+                   f"{times[0]:g} s) is explained and classified.",
     }
 
 
@@ -195,7 +204,7 @@ def build_demo(model_id: str):
                 button = gr.Button("Analyse", variant="primary", elem_id="analyse")
         status = gr.Markdown(elem_id="status")
         prediction = gr.Label(label="Predicted class", elem_id="prediction")
-        explanation = gr.Plot(label="Explanation: tokens on the first window", elem_id="explanation")
+        explanation = gr.Plot(label="Explanation: tokens on the first window kept", elem_id="explanation")
         atlas = gr.Plot(label="Codebook atlas, with this recording's usage", elem_id="atlas")
         table = gr.File(label="Token table (CSV)", elem_id="table")
         button.click(run, [chosen_model, upload, sampling_rate, class_names, window_seconds],

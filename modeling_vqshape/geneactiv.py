@@ -17,8 +17,14 @@ Two readers give the same `GENEActivRecording` (x, y, z in g, seconds from the f
 labels them from an annotation table (`start`, `end`, `label`, and `recording` when there are several recordings;
 times in seconds from the recording's first sample, or ISO timestamps). A window gets a label when it lies wholly
 inside one annotation; windows that no annotation covers (unlabelled time, or straddling two annotations) and windows
-that span a gap between pages are dropped. A JSON map `{"fine label": "coarse label"}` can merge classes (for example
+that span a gap are dropped. A JSON map `{"fine label": "coarse label"}` can merge classes (for example
 a 14-class protocol scored as 7 classes).
+
+Times follow the device's clock: sample i of a page lies at the page's time + i / frequency. A gap is a step between
+two consecutive samples that is not one sample period give or take half a period (`time_gaps`): ms jitter in page
+times and a slow clock drift (below 1/600, 0.17 %, whatever the rate: a page boundary then moves by less than half a
+sample) are not gaps; a pause, a jump of the page times, or time going backwards is. Every window is cut on sample
+counts and kept only when it spans no gap; the token tables of `recordings` and the demo apply the same rule.
 """
 
 import json
@@ -37,6 +43,7 @@ CHANNELS = ("x", "y", "z")
 CALIBRATION_KEYS = ("x gain", "x offset", "y gain", "y offset", "z gain", "z offset")
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S:%f"  # GENEActiv writes milliseconds after a colon: 10:31:12:000
 TOLERANCE_S = 1e-6  # float slack when comparing window and annotation times
+GAP_TOLERANCE = 0.5  # in sample periods: a step between samples further than this from one period is a gap
 
 # ASCII code -> value of the hex digit, 255 for anything that is not one
 _HEX_VALUE = np.full(256, 255, dtype=np.uint8)
@@ -223,12 +230,14 @@ def read_geneactiv_bin(path) -> GENEActivRecording:
 
 
 def write_geneactiv_bin(path, raw, frequency: float = 100.0, start: datetime = datetime(2020, 1, 1, 9, 0),
-                        calibration: dict | None = None, light=None, button=None, temperature: float = 25.0) -> Path:
+                        calibration: dict | None = None, light=None, button=None, temperature: float = 25.0,
+                        page_times=None) -> Path:
     """Write a GENEActiv-style `.bin` file from raw 12-bit counts; for tests and synthetic data.
 
     `raw` is `(3, num_samples)` integers in [-2048, 2047] with num_samples a multiple of 300; `light` (10-bit counts)
     and `button` (0/1) are optional `(num_samples,)`. `calibration` holds the `CALIBRATION_KEYS`, "Volts" and "Lux".
-    Lines end with CRLF, as the device writes them.
+    `page_times` are the pages' times in seconds from `start`, `(num_pages,)`, written to the millisecond as the
+    device does (default: page * 300 / frequency, the nominal rate). Lines end with CRLF, as the device writes them.
     """
     raw = np.asarray(raw, dtype=np.int64)
     if raw.ndim != 2 or raw.shape[0] != 3 or raw.shape[1] % SAMPLES_PER_PAGE:
@@ -241,6 +250,9 @@ def write_geneactiv_bin(path, raw, frequency: float = 100.0, start: datetime = d
     calibration = {"x gain": 25548, "x offset": 574, "y gain": 25693, "y offset": -2652, "z gain": 25148,
                    "z offset": 626, "Volts": 300, "Lux": 800, **(calibration or {})}
     num_pages = num_samples // SAMPLES_PER_PAGE
+    page_times = np.arange(num_pages) * SAMPLES_PER_PAGE / frequency if page_times is None else np.asarray(page_times)
+    if page_times.shape != (num_pages,):
+        raise ValueError(f"page_times must hold one time per page, shape ({num_pages},), got {page_times.shape}.")
     lines = [
         "Device Identity", "Device Unique Serial Code:000000", "Device Type:GENEActiv", "Device Model:1.1",
         "Device Firmware:synthetic", "Calibration Date:2020-01-01 00:00:00:000", "",
@@ -263,7 +275,7 @@ def write_geneactiv_bin(path, raw, frequency: float = 100.0, start: datetime = d
             # (4, 300) 12-bit words -> per sample "XXXYYYZZZWWW": 3 hex digits per word, most significant first
             digits = np.stack([(words >> shift) & 0xF for shift in (8, 4, 0)], axis=-1)  # (4, 300, 3)
             data = hex_digits[digits.transpose(1, 0, 2).reshape(-1)].tobytes().decode("latin-1")
-            page_time = start + timedelta(seconds=page * SAMPLES_PER_PAGE / frequency)
+            page_time = start + timedelta(seconds=float(page_times[page]))
             block = [
                 "Recorded Data", "Device Unique Serial Code:000000", f"Sequence Number:{page}",
                 f"Page Time:{page_time:%Y-%m-%d %H:%M:%S}:{page_time.microsecond // 1000:03d}", "Unassigned:",
@@ -389,12 +401,24 @@ def load_label_map(label_map) -> dict:
 # ---- windows -> Dataset ----------------------------------------------------------------------------------------------
 
 
+def time_gaps(time: np.ndarray, frequency: float) -> np.ndarray:
+    """`(len(time) - 1,)` bool: True where the step from a sample to the next is a gap, i.e. further than
+    `GAP_TOLERANCE` sample periods from one period (a pause, a jump of the page times, time going backwards). Jitter
+    and slow drift of the page times move a step by less than that, so they are not gaps."""
+    return np.abs(np.diff(time) * frequency - 1.0) > GAP_TOLERANCE
+
+
+def gap_free(time: np.ndarray, frequency: float, starts: np.ndarray, window_length: int) -> np.ndarray:
+    """`(len(starts),)` bool: whether the window of `window_length` samples at each start index spans no gap."""
+    gaps_before = np.concatenate([[0], np.cumsum(time_gaps(time, frequency))])  # gaps among steps 0 .. i - 1
+    return gaps_before[starts + window_length - 1] == gaps_before[starts]
+
+
 def window_starts(recording: GENEActivRecording, window_length: int, stride: int) -> np.ndarray:
     """Sample indices at which windows of `window_length` start, every `stride` samples; windows that span a gap
-    between pages (the samples are not evenly spaced) are left out."""
+    (`time_gaps`) are left out."""
     starts = np.arange(0, len(recording.time) - window_length + 1, stride)
-    span = recording.time[starts + window_length - 1] - recording.time[starts]
-    return starts[np.abs(span - (window_length - 1) / recording.frequency) <= 0.5 / recording.frequency]
+    return starts[gap_free(recording.time, recording.frequency, starts, window_length)]
 
 
 def _label_windows(recording, table, starts, window_length, name):
@@ -508,12 +532,14 @@ def build_geneactiv_dataset(recordings, annotations, window_length: int, stride:
 __all__ = [
     "GENEActivRecording",
     "build_geneactiv_dataset",
+    "gap_free",
     "iter_geneactiv_bin",
     "load_label_map",
     "read_annotations",
     "read_geneactiv",
     "read_geneactiv_bin",
     "read_geneactiv_csv",
+    "time_gaps",
     "window_starts",
     "write_geneactiv_bin",
 ]

@@ -54,6 +54,13 @@ def moving_average(values: torch.Tensor, window: int) -> torch.Tensor:
     return smoothed.reshape(values.shape)
 
 
+def token_span_end(start, length):
+    """Where a token's span ends, relative to its series: start + length clamped at the series' end, 1. The attribute
+    decoder lets start + length reach 1 + min_shape_length; `extract_subsequence` reads the span up to the series' end
+    only, and the token tables, the pipeline and the pictures show that same span. Tensors or arrays alike."""
+    return (start + length).clip(max=1.0)
+
+
 def extract_subsequence(
     series: torch.Tensor, start: torch.Tensor, length: torch.Tensor, num_samples: int, smoothing: int = 1
 ) -> torch.Tensor:
@@ -69,7 +76,7 @@ def extract_subsequence(
     sequence_length = series.shape[-1]
     relative_positions = torch.linspace(0, 1, steps=num_samples, device=series.device, dtype=series.dtype)
     first = start * (sequence_length - 1)
-    last = torch.clamp(start + length, max=1) * (sequence_length - 1)
+    last = token_span_end(start, length) * (sequence_length - 1)
     positions = first + (last - first) * relative_positions  # (batch_size, num_tokens, num_samples)
     # grid_sample reads a (batch, 1, 1, time) image at x in [-1, 1] (align_corners: -1 and 1 are the end samples)
     grid_x = 2.0 * positions / (sequence_length - 1) - 1

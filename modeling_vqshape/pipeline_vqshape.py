@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import Pipeline
 
-from .modeling_vqshape import vqshape_model
+from .modeling_vqshape import token_span_end, vqshape_model
 from .processing_vqshape import VQShapeFeatureExtractor
 
 LAYOUTS = ("auto", "channels_first", "channels_last")
@@ -176,7 +176,8 @@ class VQShapeTimeSeriesTokenizationPipeline(_VQShapePipeline):
     Call arguments: `return_type`:
     - `"tokens"` (default): per series a list of tokens, each `{"channel", "code", "start", "length", "offset",
       "scale", "start_index", "end_index"}`: start and length relative to the series, offset and scale in its
-      normalised units (the model's token features), and the samples of the input series the token covers;
+      normalised units (the model's token features), and the samples of the input series the token covers (up to
+      the series' end, as the model reads the span: `token_span_end`);
     - `"histogram"`: per series a `(channels, num_codes)` array of code counts;
     - `"embedding"`: per series a `(channels, d_model)` array, the tokenizer's hidden states averaged over tokens.
     Also `layout` and `batch_size`.
@@ -202,6 +203,7 @@ class VQShapeTimeSeriesTokenizationPipeline(_VQShapePipeline):
             return model_outputs[return_type][0].numpy()  # the histogram, or the (float32) embedding
         length = int(model_outputs["series_length"][0])
         fields = {name: model_outputs[name][0].float() for name in ("start", "length", "offset", "scale")}
+        ends = token_span_end(fields["start"], fields["length"])  # the span the model reads, inside the series
         codes = model_outputs["code_indices"][0]
         tokens = []
         for channel in range(codes.shape[0]):
@@ -211,7 +213,7 @@ class VQShapeTimeSeriesTokenizationPipeline(_VQShapePipeline):
                     "channel": channel, "code": int(codes[channel, token]), "start": start, "length": span,
                     "offset": float(fields["offset"][channel, token]), "scale": float(fields["scale"][channel, token]),
                     "start_index": int(np.floor(start * length)),
-                    "end_index": min(length, int(np.ceil((start + span) * length))),
+                    "end_index": int(np.ceil(float(ends[channel, token]) * length)),
                 })
         return tokens
 

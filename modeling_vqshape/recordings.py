@@ -7,16 +7,25 @@
 
 A recording is a GENEActiv `.bin` (read page by page, so a day at 100 Hz never sits in memory whole) or `.csv`, a
 `.npy` array `(channels, time)` (memory-mapped), or an array with its sampling rate. It is cut into windows of
-`window_seconds` every `stride_seconds`; windows that span a gap in the recording are left out. Each window is
-tokenized as one multichannel series (every channel resampled to the model's input length). Rows hold:
+`window_seconds` every `stride_seconds` (counted in samples at the stated rate); windows that span a gap in the
+sample times are left out (`geneactiv.time_gaps`: jitter and slow drift of the page times are not gaps, a pause or a
+jump is). Each window is tokenized as one multichannel series (every channel resampled to the model's input length).
+Every time in the table is on the recording's own clock: a GENEActiv sample lies at its page's time + its place in
+the page / frequency, as `read_geneactiv` gives it, not at its index / the nominal rate. Rows hold:
 
 - `recording`, `window` (the window's number, counted over all candidate windows), `window_start` (seconds from the
-  recording's first sample) and `window_start_time` (a timestamp when the recording has a start time);
+  recording's first sample: the time of the window's first sample) and `window_start_time` (a timestamp when the
+  recording has a start time);
 - `channel` (its name), `token` (its number in the window), `code`, `start`, `length` (relative to the window),
   `offset`, `scale` (in the window channel's normalised units: the model's token features);
 - `token_start`, `token_end` (seconds from the recording's first sample: the token's absolute time span) and their
-  timestamps `token_start_time`, `token_end_time` when the recording has a start time;
+  timestamps `token_start_time`, `token_end_time` when the recording has a start time. The span is the one the
+  model reads (`token_span_end`): from `start` to `start + length` clamped at the window's end, a relative position
+  p lying p * n samples after the window's first sample of n, read on the samples' times;
 - with `histogram=True`, the window channel's code counts `histogram` (the same list on each of its token rows).
+
+A recording none of whose windows is kept (every one spans a gap) gets no rows and a one-line warning; when no
+recording has any, the table is empty (its columns, no rows).
 
 Shards of `windows_per_shard` windows are written to `<output_dir>/data/<recording>-<shard>.parquet` through a
 temporary file, then renamed, so a shard on disk is always complete. Run again with the same settings and it resumes:
@@ -27,7 +36,9 @@ the settings; another run into the same folder with other settings is refused.
 import argparse
 import hashlib
 import json
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,14 +52,17 @@ from .geneactiv import (
     SAMPLES_PER_PAGE,
     GENEActivRecording,
     _leading_number,
+    gap_free,
     iter_geneactiv_bin,
     read_geneactiv_csv,
 )
-from .modeling_vqshape import vqshape_model
+from .modeling_vqshape import token_span_end, vqshape_model
 from .processing_vqshape import VQShapeFeatureExtractor
 
 TABLE_CONFIG = "tokenize_config.json"
 RATE_TOLERANCE = 1e-6  # relative: a sampling rate given for a file must equal the file's
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -99,7 +113,11 @@ def _check_rate(name, given, found):
 def open_recording(recording, sampling_rate: float | None = None, name: str | None = None,
                    channel_names=None) -> RecordingSource:
     """A path (`.bin`, `.csv`, `.npy`), a `GENEActivRecording`, or an array `(channels, time)` with `sampling_rate`
-    -> `RecordingSource`. Files state their own rate; a `sampling_rate` given with one must agree with it."""
+    -> `RecordingSource` (a `RecordingSource` is returned as it is). Files state their own rate; a `sampling_rate`
+    given with one must agree with it."""
+    if isinstance(recording, RecordingSource):
+        _check_rate(recording.name, sampling_rate, recording.sampling_rate)
+        return recording
     if isinstance(recording, GENEActivRecording):
         _check_rate(recording.name, sampling_rate, recording.frequency)
         return _array_source(name or recording.name, recording.values, recording.frequency,
@@ -135,24 +153,24 @@ def open_recording(recording, sampling_rate: float | None = None, name: str | No
 
 
 def iter_windows(source: RecordingSource, window_length: int, stride: int, first_window: int = 0):
-    """Yield `(window, start_sample, values (channels, window_length))` every `stride` samples, from candidate window
-    `first_window` on, holding at most one window plus one piece in memory. Windows whose samples are not evenly
-    spaced (a gap between pages) are skipped, but keep their number."""
+    """Yield `(window, start_sample, values (channels, window_length), times (window_length,))` every `stride` samples,
+    from candidate window `first_window` on, holding at most one window plus one piece in memory. `times` are the
+    window's sample times, seconds from the recording's first sample. Windows that span a gap in the sample times
+    (`geneactiv.time_gaps`) are skipped, but keep their number."""
     buffer = np.empty((len(source.channel_names), 0))
     times = np.empty(0)
     offset = 0  # sample index of buffer[:, 0]
     window = first_window
-    expected_span = (window_length - 1) / source.sampling_rate
     for values, seconds in source.pieces():
         buffer = np.concatenate([buffer, values], axis=1)
         times = np.concatenate([times, seconds])
-        while window * stride + window_length <= offset + buffer.shape[1]:
-            begin = window * stride - offset
-            if begin >= 0:
-                span = times[begin + window_length - 1] - times[begin]
-                if abs(span - expected_span) <= 0.5 / source.sampling_rate:
-                    yield window, window * stride, buffer[:, begin : begin + window_length]
-            window += 1
+        fitting = np.arange(window, (offset + buffer.shape[1] - window_length) // stride + 1)  # now wholly buffered
+        begins = fitting * stride - offset
+        kept = gap_free(times, source.sampling_rate, begins, window_length)
+        for number, begin in zip(fitting[kept], begins[kept]):
+            yield int(number), int(number) * stride, buffer[:, begin : begin + window_length], \
+                times[begin : begin + window_length]
+        window += fitting.size
         keep = max(0, min(window * stride - offset, buffer.shape[1]))  # drop what no later window reads
         buffer, times, offset = buffer[:, keep:], times[keep:], offset + keep
 
@@ -166,8 +184,27 @@ def _settings_digest(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def _token_rows(source, outputs, windows, starts, window_seconds, schema):
-    """A pyarrow table of a batch of windows' tokens: rows `(windows, channels, tokens)` flattened in that order."""
+def _seconds_at(times: np.ndarray, relative: np.ndarray, sampling_rate: float) -> np.ndarray:
+    """Seconds of relative positions in windows, on the samples' own times: position p of a window of n samples lies
+    p * n samples after its first sample (p = 1 is the window's end, one period after its last sample), linearly
+    between the times of the samples around it.
+
+    Args:
+        times: `(num_windows, n)` the windows' sample times. relative: `(num_windows, ...)` positions in [0, 1].
+    Returns:
+        seconds, shaped like `relative`.
+    """
+    num_windows, n = times.shape
+    edges = np.concatenate([times, times[:, -1:] + 1.0 / sampling_rate], axis=1)  # (num_windows, n + 1)
+    position = relative.reshape(num_windows, -1).astype(np.float64) * n
+    index = np.clip(np.floor(position).astype(np.int64), 0, n - 1)
+    left, right = np.take_along_axis(edges, index, 1), np.take_along_axis(edges, index + 1, 1)
+    return (left + (position - index) * (right - left)).reshape(relative.shape)
+
+
+def _token_rows(source, outputs, windows, times, schema):
+    """A pyarrow table of a batch of windows' tokens: rows `(windows, channels, tokens)` flattened in that order;
+    `times` `(num_windows, window_length)` are the windows' sample times."""
     import pyarrow as pa
 
     num_windows, num_channels, num_tokens = outputs.code_indices.shape
@@ -178,12 +215,11 @@ def _token_rows(source, outputs, windows, starts, window_seconds, schema):
 
     start = outputs.shape_start.float().numpy()
     length = outputs.shape_length.float().numpy()
-    window_start = starts / source.sampling_rate
-    token_start = window_start[:, None, None] + start * window_seconds
+    end = token_span_end(outputs.shape_start.float(), outputs.shape_length.float()).numpy()
     columns = {
         "recording": [source.name] * int(np.prod(shape)),
         "window": spread(windows).astype(np.int64),
-        "window_start": spread(window_start),
+        "window_start": spread(times[:, 0]),
         "channel": np.broadcast_to(np.array(source.channel_names)[None, :, None], shape).reshape(-1).tolist(),
         "token": np.broadcast_to(np.arange(num_tokens)[None, None], shape).reshape(-1).astype(np.int32),
         "code": outputs.code_indices.numpy().reshape(-1).astype(np.int32),
@@ -191,8 +227,8 @@ def _token_rows(source, outputs, windows, starts, window_seconds, schema):
         "length": length.reshape(-1),
         "offset": outputs.shape_offset.float().numpy().reshape(-1),
         "scale": outputs.shape_scale.float().numpy().reshape(-1),
-        "token_start": token_start.reshape(-1),
-        "token_end": (token_start + length * window_seconds).reshape(-1),
+        "token_start": _seconds_at(times, start, source.sampling_rate).reshape(-1),
+        "token_end": _seconds_at(times, end, source.sampling_rate).reshape(-1),
     }
     if source.start is not None:
         origin = np.datetime64(source.start, "us")
@@ -260,7 +296,6 @@ def tokenize_recordings(model, recordings, output_dir, window_seconds: float, st
         histogram: also store each window channel's code counts.
         batch_size: windows per model call; windows_per_shard: windows per Parquet file.
     """
-    import datasets
     from tqdm.auto import tqdm
 
     stride_seconds = window_seconds if stride_seconds is None else stride_seconds
@@ -301,12 +336,13 @@ def tokenize_recordings(model, recordings, output_dir, window_seconds: float, st
     backbone = vqshape_model(model)
     extractor = VQShapeFeatureExtractor(input_length=backbone.config.input_length)
     bar = tqdm(total=sum(plan[3] for plan in plans), unit="window", disable=not progress, desc="tokenizing")
-    files = []
+    shards = {}  # recording name -> its shard paths
     for source, window_length, stride, num_windows in plans:
+        counted = bar.n + num_windows  # the bar counts candidate windows, kept or left out
         schema = _schema(source.start is not None, histogram)
         num_shards = -(-num_windows // windows_per_shard)
         shard_paths = [data_dir / f"{source.name}-{shard:05d}.parquet" for shard in range(num_shards)]
-        files += shard_paths
+        shards[source.name] = shard_paths
         done = 0
         while done < num_shards and shard_paths[done].exists():
             done += 1
@@ -316,22 +352,22 @@ def tokenize_recordings(model, recordings, output_dir, window_seconds: float, st
         shard, batches, pending = done, [], []
 
         def run(pending):
-            values = np.stack([window for _, _, window in pending])  # (batch, channels, window_length)
+            # windows (batch,), values (batch, channels, window_length), times (batch, window_length)
+            windows, values, times = (np.stack(column) for column in zip(*pending))
             with torch.no_grad():
                 outputs = backbone(**extractor(values), return_dict=True)
-            windows = np.array([window for window, _, _ in pending])
-            starts = np.array([start for _, start, _ in pending], dtype=np.float64)
-            batches.append(_token_rows(source, outputs, windows, starts, window_seconds, schema))
+            batches.append(_token_rows(source, outputs, windows, times, schema))
             bar.update(len(pending))
 
-        for window, start, values in iter_windows(source, window_length, stride, first_window=done * windows_per_shard):
+        for window, _, values, times in iter_windows(source, window_length, stride,
+                                                     first_window=done * windows_per_shard):
             while window >= (shard + 1) * windows_per_shard:  # the window opens a later shard: close this one
                 if pending:
                     run(pending)
                     pending = []
                 _write_shard(shard_paths[shard], batches, schema)
                 shard, batches = shard + 1, []
-            pending.append((window, start, values.copy()))
+            pending.append((window, values.copy(), times.copy()))
             if len(pending) == batch_size:
                 run(pending)
                 pending = []
@@ -339,8 +375,28 @@ def tokenize_recordings(model, recordings, output_dir, window_seconds: float, st
             run(pending)
         for index in range(shard, num_shards):  # the last shard, and any a gap left without windows
             _write_shard(shard_paths[index], batches if index == shard else [], schema)
+        bar.update(counted - bar.n)
     bar.close()
-    return datasets.Dataset.from_parquet([str(path) for path in files], cache_dir=str(output_dir / "cache"))
+    return _read_table(shards, plans, window_seconds, output_dir)
+
+
+def _read_table(shards: dict, plans: list, window_seconds: float, output_dir: Path):
+    """The shards (recording name -> paths) as one `datasets.Dataset`; a one-line warning for each recording that got
+    no window (every one spans a gap), and an empty table with the columns when none did."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    files = [path for paths in shards.values() for path in paths]
+    rows = {path: pq.read_metadata(path).num_rows for path in files}
+    for source, _, _, num_windows in plans:
+        if not any(rows[path] for path in shards[source.name]):
+            logger.warning(f"recording {source.name!r}: no window to keep: all {num_windows} candidate window(s) of "
+                           f"{window_seconds:g} s span a gap in its sample times (its page times pause or jump); it "
+                           "has no token rows.")
+    kept = [str(path) for path in files if rows[path]]
+    if not kept:
+        return datasets.Dataset(pq.read_table(files[0]))  # no rows, the table's columns
+    return datasets.Dataset.from_parquet(kept, cache_dir=str(output_dir / "cache"))
 
 
 def main(argv=None):
@@ -360,9 +416,12 @@ def main(argv=None):
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
-    table = tokenize_recordings(model, args.recordings, args.output, args.window, args.stride, args.sampling_rate,
-                                args.channel_names.split(",") if args.channel_names else None, args.histogram,
-                                args.batch_size, args.windows_per_shard)
+    try:
+        table = tokenize_recordings(model, args.recordings, args.output, args.window, args.stride, args.sampling_rate,
+                                    args.channel_names.split(",") if args.channel_names else None, args.histogram,
+                                    args.batch_size, args.windows_per_shard)
+    except ValueError as error:  # a recording or a setting the table cannot use: say why, without a trace
+        sys.exit(f"error: {error}")
     print(f"{len(table)} token rows in {Path(args.output) / 'data'}")
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .modeling_vqshape import extract_subsequence, vqshape_model
+from .modeling_vqshape import extract_subsequence, token_span_end, vqshape_model
 
 # a fixed qualitative palette so that a code keeps its colour across pictures
 _PALETTE = [
@@ -104,8 +104,8 @@ def explain_series(model, series, feature_extractor=None, channel: int = 0) -> d
 
     Returns a dict with `series` and `reconstruction` `(input_length,)`, and per token (`num_tokens` entries):
     `code`, `start`, `length`, `offset`, `scale` (as the model predicts them, start and length in [0, 1]),
-    `x` (the time steps the token covers, its stretch clamped at the series' end as the model's subsequence
-    extraction clamps it), `y` (the decoded shape at the token's own offset and scale: what the model places there),
+    `x` (the time steps the token covers: the span the model reads, which ends at the series' end at the latest,
+    `token_span_end`), `y` (the decoded shape at the token's own offset and scale: what the model places there),
     and `fitted` (the code's decoded shape standardised, then given the mean and standard deviation of the stretch it
     covers: the code's form drawn at the series' size, to read against the series), all `(shape_length,)`.
     """
@@ -127,7 +127,7 @@ def explain_series(model, series, feature_extractor=None, channel: int = 0) -> d
     forms = base.shape_decoder(out.codes[0, channel][None].to(base.dtype))[0].float()  # the codes' own shapes
     forms = (forms - forms.mean(-1, keepdim=True)) / forms.std(-1, keepdim=True).clamp_min(1e-6)
     fitted = forms * stretches.std(-1, keepdim=True) + stretches.mean(-1, keepdim=True)
-    last = (start + length).clamp(max=1.0)
+    last = token_span_end(start, length)  # the span the model reads ends at the series' end at the latest
     tokens = []
     for token in range(config.num_tokens):
         x = np.linspace(float(start[token]), float(last[token]), config.shape_length) * (config.input_length - 1)

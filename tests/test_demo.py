@@ -15,12 +15,15 @@ import pytest
 import torch
 
 pytest.importorskip("pyarrow")
+datasets = pytest.importorskip("datasets")
 
-from modeling_vqshape import VQShapeFeatureExtractor  # noqa: E402
+from modeling_vqshape import VQShapeConfig, VQShapeFeatureExtractor, VQShapeModel  # noqa: E402
 from modeling_vqshape.demo import analyse, load_demo_model, parse_classes, read_upload  # noqa: E402
 from modeling_vqshape.geneactiv import read_geneactiv_bin, write_geneactiv_bin  # noqa: E402
+from modeling_vqshape.recordings import main as recordings_main  # noqa: E402
+from modeling_vqshape.visualization import explain_series  # noqa: E402
 
-from .conftest import REPO_ROOT  # noqa: E402
+from .conftest import REPO_ROOT, TINY  # noqa: E402
 from .test_hub import hub, online  # noqa: E402, F401  the local Hub stand-in, as fixtures
 from .test_saved_folders import SAVED  # noqa: E402
 
@@ -38,22 +41,29 @@ def two_channel_csv(path, header=True, num_samples=600):
     return values.T
 
 
+def upload_values(path, sampling_rate):
+    source = read_upload(path, sampling_rate)
+    return np.concatenate([values for values, _ in source.pieces()], axis=1), source
+
+
 def test_uploads_are_read_in_every_format(tmp_path):
     values = two_channel_csv(tmp_path / "header.csv")
-    read, rate, names = read_upload(tmp_path / "header.csv", 25)
+    read, source = upload_values(tmp_path / "header.csv", 25)
     np.testing.assert_allclose(read, values, rtol=1e-12)
-    assert rate == 25 and names == ["acc_x", "acc_y"]
+    assert source.sampling_rate == 25 and source.channel_names == ["acc_x", "acc_y"]
     two_channel_csv(tmp_path / "plain.csv", header=False)
-    read, _, names = read_upload(tmp_path / "plain.csv", 25)
+    read, source = upload_values(tmp_path / "plain.csv", 25)
     np.testing.assert_allclose(read, values, rtol=1e-12)
-    assert names == ["channel_0", "channel_1"]
+    assert source.channel_names == ["channel_0", "channel_1"]
     np.save(tmp_path / "series.npy", values[0])
-    assert read_upload(tmp_path / "series.npy", 10)[0].shape == (1, 600)
+    assert upload_values(tmp_path / "series.npy", 10)[0].shape == (1, 600)
     raw = np.random.default_rng(1).integers(-500, 500, (3, 600))
-    bin_path = write_geneactiv_bin(tmp_path / "wrist.bin", raw, frequency=40)
-    read, rate, names = read_upload(bin_path, 999)  # a GENEActiv file states its own rate
-    np.testing.assert_array_equal(read, read_geneactiv_bin(bin_path).values)
-    assert rate == 40 and names == ["x", "y", "z"]
+    bin_path = write_geneactiv_bin(tmp_path / "wrist.bin", raw, frequency=40, page_times=[0.0, 8.0])
+    read, source = upload_values(bin_path, 999)  # a GENEActiv file states its own rate, and its own sample times
+    recording = read_geneactiv_bin(bin_path)
+    np.testing.assert_array_equal(read, recording.values)
+    np.testing.assert_array_equal(np.concatenate([time for _, time in source.pieces()]), recording.time)
+    assert source.sampling_rate == 40 and source.channel_names == ["x", "y", "z"] and source.start == recording.start
 
 
 def test_unreadable_uploads_get_a_message(tmp_path):
@@ -91,6 +101,35 @@ def test_analyse_shows_the_models_prediction_tokens_and_usage(classifier, tmp_pa
     drawn = result["explanation"].axes[0].lines
     assert len(drawn) == 2 + classifier.config.num_tokens  # the window, its reconstruction and one shape per token
     assert "3 window(s) of 8 s" in result["summary"]
+
+
+def test_the_demo_and_the_command_line_give_the_same_windows_for_the_same_file(tmp_path, capsys):
+    """A GENEActiv file whose second page is 0.5 s late: its first 8 s window spans the jump. The demo's table is the
+    command line's, and it explains the first window kept, timed from the pages."""
+    torch.manual_seed(0)
+    VQShapeModel(VQShapeConfig(**TINY)).save_pretrained(tmp_path / "model")
+    model = load_demo_model(str(tmp_path / "model"))
+    raw = np.random.default_rng(2).integers(-400, 400, (3, 1200)).cumsum(axis=1) % 2000 - 1000
+    path = write_geneactiv_bin(tmp_path / "jump.bin", raw, frequency=50, page_times=[0.0, 6.5, 12.5, 18.5])
+    result = analyse(model, path, window_seconds=8, workdir=tmp_path / "demo")
+    recordings_main(["--model", str(tmp_path / "model"), "--output", str(tmp_path / "cli"), "--window", "8",
+                     str(path)])
+    import pandas as pd
+
+    demo = pd.read_csv(result["table"])
+    cli = datasets.Dataset.from_parquet(str(tmp_path / "cli" / "data" / "*.parquet")).to_pandas()
+    assert sorted(set(demo["window"])) == sorted(set(cli["window"])) == [1, 2]
+    for column in ("window", "channel", "token", "code"):
+        np.testing.assert_array_equal(demo[column], cli[column])
+    for column in ("window_start", "token_start", "token_end"):  # through the demo's CSV, to its printed digits
+        np.testing.assert_allclose(demo[column], cli[column], rtol=1e-12)
+    assert demo.groupby("window")["window_start"].first().tolist() == [8.5, 16.5]  # the pages' clock
+    assert "2 window(s) of 8 s, 1 spanning a gap left out" in result["summary"]
+    assert "Window 1 (from 8.5 s) is explained" in result["summary"]
+    explained = explain_series(model, read_geneactiv_bin(path).values[:, 400:800])["series"]
+    np.testing.assert_allclose(result["explanation"].axes[0].lines[0].get_ydata(), explained, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"no window to keep: all 1 window\(s\) of 20 s span a gap"):
+        analyse(model, path, window_seconds=20, workdir=tmp_path / "none")
 
 
 def test_text_aligned_models_classify_from_stored_names_or_the_forms_classes(tmp_path):

@@ -14,6 +14,7 @@ from modeling_vqshape.geneactiv import (  # noqa: E402
     build_geneactiv_dataset,
     read_geneactiv,
     read_geneactiv_bin,
+    time_gaps,
     write_geneactiv_bin,
 )
 
@@ -78,6 +79,31 @@ def edit_lines(path, edit):
 def data_line(lines, page):
     """Index of page `page`'s (from 1) hex line: the 10th line of a page block."""
     return [i for i, line in enumerate(lines) if line == "Recorded Data"][page - 1] + 9
+
+
+def test_bin_samples_are_timed_from_their_page_times(tmp_path):
+    page_times = [0.0, 3.004, 6.5, 9.499]  # jitter of a few ms, then a 0.5 s jump; written to the millisecond
+    path = write_geneactiv_bin(tmp_path / "paged.bin", random_raw(1200), start=START, page_times=page_times)
+    recording = read_geneactiv(path)
+    expected = (np.array(page_times)[:, None] + np.arange(300) / 100.0).reshape(-1)  # page time + i / frequency
+    np.testing.assert_allclose(recording.time, expected, atol=1e-9)
+    with pytest.raises(ValueError, match=r"page_times must hold one time per page, shape \(4,\)"):
+        write_geneactiv_bin(path, random_raw(1200), page_times=[0.0, 3.0])
+
+
+def test_jitter_and_slow_drift_are_not_gaps_but_pauses_and_jumps_are():
+    step = np.full(1000, 0.01)  # 100 Hz
+    assert not time_gaps(np.cumsum(step), 100.0).any()
+    jitter = step.copy()
+    jitter[::300] += np.random.default_rng(0).uniform(-0.004, 0.004, len(jitter[::300]))  # ms jitter at pages
+    assert not time_gaps(np.cumsum(jitter), 100.0).any()
+    drift = step.copy()
+    drift[::300] += 300 * 0.01 * 0.0015  # a clock 0.15 % off, caught up at each page boundary
+    assert not time_gaps(np.cumsum(drift), 100.0).any()
+    for change in (0.5, 0.006, -0.006, -1.0):  # a jump, a step off by more than half a sample, time going back
+        irregular = step.copy()
+        irregular[300] += change
+        assert np.flatnonzero(time_gaps(np.cumsum(irregular), 100.0)).tolist() == [299]
 
 
 def test_truncated_page_names_file_and_page(bin_file):
@@ -208,6 +234,19 @@ def test_annotations_outside_the_recording_or_for_unknown_recordings_are_errors(
     ANNOTATIONS.rename(columns={"label": "activity"}).to_csv(csv, index=False)
     with pytest.raises(ValueError, match=r"labels\.csv: missing column\(s\) \['label'\]"):
         build_geneactiv_dataset([path], csv, 100)
+
+
+def test_windows_follow_the_page_times_and_drop_only_across_a_jump(tmp_path):
+    page_times = [0.0, 3.003, 6.5, 9.5]  # 3 ms of jitter (kept), then a 0.5 s jump between pages 2 and 3
+    path = write_geneactiv_bin(tmp_path / "jump.bin", random_raw(1200), start=START, page_times=page_times)
+    whole = pd.DataFrame({"start": [0.0], "end": [12.5], "label": ["walk"]})
+    data = build_geneactiv_dataset([path], whole, window_length=200, stride=100)
+    # a window every 100 samples but at 500, whose samples 500..699 hold 599 and 600, across the jump; each timed
+    # from its page
+    time = read_geneactiv(path).time
+    np.testing.assert_allclose(data["start"], time[[0, 100, 200, 300, 400, 600, 700, 800, 900, 1000]], atol=1e-9)
+    np.testing.assert_allclose(data["end"], time[[199, 299, 399, 499, 599, 799, 899, 999, 1099, 1199]] + 0.01,
+                               atol=1e-9)
 
 
 def test_several_recordings_and_windows_across_page_gaps(bin_file):
