@@ -2,7 +2,7 @@
 recording (6 channels at 10 Hz) uploaded as a CSV, driven by the headless Chromium the tests use.
 
     accelerate launch examples/finetune.py --model_name_or_path vqshape-pretrained --dataset BasicMotions \\
-        --classifier_features histogram --freeze_backbone --output_dir vqshape-basicmotions
+        --output_dir vqshape-basicmotions
     python docs/demo_screenshot.py --model vqshape-basicmotions
 """
 

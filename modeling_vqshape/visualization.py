@@ -220,11 +220,11 @@ def plot_explanation(model, series, feature_extractor=None, channel: int = 0, ou
         fitted.plot(token["x"], token["fitted"], color=code_colour(token["code"]), linewidth=2.0, alpha=0.9)
     series_std = float(np.std(explanation["series"])) or 1.0
     amplitude = np.median([np.ptp(token["y"]) for token in tokens]) / series_std
-    placed.set_title(f"shape tokens at the model's start, length, offset and scale (median height {amplitude:.2f} "
-                     "of the series' std)", fontsize=9)
-    fitted.set_title("each token's code shape fitted to the stretch it covers (its mean and std)", fontsize=9)
+    placed.set_title(f"tokens as the model places them (median height: {amplitude:.2f} of the series' std)",
+                     fontsize=9)
+    fitted.set_title("each token's code shape, fitted to the mean and std of its stretch", fontsize=9)
     fitted.set_xlabel("time step")
-    placed.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.legend(*placed.get_legend_handles_labels(), fontsize=7, loc="outside right upper")
     return _save(figure, output, dpi)
 
 
