@@ -1,0 +1,253 @@
+"""Teachers from anywhere, for `distillation.py`: a saved classifier, or outputs computed elsewhere.
+
+A teacher gives, for a batch, `TeacherBatch(logits, features)`: logits `(batch_size, num_labels)` in the student's
+label order and features `(batch_size, feature_dim)` or None. Two kinds:
+
+- `ModelTeacher`: any `AutoModelForSequenceClassification` folder or Hub id (VQShape or not) that takes
+  `past_values`; its classes are read from `config.id2label`.
+- `OutputsTeacher`: a file of per-sample logits (and features, if wanted) of the TRAIN split, keyed by sample id, so
+  that a teacher trained in another framework can serve. The layout (`save_teacher_outputs` writes it; anything that
+  writes the same arrays works):
+  - `.safetensors`: tensors `logits` `(num_samples, num_classes)` and optionally `features` `(num_samples, dim)`;
+    metadata `sample_ids` and `label_names`, JSON lists of strings (row order, class order of the logits columns).
+  - `.npz` (read with `allow_pickle=False`): arrays `logits`, optionally `features`, and `sample_ids`, `label_names`
+    as unicode string arrays (`np.array([...], dtype=str)`, not object arrays).
+
+Both check the teacher's classes against the student's labels by name and refuse clearly on a mismatch; a
+`label_map` {teacher class: student label} maps a finer teacher onto coarser labels (its probabilities are summed,
+i.e. logits merged by logsumexp). An outputs file that lacks some of the requested samples, or repeats one, is refused.
+
+    teacher = load_teacher("lab/vqshape-geneactiv", label_names)                    # a classifier
+    teacher = load_teacher("raw_teacher.npz", label_names, sample_ids=train_ids)    # outputs computed elsewhere
+    logits, features = teacher(past_values=batch_values, sample_index=batch_rows)
+"""
+
+import json
+import os
+from collections import Counter
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+OUTPUT_SUFFIXES = (".safetensors", ".npz")
+
+
+class TeacherBatch(NamedTuple):
+    """A teacher's answer for a batch: `logits` `(batch_size, num_labels)` in the student's label order, `features`
+    `(batch_size, feature_dim)` or None."""
+
+    logits: torch.Tensor
+    features: torch.Tensor | None
+
+
+# ---- classes by name -------------------------------------------------------------------------------------------------
+
+
+def label_alignment(teacher_label_names: Sequence, label_names: Sequence, label_map: dict | None = None,
+                    teacher: str = "teacher") -> torch.Tensor:
+    """For each of the teacher's classes, the index of the student label it stands for, `(num_teacher_classes,)`.
+
+    Without `label_map` the two sets of names must be equal (any order); with it, every teacher class must map to a
+    student label and every label must receive at least one class. Raises ValueError naming what is missing or extra.
+    """
+    teacher_label_names = [str(name) for name in teacher_label_names]
+    label_names = [str(name) for name in label_names]
+    if len(set(teacher_label_names)) != len(teacher_label_names):
+        raise ValueError(f"{teacher}: its class names repeat: {teacher_label_names}.")
+    mapping = {str(key): str(value) for key, value in (label_map or {}).items()}
+    mapped = [mapping.get(name, name) for name in teacher_label_names]
+    unknown = sorted(set(mapped) - set(label_names))
+    uncovered = sorted(set(label_names) - set(mapped))
+    if unknown or uncovered:
+        default_names = all(name == f"LABEL_{index}" for index, name in enumerate(teacher_label_names))
+        hint = (" The teacher saved no class names (config.id2label is the default LABEL_i): save it with id2label."
+                if default_names else " Pass a label map {teacher class: label} if they are the same classes.")
+        raise ValueError(f"{teacher}: its classes do not match the labels by name. Teacher classes"
+                         f"{' (mapped)' if mapping else ''}: {sorted(set(mapped))}; labels: {label_names}; "
+                         f"not among the labels: {unknown}; labels the teacher lacks: {uncovered}.{hint}")
+    index = {name: position for position, name in enumerate(label_names)}
+    return torch.tensor([index[name] for name in mapped], dtype=torch.long)
+
+
+def align_logits(logits: torch.Tensor, alignment: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """Teacher logits `(batch_size, num_teacher_classes)` -> `(batch_size, num_labels)` in the student's order; the
+    classes mapped onto one label are merged by logsumexp (their probabilities add up)."""
+    alignment = alignment.to(logits.device)
+    if len(alignment) == num_labels:  # a permutation
+        return logits[:, torch.argsort(alignment)]
+    return torch.stack([logits[:, alignment == label].logsumexp(-1) for label in range(num_labels)], dim=-1)
+
+
+# ---- a saved classifier ----------------------------------------------------------------------------------------------
+
+
+class ModelTeacher:
+    """A frozen sequence classifier (any `PreTrainedModel` whose forward takes `past_values` and returns `logits`).
+
+    Features: the output's `features` when it has them (VQShape classifiers: the head's input), otherwise the last
+    of its `hidden_states` averaged over every axis but the batch and the hidden one, otherwise None.
+    """
+
+    def __init__(self, model, label_names: Sequence, label_map: dict | None = None, name: str | None = None):
+        self.model = model.eval().requires_grad_(False)
+        self.name = name or getattr(model, "name_or_path", None) or type(model).__name__
+        id2label = model.config.id2label
+        self.teacher_label_names = [id2label[index] for index in sorted(id2label, key=int)]
+        if len(self.teacher_label_names) != model.config.num_labels:
+            raise ValueError(f"{self.name}: config.id2label has {len(self.teacher_label_names)} names for "
+                             f"{model.config.num_labels} labels.")
+        self.label_names = [str(name) for name in label_names]
+        self.alignment = label_alignment(self.teacher_label_names, self.label_names, label_map, self.name)
+
+    def to(self, device):
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, past_values: torch.Tensor, sample_index=None) -> TeacherBatch:
+        """`past_values` as the teacher's config expects them (its own `input_length` and channels)."""
+        device = next(self.model.parameters()).device
+        outputs = self.model(past_values=past_values.to(device), output_hidden_states=True, return_dict=True)
+        features = getattr(outputs, "features", None)
+        hidden_states = getattr(outputs, "hidden_states", None)
+        if features is None and hidden_states:
+            last = hidden_states[-1]
+            features = last.reshape(last.shape[0], -1, last.shape[-1]).mean(1)
+        logits = align_logits(outputs.logits, self.alignment, len(self.label_names))
+        return TeacherBatch(logits, features)
+
+
+# ---- outputs computed elsewhere --------------------------------------------------------------------------------------
+
+
+def save_teacher_outputs(path, sample_ids: Sequence, logits, label_names: Sequence, features=None):
+    """Write a teacher outputs file (`.safetensors` or `.npz`, by the suffix of `path`): `logits` `(num_samples,
+    num_classes)`, optional `features` `(num_samples, dim)`, the `sample_ids` of the rows and the `label_names` of the
+    columns."""
+    path = os.fspath(path)
+    if not path.endswith(OUTPUT_SUFFIXES):
+        raise ValueError(f"{path}: a teacher outputs file ends in one of {OUTPUT_SUFFIXES}.")
+    sample_ids, label_names = [str(value) for value in sample_ids], [str(value) for value in label_names]
+    arrays = {"logits": np.asarray(logits, dtype=np.float32)}
+    if features is not None:
+        arrays["features"] = np.asarray(features, dtype=np.float32)
+    _check_outputs(path, arrays, sample_ids, label_names)
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import save_file
+
+        save_file(arrays, path, metadata={"sample_ids": json.dumps(sample_ids), "label_names": json.dumps(label_names)})
+    else:  # unicode string arrays: np.load reads them back with allow_pickle=False
+        names = {"sample_ids": np.array(sample_ids, dtype=str), "label_names": np.array(label_names, dtype=str)}
+        np.savez(path, **arrays, **names)
+
+
+def read_teacher_outputs(path) -> dict:
+    """`{"sample_ids", "label_names", "logits", "features"}` of a teacher outputs file, as written by
+    `save_teacher_outputs` (`features` None when absent). No pickle is ever loaded."""
+    path = os.fspath(path)
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="numpy") as file:
+            metadata = file.metadata() or {}
+            arrays = {key: file.get_tensor(key) for key in file.keys()}
+        missing = [key for key in ("sample_ids", "label_names") if key not in metadata]
+        if missing:
+            raise ValueError(f"{path}: its metadata lacks {missing} (JSON lists of strings).")
+        sample_ids, label_names = json.loads(metadata["sample_ids"]), json.loads(metadata["label_names"])
+    elif path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as file:
+            arrays = {key: file[key] for key in file.files}
+        missing = [key for key in ("sample_ids", "label_names") if key not in arrays]
+        if missing:
+            raise ValueError(f"{path}: it lacks the arrays {missing} (unicode string arrays).")
+        sample_ids, label_names = arrays.pop("sample_ids").tolist(), arrays.pop("label_names").tolist()
+    else:
+        raise ValueError(f"{path}: a teacher outputs file ends in one of {OUTPUT_SUFFIXES}.")
+    if "logits" not in arrays:
+        raise ValueError(f"{path}: it has no `logits` array.")
+    sample_ids, label_names = [str(value) for value in sample_ids], [str(value) for value in label_names]
+    _check_outputs(path, arrays, sample_ids, label_names)
+    return {"sample_ids": sample_ids, "label_names": label_names, "logits": arrays["logits"],
+            "features": arrays.get("features")}
+
+
+def _check_outputs(path, arrays, sample_ids, label_names):
+    logits = arrays["logits"]
+    if logits.ndim != 2 or logits.shape != (len(sample_ids), len(label_names)):
+        raise ValueError(f"{path}: logits of shape {tuple(logits.shape)} for {len(sample_ids)} samples and "
+                         f"{len(label_names)} classes.")
+    features = arrays.get("features")
+    if features is not None and (features.ndim != 2 or features.shape[0] != len(sample_ids)):
+        raise ValueError(f"{path}: features of shape {tuple(features.shape)} for {len(sample_ids)} samples.")
+    if len(set(sample_ids)) != len(sample_ids):
+        repeated = sorted(value for value, count in Counter(sample_ids).items() if count > 1)
+        raise ValueError(f"{path}: sample ids repeat: {repeated[:5]}{' ...' if len(repeated) > 5 else ''}.")
+
+
+class OutputsTeacher:
+    """Precomputed logits (and features) of the samples `sample_ids`, rows in that order; a batch is looked up by
+    `sample_index`, positions into `sample_ids` (the student's TRAIN rows)."""
+
+    def __init__(self, logits: torch.Tensor, features: torch.Tensor | None, label_names: Sequence, name: str):
+        self.logits, self.features, self.name = logits, features, name
+        self.label_names = [str(value) for value in label_names]
+
+    @classmethod
+    def from_file(cls, path, sample_ids: Sequence, label_names: Sequence, label_map: dict | None = None):
+        """Read `path` (`read_teacher_outputs`), keep the rows of `sample_ids` in that order and align the columns to
+        `label_names`; refuses an id that the file lacks and classes that do not match by name."""
+        name = os.fspath(path)
+        outputs = read_teacher_outputs(path)
+        rows = {sample_id: row for row, sample_id in enumerate(outputs["sample_ids"])}
+        wanted = [str(value) for value in sample_ids]
+        missing = [value for value in wanted if value not in rows]
+        if missing:
+            raise ValueError(f"{name}: {len(missing)} of the {len(wanted)} training samples have no teacher outputs "
+                             f"(e.g. {missing[:5]}); the file must cover every sample of the TRAIN split.")
+        alignment = label_alignment(outputs["label_names"], label_names, label_map, name)
+        order = torch.tensor([rows[value] for value in wanted], dtype=torch.long)
+        logits = align_logits(torch.from_numpy(outputs["logits"]).float()[order], alignment, len(label_names))
+        features = outputs["features"]
+        features = torch.from_numpy(features).float()[order] if features is not None else None
+        return cls(logits, features, label_names, name)
+
+    def __call__(self, past_values=None, sample_index=None) -> TeacherBatch:
+        if sample_index is None:
+            raise ValueError(f"{self.name}: a teacher read from a file needs the batch's `sample_index`.")
+        sample_index = torch.as_tensor(sample_index, dtype=torch.long).cpu()
+        device = past_values.device if past_values is not None else self.logits.device
+        features = self.features[sample_index].to(device) if self.features is not None else None
+        return TeacherBatch(self.logits[sample_index].to(device), features)
+
+
+def load_teacher(name_or_path, label_names: Sequence, sample_ids: Sequence | None = None,
+                 label_map: dict | None = None, **model_kwargs):
+    """A teacher from `name_or_path`: an outputs file (a path ending in `.safetensors` or `.npz`; `sample_ids` are
+    the TRAIN samples, in the student's row order) or a saved classifier folder / Hub id, loaded with
+    `AutoModelForSequenceClassification.from_pretrained(name_or_path, **model_kwargs)`. Its classes must match
+    `label_names` by name (after `label_map`)."""
+    path = os.fspath(name_or_path)
+    if path.endswith(OUTPUT_SUFFIXES):
+        if sample_ids is None:
+            raise ValueError(f"{path}: a teacher outputs file needs the `sample_ids` of the training samples.")
+        return OutputsTeacher.from_file(path, sample_ids, label_names, label_map)
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(path, **model_kwargs)
+    return ModelTeacher(model, label_names, label_map, name=path)
+
+
+__all__ = [
+    "OUTPUT_SUFFIXES",
+    "ModelTeacher",
+    "OutputsTeacher",
+    "TeacherBatch",
+    "align_logits",
+    "label_alignment",
+    "load_teacher",
+    "read_teacher_outputs",
+    "save_teacher_outputs",
+]

@@ -1,0 +1,301 @@
+"""Multi-teacher distillation (modeling_vqshape.distillation, modeling_vqshape.teachers): the KD loss against a hand
+computation, the weightings (equal, CA-MKD confidence, MTKD-RL) on one teacher and on a toy problem with a right and
+a noise teacher, the agent's deterministic update, and teachers from saved classifiers or outputs files, refused when
+their classes or samples do not match."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_vqshape import VQShapeConfig, VQShapeForTimeSeriesClassification
+from modeling_vqshape.distillation import (
+    WEIGHTINGS,
+    MTKDRLAgent,
+    agent_state,
+    agent_update,
+    confidence_weights,
+    improvement_reward,
+    kd_divergence,
+    kd_loss,
+    multi_teacher_kd_loss,
+    relational_cosine,
+    teacher_weights,
+)
+from modeling_vqshape.teachers import (
+    ModelTeacher,
+    load_teacher,
+    read_teacher_outputs,
+    save_teacher_outputs,
+)
+
+from .conftest import TINY
+
+
+def batch(num_teachers: int, batch_size: int = 6, num_labels: int = 3, seed: int = 0):
+    """Random student logits and features, teachers' logits and features of different widths, and labels."""
+    generator = torch.Generator().manual_seed(seed)
+    student_logits = torch.randn(batch_size, num_labels, generator=generator)
+    student_features = torch.randn(batch_size, 5, generator=generator)
+    teacher_logits = 3 * torch.randn(batch_size, num_teachers, num_labels, generator=generator)
+    teacher_features = [torch.randn(batch_size, 4 + k, generator=generator) for k in range(num_teachers)]
+    labels = torch.randint(0, num_labels, (batch_size,), generator=generator)
+    return student_logits, student_features, teacher_logits, teacher_features, labels
+
+
+def weightings_of(student_logits, student_features, teacher_logits, teacher_features, labels, agent):
+    """Every weighting's greedy weights, and the weights MTKD-RL samples while training."""
+    state = agent_state(student_logits, student_features, teacher_logits, teacher_features, labels)
+    weights = {name: teacher_weights(name, teacher_logits, labels, agent, state) for name in WEIGHTINGS}
+    weights["mtkd_rl sampled"] = agent.sample(state, torch.Generator().manual_seed(0))[1]
+    return weights
+
+
+def trained_agent(feature_dims, num_labels=3, seed=1):
+    """An agent whose last layer is not zero (as after training), so that its weights are not all equal."""
+    agent = MTKDRLAgent(num_labels, feature_dims, seed=seed)
+    with torch.no_grad():
+        agent.score[1].weight.normal_(generator=torch.Generator().manual_seed(seed))
+    return agent
+
+
+# ---- losses ----------------------------------------------------------------------------------------------------------
+
+
+def test_kd_loss_equals_a_hand_computation():
+    student = np.array([[1.0, 2.0, 0.0], [0.5, -1.0, 3.0]])
+    teacher = np.array([[2.0, 0.0, 1.0], [0.0, 0.0, 4.0]])
+    temperature = 2.0
+
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    p, q = softmax(teacher / temperature), softmax(student / temperature)
+    expected_rows = temperature**2 * (p * np.log(p / q)).sum(-1)  # T^2 KL(p_teacher || p_student)
+    got_rows = kd_divergence(torch.tensor(student), torch.tensor(teacher), temperature)
+    np.testing.assert_allclose(got_rows.numpy(), expected_rows, rtol=1e-10)
+    np.testing.assert_allclose(kd_loss(torch.tensor(student), torch.tensor(teacher), temperature).item(),
+                               expected_rows.mean(), rtol=1e-10)
+    # first row by hand: p = softmax([1, 0, 0.5]), q = softmax([0.5, 1, 0])
+    p0 = np.exp([1, 0, 0.5]) / np.exp([1, 0, 0.5]).sum()
+    q0 = np.exp([0.5, 1, 0]) / np.exp([0.5, 1, 0]).sum()
+    assert abs(got_rows[0].item() - 4 * sum(a * np.log(a / b) for a, b in zip(p0, q0))) < 1e-10
+    assert kd_loss(torch.tensor(student), torch.tensor(student), temperature).item() == pytest.approx(0, abs=1e-12)
+
+    # two teachers, per-sample weights and cross-entropy: alpha * CE + (1 - alpha) * sum_k w_k KD_k, batch mean
+    second = np.array([[0.0, 3.0, 0.0], [1.0, 1.0, 1.0]])
+    weights = np.array([[0.25, 0.75], [1.0, 0.0]])
+    labels = np.array([1, 2])
+    ce = -np.log(softmax(student)[np.arange(2), labels])
+    kd_second = temperature**2 * (softmax(second / 2) * np.log(softmax(second / 2) / q)).sum(-1)
+    expected = (0.3 * ce + 0.7 * (weights[:, 0] * expected_rows + weights[:, 1] * kd_second)).mean()
+    got = multi_teacher_kd_loss(torch.tensor(student), torch.tensor(np.stack([teacher, second], 1)),
+                                torch.tensor(weights), torch.tensor(labels), alpha=0.3, temperature=temperature)
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_kd_loss_backpropagates_to_the_student_only():
+    student = torch.randn(4, 3, requires_grad=True)
+    teacher = torch.randn(4, 3, requires_grad=True)
+    kd_loss(student, teacher).backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0 and teacher.grad is None
+
+
+# ---- weightings ------------------------------------------------------------------------------------------------------
+
+
+def test_with_one_teacher_every_weighting_reduces_to_single_teacher_kd():
+    student_logits, student_features, teacher_logits, teacher_features, labels = batch(num_teachers=1)
+    student_logits.requires_grad_(True)
+    agent = trained_agent([4])
+    single = 0.4 * F.cross_entropy(student_logits, labels) + 0.6 * kd_loss(student_logits, teacher_logits[:, 0])
+    for name, weights in weightings_of(student_logits, student_features, teacher_logits, teacher_features, labels,
+                                       agent).items():
+        torch.testing.assert_close(weights, torch.ones(len(labels), 1), msg=name)
+        loss = multi_teacher_kd_loss(student_logits, teacher_logits, weights, labels, alpha=0.4)
+        torch.testing.assert_close(loss, single, msg=name)
+
+
+def test_weights_are_a_distribution_per_sample():
+    student_logits, student_features, teacher_logits, teacher_features, labels = batch(num_teachers=3)
+    teacher_features[1] = None  # a teacher read from a file without features
+    agent = trained_agent([4, 0, 6])
+    for name, weights in weightings_of(student_logits, student_features, teacher_logits, teacher_features, labels,
+                                       agent).items():
+        assert weights.shape == (len(labels), 3), name
+        assert (weights >= 0).all(), name
+        torch.testing.assert_close(weights.sum(-1), torch.ones(len(labels)), msg=name)
+    assert not torch.allclose(teacher_weights("mtkd_rl", teacher_logits, labels, agent, agent_state(
+        student_logits, student_features, teacher_logits, teacher_features, labels)), torch.full((6, 3), 1 / 3))
+
+
+def test_confidence_is_ca_mkd():
+    """CA-MKD, eq. 2: (1 - softmax(CE)) / (K - 1); with two teachers that is softmax(-CE)."""
+    _, _, teacher_logits, _, labels = batch(num_teachers=3)
+    ce = torch.stack([F.cross_entropy(teacher_logits[:, k], labels, reduction="none") for k in range(3)], dim=1)
+    torch.testing.assert_close(confidence_weights(teacher_logits, labels), (1 - ce.softmax(-1)) / 2)
+    torch.testing.assert_close(confidence_weights(teacher_logits[:, :2], labels), (-ce[:, :2]).softmax(-1))
+
+
+def test_relational_cosine_compares_feature_spaces_of_any_width():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(8, 5, generator=generator)
+    rotation = torch.linalg.qr(torch.randn(9, 9, generator=generator))[0][:, :5]  # an isometry of R^5 into R^9
+    torch.testing.assert_close(relational_cosine(features, 3 * features @ rotation.T + 1), torch.ones(8))
+    assert relational_cosine(features, torch.randn(8, 9, generator=generator)).abs().mean() < 0.7
+    torch.testing.assert_close(relational_cosine(features[:1], features[:1]), torch.zeros(1))
+
+
+def toy_problem(seed: int = 0, num_samples: int = 96, dim: int = 16, num_labels: int = 3):
+    """Fixed inputs and labels; teacher 0 is right (confident on the label), teacher 1 is noise."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(num_samples, dim, generator=generator)
+    labels = torch.randint(0, num_labels, (num_samples,), generator=generator)
+    right = 5 * F.one_hot(labels, num_labels).float()
+    noise = 3 * torch.randn(num_samples, num_labels, generator=generator)
+    noise_dims = 0.1 * torch.randn(num_samples, 5, generator=generator)
+    features = [torch.cat([F.one_hot(labels, num_labels).float(), noise_dims], dim=-1),
+                torch.randn(num_samples, 4, generator=generator)]
+    return inputs, labels, torch.stack([right, noise], dim=1), features
+
+
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+def test_confidence_and_mtkd_rl_move_weight_to_the_right_teacher_and_equal_does_not(weighting):
+    inputs, labels, teacher_logits, teacher_features = toy_problem()
+    torch.manual_seed(0)
+    student = torch.nn.Linear(inputs.shape[1], 3)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.5)
+    agent = MTKDRLAgent(3, [f.shape[1] for f in teacher_features], seed=0)
+    agent_optimizer = torch.optim.Adam(agent.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+
+    def weight_of_the_right_teacher():
+        with torch.no_grad():
+            state = agent_state(student(inputs), inputs, teacher_logits, teacher_features, labels)
+            return teacher_weights(weighting, teacher_logits, labels, agent, state)[:, 0].mean().item()
+
+    if weighting != "confidence":  # the agent starts as `equal`
+        assert weight_of_the_right_teacher() == pytest.approx(0.5, abs=1e-6)
+    for _ in range(150):  # the bound: 150 steps of 32 samples
+        rows = torch.randperm(len(labels), generator=generator)[:32]
+        logits = student(inputs[rows])
+        state = agent_state(logits, inputs[rows], teacher_logits[rows], [f[rows] for f in teacher_features],
+                            labels[rows])
+        if weighting == "mtkd_rl":
+            actions, weights = agent.sample(state, generator)
+        else:
+            weights = teacher_weights(weighting, teacher_logits[rows], labels[rows])
+        loss = multi_teacher_kd_loss(logits, teacher_logits[rows], weights, labels[rows], alpha=0.5)
+        before = F.cross_entropy(logits.detach(), labels[rows], reduction="none")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if weighting == "mtkd_rl":
+            with torch.no_grad():
+                after = F.cross_entropy(student(inputs[rows]), labels[rows], reduction="none")
+            agent_update(agent, agent_optimizer, state, actions, improvement_reward(before, after))
+    if weighting == "equal":
+        assert weight_of_the_right_teacher() == pytest.approx(0.5)
+    else:
+        assert weight_of_the_right_teacher() > 0.75
+
+
+def test_agent_update_is_deterministic():
+    """Same inputs (as after an all-gather) and seed: every process's agent ends identical, whatever its own global
+    random state."""
+    student_logits, student_features, teacher_logits, teacher_features, labels = batch(num_teachers=2, batch_size=8)
+    state = agent_state(student_logits, student_features, teacher_logits, teacher_features, labels)
+    rewards = torch.randn(8, generator=torch.Generator().manual_seed(3))
+
+    def run(global_seed):
+        torch.manual_seed(global_seed)  # another process's global generator
+        agent = MTKDRLAgent(3, [4, 5], seed=7)
+        optimizer = torch.optim.Adam(agent.parameters(), lr=1e-2)
+        actions, _ = agent.sample(state, torch.Generator().manual_seed(11))
+        losses = [agent_update(agent, optimizer, state, actions, rewards) for _ in range(3)]
+        return losses, agent.state_dict()
+
+    (losses, first), (other_losses, second) = run(0), run(1)
+    assert losses == other_losses
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    initial = MTKDRLAgent(3, [4, 5], seed=7).state_dict()
+    assert not all(torch.equal(initial[name], second[name]) for name in second)  # the updates moved it
+
+
+# ---- teachers --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_outputs_file_is_read_by_sample_id_and_class_name(tmp_path, suffix):
+    path = tmp_path / f"teacher{suffix}"
+    logits = np.arange(12, dtype=np.float32).reshape(4, 3)
+    features = np.arange(8, dtype=np.float32).reshape(4, 2)
+    save_teacher_outputs(path, ["a", "b", "c", "d"], logits, ["sit", "walk", "run"], features)
+    teacher = load_teacher(path, label_names=["run", "sit", "walk"], sample_ids=["c", "a", "d"])
+    got = teacher(sample_index=[2, 0])  # rows "d" and "c" of the student's ["c", "a", "d"]
+    np.testing.assert_array_equal(got.logits.numpy(), logits[[3, 2]][:, [2, 0, 1]])
+    np.testing.assert_array_equal(got.features.numpy(), features[[3, 2]])
+    assert read_teacher_outputs(path)["sample_ids"] == ["a", "b", "c", "d"]
+
+
+def test_outputs_file_with_missing_samples_is_refused(tmp_path):
+    path = tmp_path / "teacher.npz"
+    save_teacher_outputs(path, ["a", "b"], np.zeros((2, 2)), ["sit", "walk"])
+    with pytest.raises(ValueError, match=r"1 of the 3 training samples have no teacher outputs \(e\.g\. \['c'\]\)"):
+        load_teacher(path, ["sit", "walk"], sample_ids=["a", "b", "c"])
+    with pytest.raises(ValueError, match="sample ids repeat"):
+        save_teacher_outputs(tmp_path / "twice.npz", ["a", "a"], np.zeros((2, 2)), ["sit", "walk"])
+
+
+def test_outputs_file_with_mismatched_classes_or_pickles_is_refused(tmp_path):
+    path = tmp_path / "teacher.safetensors"
+    save_teacher_outputs(path, ["a", "b"], np.zeros((2, 2)), ["sit", "walk"])
+    with pytest.raises(ValueError, match=r"do not match the labels by name.*not among the labels: \['walk'\]; "
+                                         r"labels the teacher lacks: \['run'\]"):
+        load_teacher(path, ["run", "sit"], sample_ids=["a", "b"])
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, logits=np.zeros((1, 2)), sample_ids=np.array(["a"], dtype=object),
+             label_names=np.array(["sit", "walk"]))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        read_teacher_outputs(pickled)
+
+
+def test_label_map_merges_a_finer_teacher_by_probability(tmp_path):
+    path = tmp_path / "fine.npz"
+    logits = np.log(np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32))
+    save_teacher_outputs(path, ["a"], logits, ["slow walk", "fast walk", "sit", "lie"])
+    teacher = load_teacher(path, ["rest", "walk"], sample_ids=["a"],
+                           label_map={"slow walk": "walk", "fast walk": "walk", "sit": "rest", "lie": "rest"})
+    np.testing.assert_allclose(teacher(sample_index=[0]).logits.softmax(-1).numpy(), [[0.7, 0.3]], rtol=1e-5)
+
+
+def tiny_classifier(label_names):
+    torch.manual_seed(0)
+    config = VQShapeConfig(**TINY, num_input_channels=2, num_labels=len(label_names),
+                           id2label=dict(enumerate(label_names)),
+                           label2id={name: index for index, name in enumerate(label_names)})
+    return VQShapeForTimeSeriesClassification(config).eval()
+
+
+def test_saved_classifier_teacher_aligns_its_classes_by_name(tmp_path):
+    model = tiny_classifier(["lie", "sit", "walk"])
+    model.save_pretrained(tmp_path / "teacher")
+    teacher = load_teacher(tmp_path / "teacher", label_names=["walk", "lie", "sit"])
+    assert isinstance(teacher, ModelTeacher) and not any(p.requires_grad for p in teacher.model.parameters())
+    past_values = torch.randn(3, TINY["input_length"], 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(past_values=past_values)
+    got = teacher(past_values)
+    torch.testing.assert_close(got.logits, expected.logits[:, [2, 0, 1]])
+    torch.testing.assert_close(got.features, expected.features)
+
+
+def test_saved_classifier_with_mismatched_classes_is_refused(tmp_path):
+    tiny_classifier(["lie", "sit"]).save_pretrained(tmp_path / "teacher")
+    with pytest.raises(ValueError, match="do not match the labels by name"):
+        load_teacher(tmp_path / "teacher", label_names=["lie", "walk"])
+    torch.manual_seed(0)
+    unnamed = VQShapeForTimeSeriesClassification(VQShapeConfig(**TINY, num_labels=2))
+    with pytest.raises(ValueError, match="saved no class names"):
+        ModelTeacher(unnamed, ["lie", "sit"])
