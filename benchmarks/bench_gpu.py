@@ -32,6 +32,7 @@ from original_vqshape import build_original, original_training_loss  # noqa: E40
 
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining  # noqa: E402
 from modeling_vqshape.configuration_vqshape import DIVERSE_CODEBOOK, ORIGINAL_CODEBOOK  # noqa: E402
+from modeling_vqshape.saving_vqshape import atomic_write  # noqa: E402
 
 RECIPES = {"original": ORIGINAL_CODEBOOK, "diverse": DIVERSE_CODEBOOK}
 
@@ -186,9 +187,8 @@ def main(argv=None):
 
 def write(results: dict, output):
     if output:
-        temporary = Path(f"{output}.tmp")
-        temporary.write_text(json.dumps(results, indent=2) + "\n")
-        temporary.replace(output)
+        with atomic_write(output) as temporary:
+            temporary.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

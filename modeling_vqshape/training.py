@@ -8,7 +8,6 @@ import json
 import math
 import os
 import re
-import shutil
 from collections import deque
 
 import torch
@@ -130,17 +129,18 @@ def checkpoint_dirs(output_dir) -> dict:
 
 
 def save_checkpoint(accelerator, output_dir, step: int, epoch: int, batches: int):
-    """save_state into a hidden folder, mark it complete, then rename it: a partial folder never looks finished. The
-    marker records the step and where in the data it was (epoch, batches of that epoch consumed)."""
+    """save_state into a hidden folder, mark it complete, then rename it (`atomic_write`, committed by the main
+    process): a partial folder never looks finished. The marker records the step and where in the data it was (epoch,
+    batches of that epoch consumed)."""
+    from .saving_vqshape import atomic_write
+
     final = os.path.join(output_dir, "checkpoints", f"checkpoint-{step}")
-    partial = os.path.join(output_dir, "checkpoints", f".partial-checkpoint-{step}")
-    accelerator.save_state(partial)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        with open(os.path.join(partial, COMPLETE_MARKER), "w") as handle:
-            json.dump({"step": step, "epoch": epoch, "batches": batches}, handle)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
+    with atomic_write(final, commit=accelerator.is_main_process) as partial:
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            with open(os.path.join(partial, COMPLETE_MARKER), "w") as handle:
+                json.dump({"step": step, "epoch": epoch, "batches": batches}, handle)
     accelerator.wait_for_everyone()
 
 
