@@ -2,7 +2,7 @@
 `examples/pretrain.py` at equal steps and seeds on the bundled corpus, then measured on held-out data.
 
     python benchmarks/bench_codebook.py                       # every variant, seed 0; original and chosen on 3 seeds
-    python benchmarks/bench_codebook.py --variants original chosen --seeds 0 --steps 200 --no-probe   # quick look
+    python benchmarks/bench_codebook.py --variants original chosen --seeds 0 --steps 200 --no_probe   # quick look
 
 For each run it reports:
 - validation reconstruction and shape loss (the script's final evaluation on its held-out 10% of the TRAIN series);
@@ -65,7 +65,7 @@ def parse_args(argv=None):
                         help="Further seeds for 'original' and the 'chosen' variants (the seed spread).")
     parser.add_argument("--steps", type=int, default=None, help="Training steps; default: the script's default.")
     parser.add_argument("--probe_seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--no-probe", dest="probe", action="store_false", help="Skip the linear probes.")
+    parser.add_argument("--no_probe", "--no-probe", dest="probe", action="store_false", help="Skip the linear probes.")
     parser.add_argument("--output_dir", default="bench-codebook")
     parser.add_argument("--pretrain_args", default="", help="Further arguments for examples/pretrain.py.")
     return parser.parse_args(argv)

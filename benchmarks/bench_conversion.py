@@ -1,6 +1,6 @@
 """Converting a checkpoint of the paper's released size (512 codes), atlas and model card included.
 
-    python benchmarks/bench_conversion.py --original-repo PATH [--num_codes 512]
+    python benchmarks/bench_conversion.py --original_repo PATH [--num_codes 512]
 
 Builds the original VQShape (github.com/YunshiWen/VQShape, needs einops) with the paper's hyper-parameters and random
 weights, saves it as the original's Lightning checkpoint would (the `model.` prefix, the LitVQShape hyper-parameter
@@ -34,7 +34,7 @@ def hyper_parameters(config: VQShapeConfig) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--original-repo", dest="original_repo", required=True)
+    parser.add_argument("--original_repo", "--original-repo", required=True)
     parser.add_argument("--num_codes", type=int, default=512)
     args = parser.parse_args()
     config = VQShapeConfig(num_codes=args.num_codes)  # the paper's configuration

@@ -2,16 +2,16 @@
 autocast and bf16 autocast + torch.compile, beside the original implementation when its source is given.
 
     python benchmarks/bench_gpu.py                                   # the paper's configuration, batch 512
-    python benchmarks/bench_gpu.py --original-repo PATH              # + github.com/YunshiWen/VQShape, same run
+    python benchmarks/bench_gpu.py --original_repo PATH              # + github.com/YunshiWen/VQShape, same run
     python benchmarks/bench_gpu.py --codebook_recipe diverse         # ours with the scripts' codebook recipe
-    python benchmarks/bench_gpu.py --agreement-model vqshape-pretrained   # + bf16 agreement of a trained model
+    python benchmarks/bench_gpu.py --agreement_model vqshape-pretrained   # + bf16 agreement of a trained model
     python benchmarks/bench_gpu.py --smoke                           # CPU, tiny configuration: does it run?
 
 A training step is what `examples/pretrain.py` does: forward, weighted loss, backward, fused AdamW. Inference is the
 tokens/histogram path (`VQShapeModel`, no decoders); the original's is `VQShape(x, mode="tokenize")`. Peak memory is
 `torch.cuda.max_memory_allocated` per setting (on CPU, the process's peak resident memory, which only grows).
 `--codebook_recipe` chooses ours' codebook options (`original`: the paper's, as the original implementation;
-`diverse`: `DIVERSE_CODEBOOK`, what the example scripts build). `--agreement-model` compares a trained model's bf16
+`diverse`: `DIVERSE_CODEBOOK`, what the example scripts build). `--agreement_model` compares a trained model's bf16
 autocast tokens with fp32's on the device, on the bundled TEST splits (needs aeon). Results are printed as a Markdown
 table and, with `--output`, written as JSON after every row (a run cut short keeps what it measured).
 """
@@ -32,6 +32,7 @@ from original_vqshape import build_original, original_training_loss  # noqa: E40
 
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining  # noqa: E402
 from modeling_vqshape.configuration_vqshape import DIVERSE_CODEBOOK, ORIGINAL_CODEBOOK  # noqa: E402
+from modeling_vqshape.saving_vqshape import atomic_write  # noqa: E402
 
 RECIPES = {"original": ORIGINAL_CODEBOOK, "diverse": DIVERSE_CODEBOOK}
 
@@ -49,9 +50,9 @@ def parse_args(argv=None):
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--codebook_recipe", default="original", choices=list(RECIPES),
                         help="Ours' codebook options: the paper's ('original') or the example scripts' ('diverse').")
-    parser.add_argument("--agreement-model", dest="agreement_model", default=None,
+    parser.add_argument("--agreement_model", "--agreement-model", default=None,
                         help="A trained model folder: its bf16 autocast tokens against fp32's on the device.")
-    parser.add_argument("--original-repo", dest="original_repo", default=None,
+    parser.add_argument("--original_repo", "--original-repo", default=None,
                         help="A checkout of github.com/YunshiWen/VQShape (needs einops) to time beside ours.")
     parser.add_argument("--smoke", action="store_true", help="Tiny configuration on CPU, 2 steps: a smoke test.")
     parser.add_argument("--output", default=None, help="Write the results as JSON here.")
@@ -186,9 +187,8 @@ def main(argv=None):
 
 def write(results: dict, output):
     if output:
-        temporary = Path(f"{output}.tmp")
-        temporary.write_text(json.dumps(results, indent=2) + "\n")
-        temporary.replace(output)
+        with atomic_write(output) as temporary:
+            temporary.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

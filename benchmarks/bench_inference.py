@@ -2,15 +2,15 @@
 onnxruntime) and of a full forward (with reconstruction and decoded shapes), for the paper's configuration, measured
 in one run.
 
-    python benchmarks/bench_inference.py [--batch-size 256] [--steps 5] [--rounds 2] [--original-repo PATH]
-                                         [--baseline-repo PATH ...] [--agreement-model vqshape-pretrained]
+    python benchmarks/bench_inference.py [--batch_size 256] [--steps 5] [--rounds 2] [--original_repo PATH]
+                                         [--baseline_repo PATH ...] [--agreement_model vqshape-pretrained]
 
-- `--original-repo`: a checkout of the original implementation (github.com/YunshiWen/VQShape, needs einops); its
+- `--original_repo`: a checkout of the original implementation (github.com/YunshiWen/VQShape, needs einops); its
   `VQShape(x, mode='tokenize')`, which always runs both decoders, is timed in the same run with the same
   hyper-parameters.
-- `--baseline-repo`: checkouts of this package at other commits (e.g. `git worktree add ../before <commit>`); their
+- `--baseline_repo`: checkouts of this package at other commits (e.g. `git worktree add ../before <commit>`); their
   tokens paths are timed too, for before/after figures measured in one run.
-- `--agreement-model`: a trained model whose bf16-autocast tokens are compared with fp32's on the bundled TEST splits
+- `--agreement_model`: a trained model whose bf16-autocast tokens are compared with fp32's on the bundled TEST splits
   (share of identical codes, attribute error); default `vqshape-pretrained` when that folder exists.
 
 Each path runs in its own process (peak memory is its own max RSS); the paths alternate for `--rounds` rounds and each
@@ -134,15 +134,16 @@ def agreement(folder: str, device="cpu") -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--paths", nargs="+", default=None, choices=list(NAMES),
                         help="Default: every path whose requirements are there.")
-    parser.add_argument("--original-repo", help="checkout of github.com/YunshiWen/VQShape to compare against")
-    parser.add_argument("--baseline-repo", nargs="+", default=[],
+    parser.add_argument("--original_repo", "--original-repo",
+                        help="checkout of github.com/YunshiWen/VQShape to compare against")
+    parser.add_argument("--baseline_repo", "--baseline-repo", nargs="+", default=[],
                         help="checkouts of this package at other commits (before/after), each timed as 'baseline N'")
-    parser.add_argument("--agreement-model",
+    parser.add_argument("--agreement_model", "--agreement-model",
                         default="vqshape-pretrained" if os.path.isdir("vqshape-pretrained") else None)
     args = parser.parse_args()
     paths = args.paths or [

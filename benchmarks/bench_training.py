@@ -1,10 +1,10 @@
 """Pre-training step throughput and peak memory of VQShapeForPreTraining (default VQShapeConfig, batch 64): one step is
 forward, weighted loss, backward and AdamW (fused, as examples/pretrain.py uses it), as in the original's training_step.
 
-    python benchmarks/bench_training.py [--steps 3] [--original-repo /path/to/YunshiWen/VQShape]
+    python benchmarks/bench_training.py [--steps 3] [--original_repo /path/to/YunshiWen/VQShape]
     python benchmarks/bench_training.py --profile     # where a step of ours spends its time, and the dropout draws
 
-With --original-repo (a checkout of https://github.com/YunshiWen/VQShape; needs einops) the original VQShape is
+With --original_repo (a checkout of https://github.com/YunshiWen/VQShape; needs einops) the original VQShape is
 measured the same way in the same run, and the ratio is printed. Each measurement runs in its own process, so that
 peak memory (the process's maximum resident set size) belongs to one model.
 """
@@ -98,7 +98,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--original-repo", dest="original_repo", default=None)
+    parser.add_argument("--original_repo", "--original-repo", default=None)
     parser.add_argument("--rounds", type=int, default=2,
                         help="Alternate the implementations this many times and keep each one's best round, so that "
                              "load from other processes on a shared machine does not favour either.")

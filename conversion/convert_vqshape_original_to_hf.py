@@ -1,8 +1,8 @@
 """Convert an original VQShape Lightning checkpoint (github.com/YunshiWen/VQShape, `LitVQShape`) to a Hugging Face
 folder: `config.json`, `model.safetensors`, `preprocessor_config.json`, the modeling files and a model card.
 
-    python -m conversion.convert_vqshape_original_to_hf --checkpoint PATH/VQShape.ckpt --output-dir DIR \
-        [--reference-outputs reference_outputs.safetensors] [--push-to-hub REPO_ID]
+    python -m conversion.convert_vqshape_original_to_hf --checkpoint PATH/VQShape.ckpt --output_dir DIR \
+        [--reference_outputs reference_outputs.safetensors] [--push_to_hub REPO_ID]
 
 The checkpoint is read with `torch.load(weights_only=True)`: neither lightning nor wandb is needed and no arbitrary
 object is unpickled. Weights are renamed by an explicit table and loaded with `strict=True`; the converted model is
@@ -12,19 +12,17 @@ recorded outputs at the fixture's tolerances) before anything is written. Nothin
 
 import argparse
 import math
-import os
 import pickle
 import re
-import shutil
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
-from modeling_vqshape import VQShapeConfig, VQShapeFeatureExtractor, VQShapeForPreTraining, VQShapeModel
-from modeling_vqshape.hub import publish, write_atlas, write_model_card
+from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining, VQShapeModel
+from modeling_vqshape.hub import publish, save_model_folder
+from modeling_vqshape.saving_vqshape import atomic_write
 
 # Original key (after the Lightning `model.` prefix) -> converted key of VQShapeModel.
 ORIGINAL_TO_CONVERTED_KEY_MAPPING = {
@@ -250,10 +248,10 @@ def check_converted_model(model: VQShapeModel, state_dict: dict):
 
 
 def convert(checkpoint_path, output_dir, reference_outputs=None, push_to_hub=None, private=False) -> Path:
-    """Convert, check, then write the folder atomically (a temporary sibling renamed at the end)."""
+    """Convert, check, then write the folder all at once (`atomic_write`: a temporary sibling renamed at the end)."""
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):
-        raise ConversionError(f"{output_dir} exists and is not empty; choose a new --output-dir.")
+        raise ConversionError(f"{output_dir} exists and is not empty; choose a new --output_dir.")
     checkpoint = load_original_checkpoint(checkpoint_path)
     model, state_dict = build_model(checkpoint)
     check_converted_model(model, state_dict)
@@ -264,14 +262,10 @@ def convert(checkpoint_path, output_dir, reference_outputs=None, push_to_hub=Non
         report = compare_with_reference(model, load_file(str(reference_outputs)))
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        model.save_pretrained(staging)
-        VQShapeFeatureExtractor(input_length=model.config.input_length).save_pretrained(staging)
-        write_atlas(model, staging)
-        write_model_card(
+    with atomic_write(output_dir) as staging:  # the hub module's save step: weights, feature extractor, atlas, card
+        save_model_folder(
+            model,
             staging,
-            model.config,
             description=(
                 f"Converted from the original VQShape checkpoint `{Path(checkpoint_path).name}` "
                 f"(Lightning {checkpoint.get('pytorch-lightning_version', 'unknown')}, "
@@ -280,12 +274,6 @@ def convert(checkpoint_path, output_dir, reference_outputs=None, push_to_hub=Non
             ),
             extra={"conversion_check": report} if report else None,
         )
-        if output_dir.exists():
-            output_dir.rmdir()
-        os.replace(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     if push_to_hub:
         publish(output_dir, push_to_hub, private=private, commit_message="Add converted VQShape checkpoint")
     return output_dir
@@ -294,9 +282,12 @@ def convert(checkpoint_path, output_dir, reference_outputs=None, push_to_hub=Non
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="the original VQShape.ckpt")
-    parser.add_argument("--output-dir", required=True, help="a new folder for the converted model")
-    parser.add_argument("--reference-outputs", help="outputs recorded from the original code, to compare against")
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the folder to this Hub repo")
+    # underscores, as every script of the package; the dashed spelling of earlier versions is still accepted
+    parser.add_argument("--output_dir", "--output-dir", required=True, help="a new folder for the converted model")
+    parser.add_argument("--reference_outputs", "--reference-outputs",
+                        help="outputs recorded from the original code, to compare against")
+    parser.add_argument("--push_to_hub", "--push-to-hub", metavar="REPO_ID",
+                        help="also upload the folder to this Hub repo")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
     return parser.parse_args(argv)
 

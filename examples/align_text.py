@@ -7,6 +7,10 @@ and token alignment (captions come from the model's own attributes, no labels ne
 names (`--labelled_data`, `modeling_vqshape.classification.CLASS_NAMES`) add the series <-> class prompt loss.
 `--zero_shot_dataset` (BasicMotions by default) is refused as a labelled set, so that its labels never touch training
 and its zero-shot score means something.
+
+The training loop is `examples/pretrain.py`'s (`modeling_vqshape.training`): gradient accumulation
+(`--gradient_accumulation_steps`), checkpoints every `--checkpointing_steps` and `--resume_from_checkpoint latest`;
+the losses are read back from the device only every `--logging_steps`.
 """
 
 import argparse
@@ -17,7 +21,7 @@ import os
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
@@ -39,6 +43,8 @@ from modeling_vqshape.training import (
     get_process_scheduler,
     loss_terms,
     resumable_batches,
+    resume_from_checkpoint,
+    save_checkpoint,
 )
 
 EVALUATED = ("code_text_loss", "token_text_loss", "intensity_text_loss", "rhythm_text_loss")
@@ -68,6 +74,7 @@ def parse_args(argv=None):
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--weight_decay", type=float, default=0.01)
     parser.add_argument("--max_train_steps", type=int, default=400)
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--num_warmup_steps", type=int, default=20)
     parser.add_argument("--joint_training", action="store_true", help="Also train VQShape (pre-training loss kept).")
     parser.add_argument("--class_text_weight", type=float, default=0.1,
@@ -75,7 +82,10 @@ def parse_args(argv=None):
                              "(benchmarks/bench_text_alignment.py: held-out attribute accuracy falls below majority).")
     parser.add_argument("--intensity_text_weight", type=float, default=1.0,
                         help="Weight of the channel intensity <-> intensity phrase loss (sources with raw scales).")
-    parser.add_argument("--logging_steps", type=int, default=20)
+    parser.add_argument("--logging_steps", type=int, default=20,
+                        help="Log (and read the losses back from the device) every so many steps.")
+    parser.add_argument("--checkpointing_steps", type=int, default=None)
+    parser.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint folder or 'latest'.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report_to", default="tensorboard" if importlib.util.find_spec("tensorboard") else "none")
     add_hub_arguments(parser)
@@ -137,8 +147,11 @@ def get_channel_dataloader(args, input_length):
 
 def main(argv=None):
     args = parse_args(argv)
-    accelerator = Accelerator(log_with=None if args.report_to == "none" else args.report_to,
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              log_with=None if args.report_to == "none" else args.report_to,
                               project_dir=args.output_dir,
+                              # seeded sampling per epoch: a resumed run sees the data in the same order
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     set_seed(args.seed)
     text_name = args.text_model_name or args.text_model
@@ -157,7 +170,7 @@ def main(argv=None):
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = get_process_scheduler("cosine", optimizer, args.num_warmup_steps, args.max_train_steps,
-                                      accelerator.num_processes)
+                                      accelerator.num_processes)  # in optimizer steps, accumulated or not
     channel_dataloader = get_channel_dataloader(args, model.config.vqshape_config.input_length) \
         if args.channel_data else None
     model, optimizer, train_dataloader, eval_dataloader, scheduler = accelerator.prepare(
@@ -167,13 +180,19 @@ def main(argv=None):
     if accelerator.log_with:
         accelerator.init_trackers("vqshape_align_text", {k: str(v) for k, v in vars(args).items()})
 
-    history = {"validation_step_0": evaluate_alignment(model, eval_dataloader, accelerator, EVALUATED)}
-    accelerator.print(f"step 0: validation {history['validation_step_0']}")
-    progress = tqdm(range(args.max_train_steps), disable=not accelerator.is_local_main_process)
-    completed_steps, log = 0, []
+    completed_steps, epoch, batches = resume_from_checkpoint(accelerator, args.resume_from_checkpoint, args.output_dir)
+    history = {}
+    if completed_steps == 0:
+        history["validation_step_0"] = evaluate_alignment(model, eval_dataloader, accelerator, EVALUATED)
+        accelerator.print(f"step 0: validation {history['validation_step_0']}")
+    progress = tqdm(range(args.max_train_steps), initial=completed_steps, disable=not accelerator.is_local_main_process)
+    log = []
     model.train()
-    for _ in range(math.ceil(args.max_train_steps / max(len(train_dataloader), 1))):
-        for past_values, labels, calibration in train_dataloader:
+    # epoch after epoch until the step budget is spent; nothing left when resumed at the last step
+    data = resumable_batches(accelerator, train_dataloader, epoch, batches) \
+        if completed_steps < args.max_train_steps else ()
+    for epoch, batches, (past_values, labels, calibration) in data:
+        with accelerator.accumulate(model):
             outputs = model(past_values=past_values, labels=labels, intensity_thresholds=calibration)
             loss = outputs.loss
             if channel_batches is not None:  # and a batch of the named channels: its terms, "which moves most" too
@@ -187,19 +206,21 @@ def main(argv=None):
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-            completed_steps += 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.3f}", scale=f"{float(outputs.logit_scale):.1f}")
-            if completed_steps % args.logging_steps == 0:
-                # means over the ranks' batches, each term over the ranks that had it
-                means = accelerator.gather(loss_terms(outputs, TERMS)[None]).nanmean(0).tolist()
-                terms = {term: value for term, value in zip(TERMS, means) if not math.isnan(value)}
-                terms["logit_scale"] = float(outputs.logit_scale)
-                accelerator.log({f"train/{k}": v for k, v in terms.items()}, step=completed_steps)
-                log.append({"step": completed_steps, **terms})
-                progress.write(f"step {completed_steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in terms.items()))
-            if completed_steps >= args.max_train_steps:
-                break
+        if not accelerator.sync_gradients:
+            continue
+        completed_steps += 1
+        progress.update(1)
+        if completed_steps % args.logging_steps == 0:  # the only place the losses are read back from the device
+            # means over the ranks' batches, each term over the ranks that had it
+            means = accelerator.gather(loss_terms(outputs, TERMS)[None]).nanmean(0).tolist()
+            terms = {term: value for term, value in zip(TERMS, means) if not math.isnan(value)}
+            terms["logit_scale"] = float(outputs.logit_scale)
+            accelerator.log({f"train/{k}": v for k, v in terms.items()}, step=completed_steps)
+            log.append({"step": completed_steps, **terms})
+            progress.set_postfix(loss=f"{terms['loss']:.3f}", scale=f"{terms['logit_scale']:.1f}")
+            progress.write(f"step {completed_steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in terms.items()))
+        if args.checkpointing_steps and completed_steps % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, args.output_dir, completed_steps, epoch, batches)
         if completed_steps >= args.max_train_steps:
             break
     progress.close()

@@ -176,9 +176,10 @@ def main(argv=None):
             continue
         completed_steps += 1
         progress.update(1)
-        progress.set_postfix(log.update(outputs))
+        log.update(outputs)  # on the device: read back only every --logging_steps
         if completed_steps % args.logging_steps == 0:
-            event = log.log(accelerator, completed_steps, scheduler.get_last_lr()[0])
+            fields, event = log.log(accelerator, completed_steps, scheduler.get_last_lr()[0])
+            progress.set_postfix(fields)
             if event and accelerator.is_main_process:
                 progress.write(event)
         if args.checkpointing_steps and completed_steps % args.checkpointing_steps == 0:

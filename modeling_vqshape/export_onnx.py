@@ -11,7 +11,6 @@ features within `--atol`.
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from .modeling_vqshape import VQShapeModel, VQShapePreTrainedModel
+from .saving_vqshape import atomic_write
 
 OUTPUT_NAMES = ("token_features", "code_indices", "histogram")
 
@@ -54,21 +54,15 @@ def export_tokens_onnx(model: VQShapePreTrainedModel, output: str | os.PathLike,
     batch = torch.export.Dim("batch_size", min=1)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(suffix=".onnx", dir=output.parent)
-    os.close(descriptor)
-    try:
+    with atomic_write(output) as temporary:  # moved into place once checked
         with torch.no_grad():
             program = torch.onnx.export(
                 graph, (example,), input_names=["past_values"], output_names=list(OUTPUT_NAMES),
                 dynamic_shapes={"past_values": {0: batch}}, dynamo=True, external_data=False, verbose=False,
             )
-        program.save(temporary)
-        check_onnx(graph.model, temporary, torch.randn(check_batch_size, config.input_length, num_channels) * 3 + 1,
-                   atol=atol)
-        os.replace(temporary, output)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        program.save(str(temporary))
+        check_onnx(graph.model, str(temporary),
+                   torch.randn(check_batch_size, config.input_length, num_channels) * 3 + 1, atol=atol)
     return output
 
 

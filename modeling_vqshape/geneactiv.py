@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .processing_vqshape import resample_series
+from .saving_vqshape import atomic_write
 
 SAMPLES_PER_PAGE = 300
 HEX_PER_SAMPLE = 12
@@ -266,8 +267,8 @@ def write_geneactiv_bin(path, raw, frequency: float = 100.0, start: datetime = d
     ]
     hex_digits = np.frombuffer(b"0123456789ABCDEF", dtype=np.uint8)
     path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as file:  # page by page, so that a day's recording needs no day of strings
+    # page by page, so that a day's recording needs no day of strings
+    with atomic_write(path) as temporary, open(temporary, "wb") as file:
         file.write(("\r\n".join(lines) + "\r\n").encode("latin-1"))
         for page in range(num_pages):
             window = slice(page * SAMPLES_PER_PAGE, (page + 1) * SAMPLES_PER_PAGE)
@@ -283,7 +284,6 @@ def write_geneactiv_bin(path, raw, frequency: float = 100.0, start: datetime = d
                 f"Measurement Frequency:{frequency:g} Hz", data,
             ]
             file.write(("\r\n".join(block) + "\r\n").encode("latin-1"))
-    temporary.replace(path)
     return path
 
 

@@ -1,5 +1,6 @@
-"""Model cards and publishing to the Hugging Face Hub: `publish`, the one route every script, the converter and
-`save_pretrained(push_to_hub=True)` take.
+"""Model cards and publishing to the Hugging Face Hub: `publish`, the route every script and the converter take.
+`save_pretrained(push_to_hub=True)` is transformers' own upload of the completed folder (it works where only the
+Hub repo's files are, with `trust_remote_code`); `publish` adds the extras: the codebook atlas and the model card.
 
 `publish(model, "lab/vqshape-geneactiv")` saves the model (weights, config with the complete `auto_map`, modeling
 files for `trust_remote_code`, `preprocessor_config.json`), draws the codebook atlas, writes the model card and
@@ -11,11 +12,12 @@ pushing an unchanged model uploads nothing: the Hub reports each file's git oid 
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+from .saving_vqshape import atomic_write
 
 CITATION = """@inproceedings{wen2024vqshape,
   title     = {Abstracted Shapes as Tokens - A Generalizable and Interpretable Model for Time-series Classification},
@@ -28,18 +30,21 @@ TAGS = ["time-series", "time-series-classification", "vqshape"]
 ATLAS_FILE = "atlas.png"
 DEFAULT_COMMIT_MESSAGE = "Upload VQShape model"
 
-_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _CONFIG_KEYS_LEFT_OUT = ("auto_map", "architectures", "transformers_version", "id2label", "label2id")
 
 
 def check_repo_id(repo_id: str) -> str:
-    """Raise a clear ValueError for a repo id the Hub would refuse, before anything is uploaded."""
-    if (not isinstance(repo_id, str) or not _REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id
-            or repo_id.endswith((".git", ".")) or repo_id.split("/")[-1].startswith(".")):
+    """Raise a clear ValueError for a repo id the Hub would refuse (`huggingface_hub`'s own check), before anything is
+    uploaded."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
         raise ValueError(
             f"invalid Hub repo id {repo_id!r}: use 'namespace/name' with letters, digits, '-', '_' or '.', "
-            "e.g. 'lab/vqshape-geneactiv'."
-        )
+            f"e.g. 'lab/vqshape-geneactiv' ({error})."
+        ) from None
     return repo_id
 
 
@@ -176,9 +181,8 @@ def write_model_card(folder, config, description: str, training: dict | None = N
     sections.append("## Citation\n\n```bibtex\n" + CITATION + "\n```")
     card = ModelCard("\n\n".join(sections) + "\n")
     path = Path(folder) / "README.md"
-    temporary = path.with_suffix(".md.tmp")
-    card.save(temporary)
-    os.replace(temporary, path)
+    with atomic_write(path) as temporary:
+        card.save(temporary)
     return path
 
 
@@ -232,14 +236,14 @@ def _upload(folder, repo_id: str, private: bool = False, commit_message: str = D
 
 
 def write_space_card(folder, title: str, tags: list, body: str, models=()) -> Path:
-    """The README.md of a gradio Space with `app.py`: its front matter (title, SDK, app file, the `models` it shows,
-    tags), then `# title` and `body`."""
-    front = [f"title: {title}", "sdk: gradio", "app_file: app.py", "pinned: false"]
-    if models:
-        front += ["models:", *(f"- {model}" for model in models)]
-    front += ["tags:", *(f"- {tag}" for tag in tags)]
+    """The README.md of a gradio Space with `app.py` (`huggingface_hub.SpaceCard`): its metadata (title, SDK, app
+    file, the `models` it shows, tags), then `# title` and `body`."""
+    from huggingface_hub import SpaceCard, SpaceCardData
+
+    data = SpaceCardData(title=title, sdk="gradio", app_file="app.py", pinned=False, models=list(models) or None,
+                         tags=list(tags))
     path = Path(folder) / "README.md"
-    path.write_text("---\n" + "\n".join(front) + f"\n---\n\n# {title}\n\n" + body, encoding="utf-8")
+    SpaceCard(f"---\n{data.to_yaml()}\n---\n\n# {title}\n\n" + body).save(path)
     return path
 
 
@@ -308,7 +312,7 @@ def publish_demo(space_id: str, model_id: str, private: bool = False, token: str
                        space_sdk="gradio")
 
 
-def _save_model(model, folder, feature_extractor=None, atlas_dataset=None, **card) -> Path:
+def save_model_folder(model, folder, feature_extractor=None, atlas_dataset=None, **card) -> Path:
     """Write everything a Hub repo holds into `folder`: `save_pretrained` output (complete `auto_map`, modeling files),
     the feature extractor, the codebook atlas and the model card (`card`: `write_model_card`'s arguments)."""
     from .processing_vqshape import VQShapeFeatureExtractor
@@ -374,7 +378,7 @@ def publish(model_or_folder, repo_id: str, feature_extractor=None, private: bool
         if is_folder:
             folder = _completed_folder(Path(model_or_folder), staging, repo_id, atlas_dataset)
         else:
-            folder = _save_model(model_or_folder, staging, feature_extractor, atlas_dataset, license=license,
+            folder = save_model_folder(model_or_folder, staging, feature_extractor, atlas_dataset, license=license,
                                  repo_id=repo_id, **card)
         commit = _upload(folder, repo_id, private, commit_message, token, revision, endpoint)
     if demo_space is not None:
@@ -388,6 +392,7 @@ __all__ = [
     "eval_results",
     "publish",
     "publish_demo",
+    "save_model_folder",
     "push_metric_to_hub",
     "write_atlas",
     "write_model_card",

@@ -1,13 +1,12 @@
 """PyTorch VQShape (Wen et al., "Abstracted Shapes as Tokens: A Generalizable and Interpretable Model for
 Time-series Classification", NeurIPS 2024).
 
-Reads top to bottom: pure functions (normalisation, subsequence sampling, losses) -> blocks -> output dataclasses
--> VQShapePreTrainedModel -> VQShapeModel -> heads.
+Reads top to bottom: pure functions (normalisation, subsequence sampling, patch masking, losses) -> the encoder's
+blocks -> the codebook and its helpers -> the decoders -> output dataclasses -> VQShapePreTrainedModel ->
+VQShapeModel (with `encode`, the one encode step of every head) -> heads.
 """
 
-import json
 import math
-import os
 from dataclasses import dataclass, fields
 
 import torch
@@ -18,6 +17,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_vqshape import VQShapeConfig
+from .saving_vqshape import CompletedFolderMixin
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Pure functions
@@ -87,6 +87,16 @@ def extract_subsequence(
     return moving_average(sampled[:, 0], smoothing)
 
 
+def keep_random_patches(patch_embeddings: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+    """Drop `int(mask_ratio * num_patches)` random patches per series, drawn as the original draws them (paper
+    Sec. 3.3). `(batch_size, num_patches, d_model)` -> `(batch_size, num_kept_patches, d_model)`."""
+    batch_size, num_patches, _ = patch_embeddings.shape
+    num_masked = int(mask_ratio * num_patches)
+    order = torch.rand(batch_size, num_patches, device=patch_embeddings.device).argsort(dim=-1)
+    kept = order[:, num_masked:]
+    return patch_embeddings[torch.arange(batch_size, device=kept.device).unsqueeze(1), kept]
+
+
 def reconstruction_loss(reconstruction: torch.Tensor, series: torch.Tensor) -> torch.Tensor:
     """Mean squared error of the reconstructed series, in the input's scale (paper Eq. 4, L_x)."""
     return F.mse_loss(reconstruction, series)
@@ -144,25 +154,8 @@ def disentanglement_loss(
     return (F.relu(threshold - pairwise) * off_diagonal).mean()
 
 
-def usage_from_counts(counts: torch.Tensor):
-    """Perplexity of a code distribution given as counts per code, `(num_codes,)`, and the fraction of codes used."""
-    counts = counts.to(torch.float32)
-    probabilities = counts / counts.sum().clamp(min=1)
-    perplexity = torch.exp(_entropy(probabilities, eps=1e-10))  # a measurement: a finer clamp than the loss's
-    return perplexity, (counts > 0).to(torch.float32).mean()
-
-
-def usage_from_indices(code_indices: torch.Tensor, num_codes: int):
-    """Perplexity of the hard code assignments and the fraction of the codebook they use."""
-    indices = code_indices.reshape(-1)
-    # counts by scatter, not bincount: bincount's output size depends on the values, which torch.compile cannot trace
-    counts = torch.zeros(num_codes, device=indices.device).index_add_(0, indices,
-                                                                      torch.ones_like(indices, dtype=torch.float32))
-    return usage_from_counts(counts)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
-# Blocks
+# Blocks: the encoder side
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -259,8 +252,10 @@ class VQShapeTokenizer(nn.Module):
         return hidden
 
 
-def _mlp(in_features: int, out_features: int, hidden_features: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_features, hidden_features), nn.ReLU(), nn.Linear(hidden_features, out_features))
+def _mlp(in_features: int, out_features: int, hidden_features: int, activation=nn.ReLU) -> nn.Sequential:
+    """Linear -> activation -> Linear: the attribute decoder's heads (ReLU) and the text model's projections (GELU)."""
+    return nn.Sequential(nn.Linear(in_features, hidden_features), activation(),
+                         nn.Linear(hidden_features, out_features))
 
 
 class VQShapeAttributeDecoder(nn.Module):
@@ -284,6 +279,34 @@ class VQShapeAttributeDecoder(nn.Module):
         offset = self.offset_head(hidden_states)
         scale = F.softplus(self.scale_head(hidden_states))
         return self.code_head(hidden_states), start, length, offset, scale
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The codebook: code usage, distributed helpers, k-means, quantisation and VQShapeCodebook
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def code_histogram(code_indices: torch.Tensor, num_codes: int) -> torch.LongTensor:
+    """How often each code occurs along the last axis: `(..., num_tokens)` -> `(..., num_codes)` int64 counts (the
+    model's `histogram`; a 1-D input gives the counts of all its indices). By scatter, not bincount: bincount's output
+    size depends on the values, which torch.compile cannot trace."""
+    rows = code_indices.reshape(-1, code_indices.shape[-1])
+    counts = torch.zeros(rows.shape[0], num_codes, dtype=torch.long, device=code_indices.device)
+    counts.scatter_add_(1, rows, torch.ones_like(rows))
+    return counts.reshape(*code_indices.shape[:-1], num_codes)
+
+
+def usage_from_counts(counts: torch.Tensor):
+    """Perplexity of a code distribution given as counts per code, `(num_codes,)`, and the fraction of codes used."""
+    counts = counts.to(torch.float32)
+    probabilities = counts / counts.sum().clamp(min=1)
+    perplexity = torch.exp(_entropy(probabilities, eps=1e-10))  # a measurement: a finer clamp than the loss's
+    return perplexity, (counts > 0).to(torch.float32).mean()
+
+
+def usage_from_indices(code_indices: torch.Tensor, num_codes: int):
+    """Perplexity of the hard code assignments and the fraction of the codebook they use."""
+    return usage_from_counts(code_histogram(code_indices.reshape(-1), num_codes))
 
 
 def _world_size() -> int:
@@ -512,6 +535,11 @@ class VQShapeCodebook(nn.Module):
             self.weight.data.copy_(F.normalize(entries, dim=-1) if self.cosine else entries)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Blocks: the decoders
+# ---------------------------------------------------------------------------------------------------------------------
+
+
 class VQShapeAttributeEncoder(nn.Module):
     """Embeds a token's attributes back to `d_model` for the patch decoder."""
 
@@ -731,6 +759,22 @@ class _Tokens:
         return torch.cat([self.codes, self.start, self.length, self.offset, self.scale], dim=-1)
 
 
+@dataclass
+class _Encoded:
+    """What the encode step gives every head: the flattened, normalised series and their tokens."""
+
+    series: torch.Tensor  # (batch_size * num_channels, sequence_length) the input, one row per channel
+    loc: torch.Tensor  # (batch_size * num_channels, 1)
+    scale: torch.Tensor  # (batch_size * num_channels, 1)
+    tokens: _Tokens
+    batch_size: int
+    num_channels: int
+
+    def per_channel(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The rows back per series: "(batch channels) ... -> batch channels ..."."""
+        return tensor.reshape(self.batch_size, self.num_channels, *tensor.shape[1:])
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------------------------------
@@ -752,41 +796,12 @@ def vqshape_model(model) -> "VQShapeModel":
     return getattr(model, "backbone", model).base_model
 
 
-def complete_saved_folder(save_directory, auto_map: dict, input_length: int, push_to_hub: bool = False, **hub_kwargs):
-    """After `save_pretrained`: write the complete `auto_map` and the pipelines (`custom_pipelines`, whose code
-    `pipeline_vqshape.py` save_pretrained copies with the modeling files through the import below) into config.json
-    (a head lists only itself; written to a temporary file, then renamed) and add the feature extractor, so that the
-    folder loads with every Auto class and `transformers.pipeline`, with or without the package. With `push_to_hub`,
-    the completed folder is then published by `modeling_vqshape.hub.publish`, the one route to the Hub (`hub_kwargs`:
-    `repo_id`, by default the folder's name, `commit_message`, `private`, `revision`, `token`)."""
-    from .pipeline_vqshape import custom_pipelines
+class VQShapePreTrainedModel(CompletedFolderMixin, PreTrainedModel):
+    """`save_pretrained` writes a complete folder (`saving_vqshape`): every Auto class, the pipelines, the feature
+    extractor."""
 
-    config_path = os.path.join(save_directory, "config.json")
-    with open(config_path, encoding="utf-8") as handle:
-        config = json.load(handle)
-    config["auto_map"] = dict(auto_map)
-    config["custom_pipelines"] = custom_pipelines()
-    temporary_path = config_path + ".tmp"
-    with open(temporary_path, "w", encoding="utf-8") as handle:
-        json.dump(config, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(temporary_path, config_path)
-    if not os.path.exists(os.path.join(save_directory, "preprocessor_config.json")):
-        from .processing_vqshape import VQShapeFeatureExtractor
-
-        VQShapeFeatureExtractor(input_length=input_length).save_pretrained(save_directory)
-    if push_to_hub:
-        repo_id = hub_kwargs.pop("repo_id", None) or os.path.basename(os.path.normpath(save_directory))
-        try:  # absolute, inside `try`: remote code neither copies hub.py nor requires the package
-            from modeling_vqshape.hub import publish
-        except ImportError as error:
-            raise ImportError("save_pretrained(push_to_hub=True) publishes with the vqshape package (pip install "
-                              "vqshape); without it, model.push_to_hub(repo_id) uploads the same folder.") from error
-        publish(save_directory, repo_id, **hub_kwargs)
-
-
-class VQShapePreTrainedModel(PreTrainedModel):
     config_class = VQShapeConfig
+    saved_auto_map = AUTO_MAP
     base_model_prefix = "vqshape"
     main_input_name = "past_values"
     input_modalities = ("time",)
@@ -826,18 +841,6 @@ class VQShapePreTrainedModel(PreTrainedModel):
             module._reset_parameters()
         elif isinstance(module, (nn.Linear, nn.Conv1d, nn.LayerNorm, nn.GroupNorm)):
             module.reset_parameters()
-
-    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
-        """Save as `PreTrainedModel.save_pretrained` does, then complete the `auto_map` (a head lists only itself) and
-        add the feature extractor, so that the folder loads with every Auto class, with or without the package.
-        With `push_to_hub=True` the completed folder is then published by `modeling_vqshape.hub.publish`, as every
-        VQShape model is (`repo_id`, by default the folder's name, `commit_message`, `private`, `revision`, `token`)."""
-        hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "revision")
-                      if key in kwargs}
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            complete_saved_folder(save_directory, AUTO_MAP, self.config.input_length, push_to_hub,
-                                  token=kwargs.get("token"), **hub_kwargs)
 
     def _flatten_channels(self, past_values: torch.Tensor):
         """Check `past_values` and make every channel an independent univariate series.
@@ -900,6 +903,20 @@ class VQShapeModel(VQShapePreTrainedModel):
         self.patch_decoder = VQShapePatchDecoder(config)
         self.shape_decoder = VQShapeShapeDecoder(config)
         self.post_init()
+
+    def encode(self, past_values: torch.Tensor, mask_ratio: float = 0.0) -> _Encoded:
+        """The encode step of every head: make each channel a series, normalise it, embed its patches (dropping a
+        random `mask_ratio` of them, for pre-training) and tokenize.
+
+        Args:
+            past_values: `(batch_size, sequence_length)` or `(batch_size, sequence_length, num_channels)`.
+        """
+        series, batch_size, num_channels = self._flatten_channels(past_values)
+        scaled, loc, scale = instance_normalize(series)
+        patch_embeddings = self.patch_encoder.embed(scaled)
+        if mask_ratio > 0:
+            patch_embeddings = keep_random_patches(patch_embeddings, mask_ratio)
+        return _Encoded(series, loc, scale, self.tokenize(patch_embeddings), batch_size, num_channels)
 
     def tokenize(self, patch_embeddings: torch.Tensor) -> _Tokens:
         """Encode embedded patches and decode the tokens' attributes.
@@ -974,17 +991,10 @@ class VQShapeModel(VQShapePreTrainedModel):
             output_shapes: also decode each token's shape (runs the shape decoder).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        series, batch_size, num_channels = self._flatten_channels(past_values)
-        scaled, loc, scale = instance_normalize(series)
-        tokens = self.tokenize(self.patch_encoder.embed(scaled))
+        encoded = self.encode(past_values)
+        tokens, loc, scale, per_channel = encoded.tokens, encoded.loc, encoded.scale, encoded.per_channel
         num_tokens = self.config.num_tokens
-
-        def per_channel(tensor):  # "(batch channels) ... -> batch channels ..."
-            return tensor.reshape(batch_size, num_channels, *tensor.shape[1:])
-
         code_indices = tokens.code_indices
-        histogram = torch.zeros(code_indices.shape[0], self.config.num_codes, dtype=torch.long, device=series.device)
-        histogram.scatter_add_(1, code_indices, torch.ones_like(code_indices))
         reconstruction = shapes = None
         if output_reconstruction:
             # "(batch channels) time -> batch time channels"
@@ -994,15 +1004,15 @@ class VQShapeModel(VQShapePreTrainedModel):
         output = VQShapeModelOutput(
             last_hidden_state=per_channel(tokens.hidden_states),
             token_features=per_channel(tokens.features),
-            histogram=per_channel(histogram),
+            histogram=per_channel(code_histogram(code_indices, self.config.num_codes)),
             code_indices=per_channel(code_indices),
             codes=per_channel(tokens.codes),
             shape_start=per_channel(tokens.start.reshape(-1, num_tokens)),
             shape_length=per_channel(tokens.length.reshape(-1, num_tokens)),
             shape_offset=per_channel(tokens.offset.reshape(-1, num_tokens)),
             shape_scale=per_channel(tokens.scale.reshape(-1, num_tokens)),
-            loc=loc.reshape(batch_size, num_channels),
-            scale=scale.reshape(batch_size, num_channels),
+            loc=per_channel(loc[:, 0]),
+            scale=per_channel(scale[:, 0]),
             reconstruction=reconstruction,
             shapes=shapes,
         )
@@ -1018,14 +1028,6 @@ class VQShapeForPreTraining(VQShapePreTrainedModel):
         self.vqshape = VQShapeModel(config)
         self.post_init()
 
-    def _keep_random_patches(self, patch_embeddings: torch.Tensor) -> torch.Tensor:
-        """Drop `int(mask_ratio * num_patches)` random patches per series, drawn as the original draws them."""
-        batch_size, num_patches, _ = patch_embeddings.shape
-        num_masked = int(self.config.mask_ratio * num_patches)
-        order = torch.rand(batch_size, num_patches, device=patch_embeddings.device).argsort(dim=-1)
-        kept = order[:, num_masked:]
-        return patch_embeddings[torch.arange(batch_size, device=kept.device).unsqueeze(1), kept]
-
     def forward(self, past_values: torch.Tensor, return_dict: bool | None = None, **kwargs):
         r"""
         Args:
@@ -1035,12 +1037,9 @@ class VQShapeForPreTraining(VQShapePreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         config = self.config
-        series, batch_size, num_channels = self._flatten_channels(past_values)
-        scaled, loc, scale = instance_normalize(series)
-        patch_embeddings = self.vqshape.patch_encoder.embed(scaled)
-        if self.training and config.mask_ratio > 0:
-            patch_embeddings = self._keep_random_patches(patch_embeddings)
-        tokens = self.vqshape.tokenize(patch_embeddings)
+        encoded = self.vqshape.encode(past_values, config.mask_ratio if self.training else 0.0)
+        series, tokens, loc, scale, per_channel = (encoded.series, encoded.tokens, encoded.loc, encoded.scale,
+                                                   encoded.per_channel)
         reconstruction = self.vqshape.reconstruct(tokens, loc, scale)
         shapes = self.vqshape.decode_shapes(tokens, loc, scale)
         target_shapes = extract_subsequence(series, tokens.start, tokens.length, config.shape_length,
@@ -1070,10 +1069,6 @@ class VQShapeForPreTraining(VQShapePreTrainedModel):
         )
         with torch.no_grad():
             perplexity, usage = usage_from_indices(tokens.code_indices, config.num_codes)
-
-        def per_channel(tensor):  # "(batch channels) ... -> batch channels ..."
-            return tensor.reshape(batch_size, num_channels, *tensor.shape[1:])
-
         output = VQShapeForPreTrainingOutput(
             loss=loss,
             **losses,
@@ -1084,8 +1079,8 @@ class VQShapeForPreTraining(VQShapePreTrainedModel):
             target_shapes=per_channel(target_shapes),
             code_indices=per_channel(tokens.code_indices),
             token_features=per_channel(tokens.features),
-            loc=loc.reshape(batch_size, num_channels),
-            scale=scale.reshape(batch_size, num_channels),
+            loc=per_channel(loc[:, 0]),
+            scale=per_channel(scale[:, 0]),
         )
         return output if return_dict else output.to_tuple()
 

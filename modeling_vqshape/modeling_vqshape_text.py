@@ -13,6 +13,7 @@ This file: the heads, the embeddings of codes, tokens, channels and series, `for
 import math
 import os
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -21,24 +22,20 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_vqshape_text import ATTRIBUTES, VQShapeTextConfig, check_calibration
+from .configuration_vqshape_text import ATTRIBUTES, VQShapeTextConfig
 from .modeling_vqshape import (
     VQShapeForPreTraining,
     VQShapeModel,
     VQShapeModelOutput,
     _all_reduce_sum,
-    complete_saved_folder,
-    instance_normalize,
+    _mlp,
+    code_histogram,
 )
-from .text_bank import VQShapeTextBank, check_classes, load_text_encoder
-from .text_calibration import (
-    calibrations_by_source,
-    channel_calibration,
-    intensity_thresholds,
-    relative_intensity,
-    resolve_calibration,
-)
-from .text_captions import SHAPE_VALUES, caption_labels, intensity_labels, rhythm_features, rhythm_labels, shape_labels
+from .saving_vqshape import CompletedFolderMixin
+from .text_attributes import TOKEN_MEAN_MOMENTUM, TextAttributesMixin
+from .text_bank import TextBankMixin, VQShapeTextBank, load_text_encoder
+from .text_calibration import calibrations_by_source, intensity_thresholds, relative_intensity
+from .text_captions import SHAPE_VALUES, caption_labels, intensity_labels, shape_labels
 from .text_interpretation import (
     HUBNESS_METHODS,
     TextInterpretationMixin,
@@ -47,14 +44,11 @@ from .text_interpretation import (
 )
 from .text_loss import multi_positive_info_nce, text_alignment_loss
 
-# momentum of the running mean of token vectors (BatchNorm's default)
-TOKEN_MEAN_MOMENTUM = 0.1
 # the loss terms, each weighted by `config.<term>_weight`
 LOSS_TERMS = ("code_text", "token_text", "intensity_text", "rhythm_text", "channel_text", "class_text")
 
-
-def _mlp(in_features: int, out_features: int, hidden_features: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_features, hidden_features), nn.GELU(), nn.Linear(hidden_features, out_features))
+# the projection heads into the text space
+_projection = partial(_mlp, activation=nn.GELU)
 
 
 def token_inputs(token_features: torch.Tensor, code_dim: int, code_mean=0.0, code_std=1.0) -> torch.Tensor:
@@ -137,8 +131,9 @@ TEXT_AUTO_MAP = {
 }
 
 
-class VQShapeTextPreTrainedModel(PreTrainedModel):
+class VQShapeTextPreTrainedModel(CompletedFolderMixin, PreTrainedModel):
     config_class = VQShapeTextConfig
+    saved_auto_map = TEXT_AUTO_MAP
     base_model_prefix = "text_alignment"
     main_input_name = "past_values"
     input_modalities = ("time", "text")
@@ -164,7 +159,7 @@ class VQShapeTextPreTrainedModel(PreTrainedModel):
             module.reset_parameters()
 
 
-class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedModel):
+class VQShapeForTextAlignment(TextInterpretationMixin, TextAttributesMixin, TextBankMixin, VQShapeTextPreTrainedModel):
     """VQShape whose codes and tokens live in a sentence-transformer's text space.
 
     Build one from a pre-trained VQShape with `from_vqshape` (embeds the phrase bank once), train it with `forward`'s
@@ -178,15 +173,16 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
         vqshape_config = config.vqshape_config
         self.backbone = VQShapeForPreTraining(vqshape_config)
         self.text_bank = VQShapeTextBank(config)
-        self.code_projection = _mlp(vqshape_config.code_dim, config.text_dim, config.projection_hidden_dim)
-        self.token_projection = _mlp(vqshape_config.code_dim + 6, len(ATTRIBUTES) * config.text_dim,
+        self.code_projection = _projection(vqshape_config.code_dim, config.text_dim, config.projection_hidden_dim)
+        self.token_projection = _projection(vqshape_config.code_dim + 6, len(ATTRIBUTES) * config.text_dim,
                                      config.projection_hidden_dim)
         if self.has_intensity:  # relative log(scale) of a channel -> its text-space intensity vector
-            self.intensity_projection = _mlp(1, config.text_dim, config.projection_hidden_dim)
+            self.intensity_projection = _projection(1, config.text_dim, config.projection_hidden_dim)
         if self.has_rhythm:  # a channel's regularity and log(1 + cycles) -> its rhythm vector
-            self.rhythm_projection = _mlp(2, config.text_dim, config.projection_hidden_dim)
+            self.rhythm_projection = _projection(2, config.text_dim, config.projection_hidden_dim)
         if self.has_channel:  # every channel's relative intensity -> the series' "which channel moves most" vector
-            self.channel_projection = _mlp(len(config.channel_names), config.text_dim, config.projection_hidden_dim)
+            self.channel_projection = _projection(len(config.channel_names), config.text_dim,
+                                                  config.projection_hidden_dim)
         self.logit_scale = nn.Parameter(torch.empty(()))  # log of the scale, as in CLIP
         # how often each code was seen in training batches, for describe_codes
         self.register_buffer("code_counts", torch.zeros(vqshape_config.num_codes, dtype=torch.long))
@@ -204,27 +200,14 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
         if config.freeze_backbone:
             self.backbone.requires_grad_(False)
 
-    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
-        """Save, with the model's state (stored classes, intensity calibration) written into the saved config, then
-        complete the folder (`auto_map`, feature extractor): it loads with `AutoModel` and `trust_remote_code`.
-        With `push_to_hub=True` the completed folder is then published by `modeling_vqshape.hub.publish`
-        (`repo_id`, by default the folder's name, `commit_message`, `private`, `revision`, `token`)."""
-        hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "revision")
-                      if key in kwargs}
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save with the model's state (stored classes, intensity calibration) written into the saved config; the
+        folder is completed (`auto_map`, feature extractor) as every VQShape model's is."""
         self.config.update(self.state_dict_for_config())
         super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            complete_saved_folder(save_directory, TEXT_AUTO_MAP, self.config.vqshape_config.input_length,
-                                  push_to_hub, token=kwargs.get("token"), **hub_kwargs)
 
-    @property
-    def intensity_thresholds(self) -> list | None:
-        """The intensity calibration in use: `[low, high]` log-scale pairs, one per channel or one for all, or None."""
-        return self._intensity_thresholds
-
-    @intensity_thresholds.setter
-    def intensity_thresholds(self, thresholds):
-        self.__dict__["_intensity_thresholds"] = check_calibration(thresholds)
+    def saved_input_length(self) -> int:
+        return self.config.vqshape_config.input_length
 
     def state_dict_for_config(self) -> dict:
         """The model's state that its config carries when saved: the stored classes and the intensity calibration."""
@@ -256,45 +239,6 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
             model.set_text_encoder(text_encoder)
         model.build_text_bank()
         return model
-
-    def set_text_encoder(self, text_encoder):
-        """Use this `SentenceTransformer` (or a name / path to load) for new text; its size must match the bank's."""
-        self.text_bank.set_text_encoder(text_encoder)
-
-    @property
-    def text_encoder(self):
-        return self.text_bank.text_encoder
-
-    @property
-    def phrases(self) -> list:
-        """The phrase bank as `Phrase(attribute, value, text, heldout)`s, in the order of its stored embeddings."""
-        return self.text_bank.phrases
-
-    def build_text_bank(self):
-        """Embed the phrase bank (and any stored class names) with the text encoder; store them centred."""
-        self.text_bank.build()
-
-    def embed_text(self, texts) -> torch.Tensor:
-        """Texts -> `(len(texts), text_dim)` centred unit-norm embeddings; bank phrases come from the stored bank and
-        only other text needs the text encoder."""
-        return self.text_bank.embed_text(texts)
-
-    @torch.no_grad()
-    def embed_class_prompts(self, class_names, templates=None) -> torch.Tensor:
-        """`(num_classes, text_dim)`: per class, the mean of its prompts: its descriptions when `class_names` maps
-        each name to a list of them, else `templates` with "{}" for the name."""
-        return self.text_bank.embed_classes(*check_classes(class_names), templates)
-
-    def set_class_names(self, class_names, templates=None):
-        """Embed and store class prompts with the model, so that `zero_shot_classify` and `explain` serve them after
-        saving, without the text encoder. `class_names` is a list of names (prompted with `templates`) or
-        `{name: [descriptions]}`."""
-        self.text_bank.set_classes(class_names, templates)
-
-    @property
-    def class_names(self) -> list:
-        """The stored classes' names (`set_class_names`), in column order."""
-        return list(self.text_bank.class_names)
 
     # ---- the time-series side ----------------------------------------------------------------------------------------
 
@@ -337,129 +281,6 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
                                                        *self.code_statistics()))
         # "... (attributes dim) -> ... attributes dim"
         return F.normalize(projected.reshape(*projected.shape[:-1], len(ATTRIBUTES), self.config.text_dim), dim=-1)
-
-    # ---- the channel-level intensity attribute -----------------------------------------------------------------------
-
-    @property
-    def has_intensity(self) -> bool:
-        """Whether the bank has intensity phrases (models saved before the attribute existed have none)."""
-        return "intensity" in self.config.phrase_bank
-
-    def _require_intensity(self):
-        if not self.has_intensity:
-            raise ValueError("This model's phrase bank has no intensity phrases (it was built before the attribute "
-                             "existed); rebuild it with VQShapeForTextAlignment.from_vqshape(...) to use intensity.")
-
-    @torch.no_grad()
-    def calibrate_intensity(self, past_values: torch.Tensor, per_channel: bool = True) -> list:
-        """Calibrate the intensity attribute on unlabelled series of a domain (e.g. a dataset's training split): the
-        terciles of each channel's log(scale) (or of all channels together with `per_channel=False`) become the
-        model's `intensity_thresholds`, saved with it. From then on, series embeddings, `zero_shot_classify` and
-        `explain` include each channel's intensity (still, moderate, vigorous) relative to this domain.
-
-        Args:
-            past_values: raw series in their own units (not standardised), `(batch_size, sequence_length)` or
-                `(batch_size, sequence_length, num_channels)`.
-        Returns:
-            the thresholds, one `[low, high]` pair per channel (one pair with `per_channel=False`).
-        """
-        self._require_intensity()
-        scale = self.channel_scales(past_values)
-        if self.has_channel and (scale.shape[1] != len(self.config.channel_names) or not per_channel):
-            raise ValueError(f"The series have {scale.shape[1]} channel(s), but this model names "
-                             f"{len(self.config.channel_names)} ({self.config.channel_names}) and compares them, each "
-                             f"against its own calibration: calibrate on series of those channels, in that order, "
-                             f"with per_channel=True.")
-        self.intensity_thresholds = channel_calibration(scale, per_channel)
-        return self.intensity_thresholds
-
-    def channel_scales(self, past_values: torch.Tensor) -> torch.Tensor:
-        """`(batch_size, num_channels)`: each channel's standard deviation, as VQShape's instance normalisation computes
-        it (the `scale` its heads return), without running the model."""
-        series, batch_size, num_channels = self.backbone.vqshape._flatten_channels(past_values)
-        return instance_normalize(series.detach())[2].reshape(batch_size, num_channels)
-
-    def _intensity_calibration(self, intensity_thresholds, batch_size: int, num_channels: int):
-        """`(batch_size, num_channels, 2)` thresholds: per row from the argument, else the model's calibration; None
-        when neither is given (see `text_calibration.resolve_calibration`)."""
-        if not self.has_intensity:
-            if intensity_thresholds is not None:
-                raise ValueError("intensity_thresholds were given, but this model's phrase bank has no intensity "
-                                 "phrases (it was built before the attribute existed); rebuild it with "
-                                 "VQShapeForTextAlignment.from_vqshape(...) to use intensity.")
-            return None
-        return resolve_calibration(intensity_thresholds, self.intensity_thresholds, batch_size, num_channels,
-                                   self.text_bank.text_mean.device)
-
-    # ---- rhythm and which channel moves most -----------------------------------------------------------------------
-
-    @property
-    def has_rhythm(self) -> bool:
-        """Whether the bank has rhythm phrases (models saved before the attribute existed have none)."""
-        return "rhythm" in self.config.phrase_bank
-
-    @property
-    def has_channel(self) -> bool:
-        """Whether the model names its channels (`config.channel_names`) and says which one moves most."""
-        return bool(self.config.channel_names) and "channel" in self.config.phrase_bank
-
-    def channel_rhythm(self, past_values: torch.Tensor):
-        """`(regularity, cycles)`, each `(batch_size, num_channels)`: each channel's rhythm from its autocorrelation
-        (`text_captions.rhythm_features`)."""
-        series, batch_size, num_channels = self.backbone.vqshape._flatten_channels(past_values)
-        regularity, cycles = rhythm_features(series.detach().float())
-        return regularity.reshape(batch_size, num_channels), cycles.reshape(batch_size, num_channels)
-
-    def attribute_embeddings(self, scale: torch.Tensor, rhythm, intensity_thresholds) -> dict:
-        """The channel- and series-level attributes of a batch, from the backbone's `scale` and the channels'
-        `rhythm` (`channel_rhythm`; None when the bank has no rhythm phrases): `{name: (embeddings, values)}`, values
-        being rule value indices, -1 where unknown. Intensity and rhythm: `(batch_size, num_channels, text_dim)` and
-        `(batch_size, num_channels)`; intensity only with a calibration (NaN thresholds: unknown). Channel (which named
-        channel moves most, by its relative intensity): `(batch_size, text_dim)` and `(batch_size,)`, for series of
-        the named channels whose channels are all calibrated. Only the attributes the bank has."""
-        batch_size, num_channels = scale.shape
-        attributes = {}
-        thresholds = self._intensity_calibration(intensity_thresholds, batch_size, num_channels)
-        if thresholds is not None:
-            relative = relative_intensity(scale.detach(), thresholds)
-            known = torch.isfinite(relative)
-            relative_inputs = torch.where(known, relative, torch.zeros_like(relative))
-            attributes["intensity"] = (F.normalize(self.intensity_projection(relative_inputs.unsqueeze(-1)), dim=-1),
-                                       torch.where(known, intensity_labels(relative_inputs), -1))
-        if rhythm is not None:
-            regularity, cycles = rhythm
-            inputs = torch.stack([regularity, cycles.log1p()], dim=-1).to(scale.dtype)
-            attributes["rhythm"] = (F.normalize(self.rhythm_projection(inputs), dim=-1), rhythm_labels(regularity))
-        if thresholds is not None and self.has_channel and num_channels == len(self.config.channel_names) \
-                and self._calibrated_per_channel(intensity_thresholds, num_channels):
-            all_known = known.all(dim=-1)
-            moves_most = torch.where(all_known, relative.nan_to_num(-math.inf).argmax(dim=-1), -1)
-            attributes["channel"] = (F.normalize(self.channel_projection(relative_inputs), dim=-1), moves_most)
-        return attributes
-
-    def _calibrated_per_channel(self, intensity_thresholds, num_channels: int) -> bool:
-        """Whether the calibration in use gives each channel its own pair (comparing channels needs it)."""
-        if intensity_thresholds is not None:
-            shape = torch.as_tensor(intensity_thresholds).shape
-            return len(shape) == 3 and shape[1] == num_channels
-        return len(self.intensity_thresholds) == num_channels
-
-    def attribute_vectors(self, attributes: dict) -> list:
-        """What each attribute adds to the token vectors of its channels (or of the whole series): its embedding less
-        the mean embedding of that attribute (the batch's known ones in training, the running mean otherwise); zero
-        where unknown. A list of `(batch_size, num_channels or 1, text_dim)`."""
-        vectors = []
-        for name, (embeddings, values) in attributes.items():
-            known = values >= 0
-            running_mean = getattr(self, f"{name}_vector_mean")
-            mean = running_mean
-            if self.training and known.any():
-                mean = embeddings.detach()[known].mean(dim=0)
-                running_mean.lerp_(mean.to(running_mean.dtype), TOKEN_MEAN_MOMENTUM)
-            centred = embeddings - mean.to(embeddings.dtype)
-            centred = torch.where(known.unsqueeze(-1), centred, torch.zeros_like(centred))
-            vectors.append(centred if centred.dim() == 3 else centred.unsqueeze(1))
-        return vectors
 
     def token_vectors(self, token_embeddings: torch.Tensor, attribute_vectors=()) -> torch.Tensor:
         """A token's single text-space vector: the sum of its attribute embeddings (a caption's bag of phrases), less
@@ -531,8 +352,8 @@ class VQShapeForTextAlignment(TextInterpretationMixin, VQShapeTextPreTrainedMode
         logit_scale = self.logit_scale_value()
         if self.training:
             # summed over the ranks of a distributed run, so that every rank (and the saved model) counts all tokens
-            self.code_counts += _all_reduce_sum(torch.bincount(outputs.code_indices.reshape(-1),
-                                                               minlength=self.code_counts.shape[0]))
+            self.code_counts += _all_reduce_sum(code_histogram(outputs.code_indices.reshape(-1),
+                                                               self.code_counts.shape[0]))
         losses = text_alignment_loss(
             self.text_bank.phrase_embeddings, self.text_bank.phrases, logit_scale,
             {name: getattr(config, f"{name}_weight") if with_code_term or name != "code_text" else 0.0

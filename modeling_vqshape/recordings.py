@@ -37,7 +37,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,6 +57,7 @@ from .geneactiv import (
 )
 from .modeling_vqshape import token_span_end, vqshape_model
 from .processing_vqshape import VQShapeFeatureExtractor
+from .saving_vqshape import atomic_write, write_json
 
 TABLE_CONFIG = "tokenize_config.json"
 RATE_TOLERANCE = 1e-6  # relative: a sampling rate given for a file must equal the file's
@@ -256,13 +256,12 @@ def _schema(with_time: bool, histogram: bool):
 
 
 def _write_shard(path: Path, tables: list, schema):
-    """Write the rows of `tables` (pyarrow tables of `schema`) to `path` through a temporary file, then rename."""
+    """Write the rows of `tables` (pyarrow tables of `schema`) to `path` all at once (`atomic_write`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    temporary = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.concat_tables(tables) if tables else schema.empty_table(), temporary)
-    os.replace(temporary, path)
+    with atomic_write(path) as temporary:
+        pq.write_table(pa.concat_tables(tables) if tables else schema.empty_table(), temporary)
 
 
 def _check_settings(output_dir: Path, settings: dict):
@@ -275,9 +274,7 @@ def _check_settings(output_dir: Path, settings: dict):
                              "differ); resume with the same ones, or choose another output folder.")
         return
     output_dir.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
+    write_json(path, settings)
 
 
 def tokenize_recordings(model, recordings, output_dir, window_seconds: float, stride_seconds: float | None = None,

@@ -220,3 +220,46 @@ class VQShapeTextBank(nn.Module):
         if (names if descriptions is None else descriptions) == self.stored_classes() and templates is None:
             return names, self.class_embeddings
         return names, self.embed_classes(names, descriptions, templates)
+
+
+class TextBankMixin:
+    """For `VQShapeForTextAlignment`: its text side, delegated to its `text_bank`."""
+
+    def set_text_encoder(self, text_encoder):
+        """Use this `SentenceTransformer` (or a name / path to load) for new text; its size must match the bank's."""
+        self.text_bank.set_text_encoder(text_encoder)
+
+    @property
+    def text_encoder(self):
+        return self.text_bank.text_encoder
+
+    @property
+    def phrases(self) -> list:
+        """The phrase bank as `Phrase(attribute, value, text, heldout)`s, in the order of its stored embeddings."""
+        return self.text_bank.phrases
+
+    def build_text_bank(self):
+        """Embed the phrase bank (and any stored class names) with the text encoder; store them centred."""
+        self.text_bank.build()
+
+    def embed_text(self, texts) -> torch.Tensor:
+        """Texts -> `(len(texts), text_dim)` centred unit-norm embeddings; bank phrases come from the stored bank and
+        only other text needs the text encoder."""
+        return self.text_bank.embed_text(texts)
+
+    @torch.no_grad()
+    def embed_class_prompts(self, class_names, templates=None) -> torch.Tensor:
+        """`(num_classes, text_dim)`: per class, the mean of its prompts: its descriptions when `class_names` maps
+        each name to a list of them, else `templates` with "{}" for the name."""
+        return self.text_bank.embed_classes(*check_classes(class_names), templates)
+
+    def set_class_names(self, class_names, templates=None):
+        """Embed and store class prompts with the model, so that `zero_shot_classify` and `explain` serve them after
+        saving, without the text encoder. `class_names` is a list of names (prompted with `templates`) or
+        `{name: [descriptions]}`."""
+        self.text_bank.set_classes(class_names, templates)
+
+    @property
+    def class_names(self) -> list:
+        """The stored classes' names (`set_class_names`), in column order."""
+        return list(self.text_bank.class_names)

@@ -10,6 +10,7 @@ import torch
 from transformers.utils import ModelOutput
 
 from .configuration_vqshape_text import ATTRIBUTES
+from .modeling_vqshape import code_histogram
 from .text_captions import RHYTHM_VALUES, SHAPE_VALUES, rhythm_numbers
 
 HUBNESS_METHODS = ("inverted_softmax", "csls")
@@ -69,7 +70,7 @@ class TextInterpretationMixin:
         top = scores.topk(min(top_k, len(indices)), dim=-1)
         if past_values is not None:
             code_indices = self.backbone.vqshape(past_values, return_dict=True).code_indices
-            usage = torch.bincount(code_indices.reshape(-1), minlength=scores.shape[0])
+            usage = code_histogram(code_indices.reshape(-1), scores.shape[0])
         else:
             usage = self.code_counts
         rule = self.code_shape_labels()

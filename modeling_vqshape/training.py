@@ -4,14 +4,16 @@ gradient accumulation, resumable checkpoints, code-usage logging and the end of 
 Every helper that takes the `accelerator` runs on every process, as the scripts do; only the main process writes.
 """
 
+import copy
 import json
 import math
 import os
 import re
-import shutil
 from collections import deque
 
 import torch
+
+from .modeling_vqshape import code_histogram
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "checkpoint_complete.json"  # written last: a folder without it was interrupted mid-write
@@ -28,16 +30,16 @@ PRETRAINING_TERMS = ("loss", "reconstruction_loss", "codebook_loss", "shape_loss
 # ---- arguments -------------------------------------------------------------------------------------------------------
 
 
-def parse_overrides(text) -> dict:
-    """'d_model=16,dropout=0' -> {'d_model': 16, 'dropout': 0}; values are JSON (numbers, true/false) or strings."""
-    overrides = {}
-    for item in filter(None, (text or "").split(",")):
-        key, _, value = item.partition("=")
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value
-    return overrides
+def parse_overrides(text, config) -> dict:
+    """'d_model=16,dropout=0' -> {'d_model': 16, 'dropout': 0.0}, read by transformers'
+    `PretrainedConfig.update_from_string` on a copy of `config`: each value takes the type of the attribute it replaces
+    (true/false for booleans), and an unknown key is refused."""
+    items = [item.strip() for item in (text or "").split(",") if item.strip()]
+    if not items:
+        return {}
+    parsed = copy.deepcopy(config)
+    parsed.update_from_string(",".join(items))
+    return {key: getattr(parsed, key) for key in (item.partition("=")[0] for item in items)}
 
 
 def pretraining_model(model_name_or_path=None, config_name=None, codebook_recipe: str = "diverse",
@@ -51,8 +53,8 @@ def pretraining_model(model_name_or_path=None, config_name=None, codebook_recipe
     from .configuration_vqshape import DIVERSE_CODEBOOK, ORIGINAL_CODEBOOK, VQShapeConfig
     from .modeling_vqshape import VQShapeForPreTraining
 
-    overrides = parse_overrides(config_overrides)
     if model_name_or_path:
+        overrides = parse_overrides(config_overrides, AutoConfig.from_pretrained(model_name_or_path))
         return VQShapeForPreTraining.from_pretrained(model_name_or_path, **overrides)
     recipe = DIVERSE_CODEBOOK if codebook_recipe == "diverse" else ORIGINAL_CODEBOOK
     if config_name == "paper":
@@ -61,9 +63,10 @@ def pretraining_model(model_name_or_path=None, config_name=None, codebook_recipe
         base = {**recipe, **AutoConfig.from_pretrained(config_name).to_diff_dict()}
     else:
         base = {**SMALL_CONFIG, **recipe}
+    base = {key: value for key, value in base.items() if key not in ("model_type", "transformers_version")}
+    overrides = parse_overrides(config_overrides, VQShapeConfig(**base))
     if "d_model" in overrides:
         base.pop("ffn_dim", None)  # recomputed from the new width unless given
-    base = {key: value for key, value in base.items() if key not in ("model_type", "transformers_version")}
     return VQShapeForPreTraining(VQShapeConfig(**{**base, **overrides}))
 
 
@@ -86,7 +89,11 @@ def check_hub_arguments(parser, args, example: str):
 def set_cpu_threads(accelerator, num_threads=None):
     """On CPU, run `num_threads` threads per process, by default the machine's cores divided among its processes.
     OMP_NUM_THREADS set by the user is kept; `accelerate launch` sets it to 1 when not told otherwise, which would
-    leave all but one core idle (pass --num_threads 1 to really want one)."""
+    leave all but one core idle (pass --num_threads 1 to really want one).
+
+    accelerate has no API that sets a process's threads: `accelerate launch --num_cpu_threads_per_process N` only
+    exports OMP_NUM_THREADS (kept here), and without the flag exports 1 unless `--cpu` is given, so the plain
+    `accelerate launch examples/pretrain.py` would run on one core."""
     if accelerator.device.type != "cpu":
         return
     if num_threads is None:
@@ -130,17 +137,18 @@ def checkpoint_dirs(output_dir) -> dict:
 
 
 def save_checkpoint(accelerator, output_dir, step: int, epoch: int, batches: int):
-    """save_state into a hidden folder, mark it complete, then rename it: a partial folder never looks finished. The
-    marker records the step and where in the data it was (epoch, batches of that epoch consumed)."""
+    """save_state into a hidden folder, mark it complete, then rename it (`atomic_write`, committed by the main
+    process): a partial folder never looks finished. The marker records the step and where in the data it was (epoch,
+    batches of that epoch consumed)."""
+    from .saving_vqshape import atomic_write
+
     final = os.path.join(output_dir, "checkpoints", f"checkpoint-{step}")
-    partial = os.path.join(output_dir, "checkpoints", f".partial-checkpoint-{step}")
-    accelerator.save_state(partial)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        with open(os.path.join(partial, COMPLETE_MARKER), "w") as handle:
-            json.dump({"step": step, "epoch": epoch, "batches": batches}, handle)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
+    with atomic_write(final, commit=accelerator.is_main_process) as partial:
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            with open(os.path.join(partial, COMPLETE_MARKER), "w") as handle:
+                json.dump({"step": step, "epoch": epoch, "batches": batches}, handle)
     accelerator.wait_for_everyone()
 
 
@@ -223,30 +231,31 @@ class PretrainingLog:
         """Codes re-seeded since training started (0 for a codebook that does not re-seed)."""
         return int(getattr(self.codebook, "reseeded_codes", 0))
 
-    def update(self, outputs) -> dict:
-        """Count one optimizer step's outputs; returns the progress bar's fields."""
-        terms = torch.stack([getattr(outputs, term).detach().float() for term in PRETRAINING_TERMS])
-        self.running += terms
+    def update(self, outputs):
+        """Count one optimizer step's outputs, on the device: nothing is read back until `log`."""
+        self.running += torch.stack([getattr(outputs, term).detach().float() for term in PRETRAINING_TERMS])
         self.steps += 1
-        self.recent.append(torch.bincount(outputs.code_indices.flatten(), minlength=self.num_codes))
-        self.dead_codes = int((torch.stack(list(self.recent)).sum(0) == 0).sum())
-        self.perplexity = outputs.perplexity.item()
-        return dict(loss=f"{terms[0]:.3f}", rec=f"{terms[1]:.3f}", vq=f"{terms[2]:.3f}", shape=f"{terms[3]:.3f}",
-                    dis=f"{terms[4]:.3f}", ppl=f"{self.perplexity:.1f}", dead=self.dead_codes)
+        self.recent.append(code_histogram(outputs.code_indices.flatten(), self.num_codes))
+        self.perplexity = outputs.perplexity.detach()
 
     def log(self, accelerator, step: int, learning_rate: float):
-        """On every process: log the means since the last call (over the processes too) and start again; returns a
-        line on the codes re-seeded since the last call, or None."""
-        means = accelerator.reduce(self.running / self.steps, reduction="mean")
+        """On every process: log the means since the last call (over the processes too) and start again; returns
+        `(progress bar fields, a line on the codes re-seeded since the last call or None)`."""
+        means = accelerator.reduce(self.running / self.steps, reduction="mean").tolist()
+        self.dead_codes = int((torch.stack(list(self.recent)).sum(0) == 0).sum())
+        perplexity = float(self.perplexity)
         reseeded, logged, self.logged_reseeded = self.reseeded, self.logged_reseeded, self.reseeded
-        accelerator.log({**{f"train/{k}": v for k, v in zip(PRETRAINING_TERMS, means.tolist())},
-                         "train/perplexity": self.perplexity, "train/dead_codes": self.dead_codes,
+        accelerator.log({**{f"train/{k}": v for k, v in zip(PRETRAINING_TERMS, means)},
+                         "train/perplexity": perplexity, "train/dead_codes": self.dead_codes,
                          "train/reseeded_codes": reseeded, "train/lr": learning_rate}, step=step)
         self.running.zero_()
         self.steps = 0
+        fields = dict(zip(("loss", "rec", "vq", "shape", "dis"), (f"{value:.3f}" for value in means)),
+                      ppl=f"{perplexity:.1f}", dead=self.dead_codes)
+        event = None
         if reseeded > logged:
-            return f"step {step}: re-seeded {reseeded - logged} dead codes ({reseeded} since the start)"
-        return None
+            event = f"step {step}: re-seeded {reseeded - logged} dead codes ({reseeded} since the start)"
+        return fields, event
 
 
 # ---- text alignment --------------------------------------------------------------------------------------------------

@@ -289,7 +289,8 @@ def load_series(path) -> np.ndarray:
 
 
 def load_model(path):
-    """A VQShape model from a folder or Hub repo id, whichever head it was saved with."""
+    """The `VQShapeModel` of a folder or Hub repo id that any head saved (`AutoModel` reads the base model out of a
+    head's weights), or a text-aligned model, in eval mode."""
     from transformers import AutoModel
 
     from . import VQShapeModel  # noqa: F401  registers the Auto classes

@@ -164,6 +164,8 @@ class HubStandIn:
             if repo is None:
                 return self._not_found(handler, method)
             commit = next((c for c in reversed(repo.commits) if match["rev"] in ("main", c[0])), None)
+            if commit is None and match["rev"] == "main":  # the Hub creates a repo with a first commit: main exists
+                commit = repo.head
             if commit is None:
                 return self._not_found(handler, method, "RevisionNotFound", "Invalid rev id")
             content = commit[2].get(match["file"])

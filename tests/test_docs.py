@@ -41,11 +41,15 @@ HUB_IDS = {"lab/vqshape-geneactiv": "vqshape-pretrained", "lab/vqshape-basicmoti
 def test_readme_is_a_front_page():
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     assert len(readme.encode("utf-8")) <= README_LIMIT, "README.md grew past about 10 KB: move detail to docs/"
+    # the title, one paragraph on what VQShape is, then the two set-up commands: install with the train extra and
+    # pre-train; install with the dev extra and run the tests (their exact words may change)
+    opening = readme.split("```")[0].strip().split("\n\n")
+    assert len(opening) == 2 and opening[0].startswith("# ") and "VQShape" in opening[1]
     first_block = parse(REPO_ROOT / "README.md")[0]
-    assert first_block.line == 3 and first_block.code.splitlines() == [
-        'pip install torch==2.13.0 && pip install -e ".[train]" && accelerate launch examples/pretrain.py',
-        'pip install torch==2.13.0 && pip install -e ".[dev]" && python -m pytest tests',
-    ]
+    assert first_block.language == "bash" and first_block.not_run is None
+    pretrain, tests = first_block.code.splitlines()
+    assert "pip install" in pretrain and ".[train]" in pretrain and pretrain.endswith("examples/pretrain.py")
+    assert "pip install" in tests and ".[dev]" in tests and tests.endswith("pytest tests")
 
 
 def test_every_block_runs_or_says_why_not():

@@ -1,5 +1,6 @@
 """Publishing to a local Hub stand-in (tests/hub_stand_in.py on 127.0.0.1) and loading back in a fresh process."""
 
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from modeling_vqshape.hub import check_repo_id, publish, write_model_card
 
 from .conftest import ORIGINAL_TINY, REPO_ROOT, TINY
 from .hub_stand_in import HubStandIn
-from .test_loading import LOADER, save_expected_outputs
+from .test_loading import CARRIED_FILES, LOADER, PACKAGE_OR_REMOTE, save_expected_outputs
 
 REPO_ID = "lab/vqshape-geneactiv"
 RESULTS = {"ECG200": 0.87, "GunPoint": {"accuracy": 0.953, "f1": 0.95}}
@@ -50,21 +51,42 @@ def pushed(hub, tmp_path_factory):
     return root, model, expected, commit, kwargs
 
 
-def load_in_fresh_process(hub, root, mode, expected):
-    """Run tests/test_loading.py's loader with HF_ENDPOINT on the stand-in and an empty HF_HOME."""
-    workdir = root / f"run-{mode}"
+def run_in_fresh_process(hub, root, mode, script, *arguments, name=None):
+    """Run `script` (`python -c`, with `mode` and `arguments` as argv) in a fresh process with HF_ENDPOINT on the
+    stand-in and an empty HF_HOME; in "remote" mode the package cannot be imported (tests/test_loading.py)."""
+    name = name or mode
+    workdir = root / f"run-{name}"
     workdir.mkdir(exist_ok=True)
     dropped = ("HF_HUB_CACHE", "TRANSFORMERS_CACHE", "PYTHONPATH")
     env = {key: value for key, value in os.environ.items() if key not in dropped}
-    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(root / f"hf_home-{mode}"), HF_HUB_OFFLINE="0",
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(root / f"hf_home-{name}"), HF_HUB_OFFLINE="0",
                TRANSFORMERS_OFFLINE="0", HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_XET="1",
-               HF_MODULES_CACHE=str(root / f"modules-{mode}"), NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
+               HF_MODULES_CACHE=str(root / f"modules-{name}"), NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
     if mode == "package":
         env["PYTHONPATH"] = str(REPO_ROOT)
-    result = subprocess.run([sys.executable, "-c", LOADER, mode, REPO_ID, str(expected)],
+    result = subprocess.run([sys.executable, "-c", script, mode, *map(str, arguments)],
                             cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+def load_in_fresh_process(hub, root, mode, expected, repo_id=REPO_ID):
+    """Run tests/test_loading.py's loader on `repo_id` of the stand-in."""
+    name = f"load-{mode}-{repo_id.replace('/', '--')}"
+    return run_in_fresh_process(hub, root, mode, LOADER, repo_id, expected, name=name)
+
+
+# a collaborator without the package: load a shared model with remote code, then save and push it the standard way
+# (argv: mode, source, "-", repo_id, folder)
+REMOTE_PUSH = PACKAGE_OR_REMOTE + """
+from transformers import AutoModel
+repo_id, folder = sys.argv[4:6]
+model = AutoModel.from_pretrained(source, trust_remote_code=True)
+assert "transformers_modules" in type(model).__module__, type(model).__module__
+model.save_pretrained(folder, push_to_hub=True, repo_id=repo_id, token="hf_stand_in",
+                      commit_message="Shared without the package")
+print("pushed", type(model).__name__)
+"""
 
 
 @pytest.mark.slow
@@ -74,9 +96,7 @@ def test_push_creates_a_private_repo_with_everything(pushed, hub):
     assert repo.private
     assert len(repo.commits) == 1 and repo.commits[0][1] == "First VQShape upload"
     assert commit.oid == repo.commits[0][0]
-    assert set(repo.head[2]) == {"README.md", "atlas.png", "config.json", "model.safetensors",
-                                 "preprocessor_config.json", "configuration_vqshape.py", "modeling_vqshape.py",
-                                 "processing_vqshape.py", "pipeline_vqshape.py"}
+    assert set(repo.head[2]) == CARRIED_FILES | {"README.md", "atlas.png"}
     assert repo.head[2]["atlas.png"].startswith(b"\x89PNG")
 
 
@@ -146,7 +166,7 @@ def test_a_saved_folder_is_published_as_saved(hub, tmp_path):
 
 
 @pytest.mark.slow
-def test_save_pretrained_push_to_hub_takes_the_same_route(hub, tmp_path):
+def test_save_pretrained_push_to_hub_uploads_the_completed_folder(hub, tmp_path):
     torch.manual_seed(0)
     model = VQShapeForPreTraining(VQShapeConfig(**TINY))
     folder = tmp_path / "vqshape-saved"
@@ -154,12 +174,36 @@ def test_save_pretrained_push_to_hub_takes_the_same_route(hub, tmp_path):
                           commit_message="save_pretrained", token="hf_stand_in")
     repo = hub.repos["lab/vqshape-saved"]
     assert repo.private and [message for _, message, _ in repo.commits] == ["save_pretrained"]
-    # the completed folder (auto_map, feature extractor, modeling files), with the atlas and a card added by publish
+    # transformers' own upload of the completed folder (auto_map, pipelines, feature extractor, modeling files) and
+    # its generic card; the atlas and our card are extras of hub.publish
     files = repo.head[2]
-    pushed_files_equal_folder(files, folder, added=("atlas.png", "README.md"))
-    assert "AutoModelForSequenceClassification" in files["config.json"].decode()
-    assert b"](atlas.png)" in files["README.md"] and "preprocessor_config.json" in files
-    assert not (folder / "atlas.png").exists()  # the folder itself is left as saved
+    pushed_files_equal_folder(files, folder)
+    assert set(files) == CARRIED_FILES | {"README.md"}
+    config = json.loads(files["config.json"])
+    assert "AutoModelForSequenceClassification" in config["auto_map"] and config["custom_pipelines"]
+
+
+@pytest.mark.slow  # three fresh processes
+def test_without_the_package_save_pretrained_pushes_a_model_that_loads_identically(hub, tmp_path):
+    torch.manual_seed(0)
+    model = VQShapeForPreTraining(VQShapeConfig(**TINY)).eval()
+    shared = tmp_path / "shared"
+    model.save_pretrained(shared)
+    expected = save_expected_outputs(model, tmp_path / "expected.safetensors")
+    # a collaborator's machine: the package cannot be imported, the model comes with its own files
+    printed = run_in_fresh_process(hub, tmp_path, "remote", REMOTE_PUSH, shared, "-", "lab/vqshape-shared",
+                                   tmp_path / "collaborator-folder", name="push")
+    assert "pushed VQShapeModel" in printed
+    files = hub.repos["lab/vqshape-shared"].head[2]
+    assert set(files) == CARRIED_FILES | {"README.md"}
+    config = json.loads(files["config.json"])
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForPreTraining",
+                                       "AutoModelForSequenceClassification"}
+    assert b"AutoFeatureExtractor" in files["preprocessor_config.json"]
+    assert set(config["custom_pipelines"]) == {"time-series-classification", "time-series-tokenization"}
+    # another fresh process loads what was pushed, with or without the package: identical outputs
+    for mode in ("remote", "package"):
+        load_in_fresh_process(hub, tmp_path, mode, expected, repo_id="lab/vqshape-shared")
 
 
 def test_model_card_metadata_round_trips(tmp_path):

@@ -1,5 +1,6 @@
 """Loading a saved model with and without the package installed, from a folder and from an offline Hub cache."""
 
+import ast
 import os
 import shutil
 import subprocess
@@ -15,6 +16,16 @@ from modeling_vqshape import VQShapeForPreTraining
 from .conftest import REPO_ROOT
 
 REPO_ID = "lab/vqshape-geneactiv"
+# exactly what a saved VQShape folder holds: weights, configs and the modules remote code imports (flat, relative
+# imports only); a text-aligned model's folder also carries the text modules
+CARRIED_FILES = {
+    "config.json", "model.safetensors", "preprocessor_config.json", "configuration_vqshape.py", "modeling_vqshape.py",
+    "pipeline_vqshape.py", "processing_vqshape.py", "saving_vqshape.py",
+}
+TEXT_CARRIED_FILES = CARRIED_FILES | {
+    "configuration_vqshape_text.py", "modeling_vqshape_text.py", "text_attributes.py", "text_bank.py",
+    "text_calibration.py", "text_captions.py", "text_interpretation.py", "text_loss.py",
+}
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 # the start of a loader run in a fresh process as `python -c LOADER mode source expected_path`: in "remote" mode the
@@ -125,6 +136,30 @@ def test_load_by_repo_id_from_offline_hub_cache(saved, mode):
     printed = run_loader(root, mode, REPO_ID, expected)
     assert "VQShapeModel" in printed
     assert ("transformers_modules" in printed) == (mode == "remote")
+
+
+def test_a_saved_folder_carries_exactly_these_files(saved, tmp_path):
+    from modeling_vqshape import VQShapeForTextAlignment, VQShapeForTimeSeriesClassification
+
+    from .conftest import FIXTURES
+
+    _, folder, _ = saved
+    assert {path.name for path in folder.iterdir()} == CARRIED_FILES
+    classifier = VQShapeForTimeSeriesClassification.from_pretrained(FIXTURES / "saved_folders" / "classifier")
+    classifier.save_pretrained(tmp_path / "classifier")
+    assert {path.name for path in (tmp_path / "classifier").iterdir()} == CARRIED_FILES
+    text_aligned = VQShapeForTextAlignment.from_pretrained(FIXTURES / "saved_folders" / "text_aligned")
+    text_aligned.save_pretrained(tmp_path / "text_aligned")
+    assert {path.name for path in (tmp_path / "text_aligned").iterdir()} == TEXT_CARRIED_FILES
+    # the carried modules import each other by flat relative imports only (remote code has no package)
+    package = REPO_ROOT / "modeling_vqshape"
+    for name in (CARRIED_FILES | TEXT_CARRIED_FILES) - {"config.json", "model.safetensors", "preprocessor_config.json"}:
+        for node in ast.walk(ast.parse((package / name).read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level == 1 or not node.module.startswith(("modeling_vqshape", "conversion")), name
+                assert node.level == 0 or "." not in (node.module or "."), f"{name}: not a flat relative import"
+            elif isinstance(node, ast.Import):
+                assert not any(alias.name.startswith("modeling_vqshape") for alias in node.names), name
 
 
 def test_saved_config_has_the_complete_auto_map(saved):

@@ -111,7 +111,7 @@ def test_command_line(tmp_path):
     output_dir = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "conversion.convert_vqshape_original_to_hf", "--checkpoint", str(CHECKPOINT),
-         "--output-dir", str(output_dir), "--reference-outputs", str(REFERENCE)],
+         "--output_dir", str(output_dir), "--reference_outputs", str(REFERENCE)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr
@@ -135,7 +135,7 @@ def test_bad_checkpoints_fail_clearly_and_leave_nothing(tmp_path, make_bad_file,
     output_dir = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "conversion.convert_vqshape_original_to_hf", "--checkpoint", str(bad),
-         "--output-dir", str(output_dir)],
+         "--output_dir", str(output_dir)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 1

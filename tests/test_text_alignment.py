@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -547,6 +548,30 @@ def test_align_text_script(tmp_path, encoder):
                              capture_output=True, text=True, timeout=120,
                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert refused.returncode == 2 and "BasicMotions" in refused.stderr
+
+
+@pytest.mark.slow
+def test_align_text_accumulates_and_resumes_to_the_same_weights(tmp_path, encoder):
+    from safetensors.torch import load_file
+
+    script = str(REPO_ROOT / "examples" / "align_text.py")
+    base = tmp_path / "vqshape"
+    VQShapeForPreTraining(VQShapeConfig(**{**TINY, "input_length": 64})).save_pretrained(base)
+    # 2 + 2 optimizer steps of 2 accumulated batches each cross an epoch boundary
+    extra = ["--max_train_steps", "4", "--gradient_accumulation_steps", "2", "--checkpointing_steps", "2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_script([sys.executable, script, *align_text_arguments(base, straight), *extra])
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(straight / "checkpoints" / "checkpoint-2", resumed / "checkpoints" / "checkpoint-2")
+    result = run_script([sys.executable, script, *align_text_arguments(base, resumed), *extra,
+                         "--resume_from_checkpoint", "latest"])
+    assert "Resuming from" in result.stdout + result.stderr
+    logged = json.loads((resumed / "training_results.json").read_text())["log"]
+    assert [row["step"] for row in logged] == [3, 4]
+    expected, again = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == again.keys()
+    for key in expected:
+        torch.testing.assert_close(again[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
 @pytest.mark.slow

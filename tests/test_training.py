@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from modeling_vqshape import VQShapeConfig
 from modeling_vqshape.training import (
     COMPLETE_MARKER,
     add_hub_arguments,
@@ -63,10 +64,16 @@ class Epochs(list):
         self[:] = [(epoch, index) for index in range(self.size)]
 
 
-def test_parse_overrides_reads_json_values_and_keeps_other_text():
-    assert parse_overrides("d_model=16, dropout=0,mask_ratio=0.25,use_rotation_trick=true,codebook_lookup=cosine") == {
-        "d_model": 16, "dropout": 0, "mask_ratio": 0.25, "use_rotation_trick": True, "codebook_lookup": "cosine"}
-    assert parse_overrides(None) == parse_overrides("") == {}
+def test_parse_overrides_types_values_as_the_config_and_refuses_unknown_keys():
+    config = VQShapeConfig()
+    overrides = parse_overrides("d_model=16, dropout=0,mask_ratio=0.25,rotation_trick=true,code_lookup=cosine", config)
+    assert overrides == {"d_model": 16, "dropout": 0.0, "mask_ratio": 0.25, "rotation_trick": True,
+                         "code_lookup": "cosine"}
+    assert isinstance(overrides["dropout"], float) and overrides["rotation_trick"] is True
+    assert parse_overrides(None, config) == parse_overrides("", config) == {}
+    assert config.d_model != 16  # the config itself is not changed
+    with pytest.raises(ValueError, match="use_rotation_trick"):
+        parse_overrides("use_rotation_trick=true", config)
 
 
 def test_num_training_steps_shares_batches_among_processes_and_accumulation():
