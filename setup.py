@@ -24,7 +24,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["modeling_vqshape", "modeling_vqshape.*", "conversion", "conversion.*"]),
-    package_data={"modeling_vqshape": ["space/*"]},  # the demo Space's app.py and requirements.txt
+    package_data={"modeling_vqshape.sharing": ["space/*"]},  # the demo Space's app.py and requirements.txt
     # torch 2.5: torch.compiler and dynamo ONNX export; transformers 5: transformers.initialization
     install_requires=["torch>=2.5", "transformers>=5.0", "huggingface_hub>=1.0", "safetensors>=0.4.3", "numpy>=1.24",
                       "matplotlib>=3.7"],

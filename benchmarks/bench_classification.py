@@ -4,7 +4,7 @@
 
 For each dataset and seed (3 by default): `examples/finetune.py` with its defaults (run as a program, `--seed S`), the
 linear probes of the paper's protocol on frozen tokens and histograms, the same probe on the raw resampled values,
-MiniRocket and 1-NN DTW (`modeling_vqshape.classification.run_protocol`). Writes `results.csv` (a row per dataset,
+MiniRocket and 1-NN DTW (`modeling_vqshape.tasks.classification.run_protocol`). Writes `results.csv` (a row per dataset,
 method and seed), `summary.csv` and `results.md` (accuracy and macro-F1 tables, the mean over datasets, and the
 fine-tuned classifier's mean top probability and what its validation chose) into `--output_dir`.
 """
@@ -19,16 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from modeling_vqshape.classification import (
+from modeling_vqshape.corpora.data import BUNDLED_DATASETS
+from modeling_vqshape.sharing.loading import load_vqshape
+from modeling_vqshape.tasks.classification import (
     BASELINES,
     FEATURE_KINDS,
     load_classification_dataset,
-    load_feature_model,
     markdown_table,
     run_protocol,
     write_results,
 )
-from modeling_vqshape.data import BUNDLED_DATASETS
 
 FINETUNE = Path(__file__).resolve().parent.parent / "examples" / "finetune.py"
 FINETUNED = "fine-tuned (defaults)"
@@ -107,7 +107,7 @@ def main(argv=None):
                 rows.append(finetuned_row(args, dataset, seed, Path(folder) / f"{dataset}-{seed}"))
                 print(f"{dataset} seed {seed}: fine-tuned accuracy {rows[-1]['accuracy']:.3f} "
                       f"({rows[-1]['seconds']:.0f}s)", flush=True)
-    model, feature_extractor = load_feature_model(args.model_name_or_path)
+    model, feature_extractor = load_vqshape(args.model_name_or_path, with_feature_extractor=True)
     datasets = {}
     for name in args.datasets:
         splits = load_classification_dataset(name)

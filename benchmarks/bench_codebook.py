@@ -9,7 +9,7 @@ For each run it reports:
 - perplexity and the share of codes used over the bundled TEST splits (every channel a series);
 - which of the 8 shape words (the text alignment's rule labels: rising, falling, flat, peak, dip, step up, step down,
   oscillation) name at least one code used on those TEST splits;
-- the paper's linear probe (tokens and histogram, `modeling_vqshape.classification`) on BasicMotions, GunPoint and
+- the paper's linear probe (tokens and histogram, `modeling_vqshape.tasks.classification`) on BasicMotions, GunPoint and
   ItalyPowerDemand, with the same probe on the raw resampled values beside it.
 
 Every run is a separate `examples/pretrain.py` process with its own output folder under `--output_dir`; results go
@@ -33,10 +33,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from modeling_vqshape import VQShapeFeatureExtractor, VQShapeForPreTraining  # noqa: E402
-from modeling_vqshape.classification import load_classification_dataset, run_protocol  # noqa: E402
 from modeling_vqshape.configuration_vqshape import DIVERSE_CODEBOOK  # noqa: E402
-from modeling_vqshape.data import BUNDLED_DATASETS  # noqa: E402
-from modeling_vqshape.visualization import code_counts, codebook_summary  # noqa: E402
+from modeling_vqshape.corpora.data import BUNDLED_DATASETS  # noqa: E402
+from modeling_vqshape.sharing.visualization import code_counts, codebook_summary  # noqa: E402
+from modeling_vqshape.tasks.classification import load_classification_dataset, run_protocol  # noqa: E402
 
 LOSS_WEIGHTS_X2 = {"reconstruction_weight": 2.0, "codebook_weight": 2.0}
 # each option alone, on top of the original recipe; "chosen" is DIVERSE_CODEBOOK, what the scripts use

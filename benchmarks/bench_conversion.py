@@ -23,7 +23,7 @@ from original_vqshape import build_original  # noqa: E402
 
 from conversion.convert_vqshape_original_to_hf import ORIGINAL_TO_CONFIG, convert  # noqa: E402
 from modeling_vqshape import VQShapeConfig, VQShapeModel  # noqa: E402
-from modeling_vqshape.hub import write_atlas  # noqa: E402
+from modeling_vqshape.sharing.hub import write_atlas  # noqa: E402
 
 
 def hyper_parameters(config: VQShapeConfig) -> dict:

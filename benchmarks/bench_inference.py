@@ -73,7 +73,7 @@ def build(path: str, args):
     if path == "onnxruntime":
         import tempfile
 
-        from modeling_vqshape.export_onnx import export_tokens_onnx, onnx_session
+        from modeling_vqshape.sharing.export_onnx import export_tokens_onnx, onnx_session
 
         folder = tempfile.mkdtemp()
         session = onnx_session(export_tokens_onnx(model, os.path.join(folder, "tokens.onnx")))
@@ -120,9 +120,9 @@ def agreement(folder: str, device="cpu") -> dict:
     `device`."""
     sys.path.insert(0, REPO_ROOT)
     from modeling_vqshape import VQShapeFeatureExtractor, VQShapeModel
-    from modeling_vqshape.classification import load_classification_dataset
-    from modeling_vqshape.data import BUNDLED_DATASETS
-    from modeling_vqshape.precision import autocast_agreement
+    from modeling_vqshape.corpora.data import BUNDLED_DATASETS
+    from modeling_vqshape.tasks.classification import load_classification_dataset
+    from modeling_vqshape.tasks.precision import autocast_agreement
 
     model = VQShapeModel.from_pretrained(folder).to(device).eval()
     extractor = VQShapeFeatureExtractor.from_pretrained(folder)

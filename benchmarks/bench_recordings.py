@@ -5,10 +5,10 @@
 
 For each duration it writes a synthetic 3-axis GENEActiv `.bin` at `--frequency` Hz (with the package's writer;
 wrist-like: a walking rhythm that comes and goes, posture changes, sensor noise), then tokenizes it with
-`modeling_vqshape.recordings.tokenize_recordings` in a fresh process and reports the windows, the wall time, windows
-per second and that process's peak resident memory (VmHWM). The reader streams pages and the table is written shard
-by shard, so peak memory should not grow with the recording's length: the last column is each run's peak over the
-first's.
+`modeling_vqshape.corpora.recordings.tokenize_recordings` in a fresh process and reports the windows, the wall
+time, windows per second and that process's peak resident memory (VmHWM). The reader streams pages and the table is
+written shard by shard, so peak memory should not grow with the recording's length: the last column is each run's peak
+over the first's.
 """
 
 import argparse
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from modeling_vqshape.geneactiv import SAMPLES_PER_PAGE, write_geneactiv_bin
+from modeling_vqshape.corpora.geneactiv import SAMPLES_PER_PAGE, write_geneactiv_bin
 
 TOKENIZE = """
 import json, resource, sys, time
 import torch
 from transformers import AutoModel
 import modeling_vqshape  # noqa: F401
-from modeling_vqshape.recordings import tokenize_recordings
+from modeling_vqshape.corpora.recordings import tokenize_recordings
 model_path, recording, output, window, stride, threads = sys.argv[1:7]
 torch.set_num_threads(int(threads))
 model = AutoModel.from_pretrained(model_path)

@@ -51,7 +51,7 @@ from basicmotions_descriptions import CHANNEL_NAMES, DESCRIPTIONS, RHYTHM_AND_CH
 
 from modeling_vqshape import VQShapeFeatureExtractor  # noqa: E402
 from modeling_vqshape.configuration_vqshape_text import ATTRIBUTES, DEFAULT_TEXT_MODEL, PHRASE_BANK  # noqa: E402
-from modeling_vqshape.data import bundled_data_dir, load_pretraining_dataset  # noqa: E402
+from modeling_vqshape.corpora.data import bundled_data_dir, load_pretraining_dataset  # noqa: E402
 from modeling_vqshape.modeling_vqshape_text import VQShapeForTextAlignment  # noqa: E402
 from modeling_vqshape.text_bank import load_text_encoder  # noqa: E402
 from modeling_vqshape.text_calibration import calibrations_by_source  # noqa: E402

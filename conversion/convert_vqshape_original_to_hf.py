@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining, VQShapeModel
-from modeling_vqshape.hub import publish, save_model_folder
 from modeling_vqshape.saving_vqshape import atomic_write
+from modeling_vqshape.sharing.hub import publish, save_model_folder
 
 # Original key (after the Lightning `model.` prefix) -> converted key of VQShapeModel.
 ORIGINAL_TO_CONVERTED_KEY_MAPPING = {

@@ -35,7 +35,7 @@ def main(argv=None):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from modeling_vqshape.classification import load_classification_dataset
+    from modeling_vqshape.tasks.classification import load_classification_dataset
 
     train = load_classification_dataset("BasicMotions")["train"]
     index = next(i for i, label in enumerate(train.labels) if str(label).lower() == args.label)
@@ -45,7 +45,7 @@ def main(argv=None):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "modeling_vqshape.demo", "--model", args.model, "--port",
+    server = subprocess.Popen([sys.executable, "-m", "modeling_vqshape.sharing.demo", "--model", args.model, "--port",
                                str(port)], env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"},
                               start_new_session=True)
     options = Options()

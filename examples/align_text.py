@@ -4,11 +4,11 @@
 
 Series come from any corpus the data module reads (`--data`, default the sets bundled with aeon); they train the code
 and token alignment (captions come from the model's own attributes, no labels needed). Labelled sets with human class
-names (`--labelled_data`, `modeling_vqshape.classification.CLASS_NAMES`) add the series <-> class prompt loss.
+names (`--labelled_data`, `modeling_vqshape.tasks.classification.CLASS_NAMES`) add the series <-> class prompt loss.
 `--zero_shot_dataset` (BasicMotions by default) is refused as a labelled set, so that its labels never touch training
 and its zero-shot score means something.
 
-The training loop is `examples/pretrain.py`'s (`modeling_vqshape.training`): gradient accumulation
+The training loop is `examples/pretrain.py`'s (`modeling_vqshape.tasks.training`): gradient accumulation
 (`--gradient_accumulation_steps`), checkpoints every `--checkpointing_steps` and `--resume_from_checkpoint latest`;
 the losses are read back from the device only every `--logging_steps`.
 """
@@ -26,16 +26,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from modeling_vqshape import VQShapeFeatureExtractor
-from modeling_vqshape.classification import CLASS_NAMES, load_classification_dataset, load_labelled_rows
 from modeling_vqshape.configuration_vqshape_text import DEFAULT_TEXT_MODEL
-from modeling_vqshape.data import load_pretraining_dataset
+from modeling_vqshape.corpora.data import load_pretraining_dataset
 from modeling_vqshape.modeling_vqshape_text import (
     VQShapeForTextAlignment,
     calibrations_by_source,
     load_text_encoder,
 )
-from modeling_vqshape.text_calibration import per_channel_calibrations
-from modeling_vqshape.training import (
+from modeling_vqshape.tasks.classification import CLASS_NAMES, load_classification_dataset, load_labelled_rows
+from modeling_vqshape.tasks.training import (
     add_hub_arguments,
     check_hub_arguments,
     evaluate_alignment,
@@ -46,6 +45,7 @@ from modeling_vqshape.training import (
     resume_from_checkpoint,
     save_checkpoint,
 )
+from modeling_vqshape.text_calibration import per_channel_calibrations
 
 EVALUATED = ("code_text_loss", "token_text_loss", "intensity_text_loss", "rhythm_text_loss")
 TERMS = ("loss", "code_text_loss", "token_text_loss", "intensity_text_loss", "rhythm_text_loss", "channel_text_loss",
@@ -94,7 +94,7 @@ def parse_args(argv=None):
     unknown = [name for name in args.labelled_data if name not in CLASS_NAMES]
     if unknown:
         parser.error(f"no class names for {unknown}; known: {sorted(CLASS_NAMES)} (add yours to "
-                     "modeling_vqshape.classification.CLASS_NAMES).")
+                     "modeling_vqshape.tasks.classification.CLASS_NAMES).")
     if bool(args.channel_data) != bool(args.channel_names):
         parser.error("--channel_data and --channel_names go together.")
     args.channel_names = [name.strip() for name in args.channel_names.split(",")] if args.channel_names else None

@@ -8,7 +8,7 @@ histograms min-max scaled on TRAIN; a linear classifier with dropout on its inpu
 stratified, seeded 20% of TRAIN, refitted on all of TRAIN and scored on TEST; mean +- std over 5 seeds. "raw values"
 is the same probe on the feature extractor's resampled series. `--baselines` adds MiniRocket and 1-NN DTW (aeon) on
 the same splits, series resampled to `--baseline_length` steps. Writes `results.csv` (per seed), `summary.csv` and
-`results.md` into `--output_dir` and prints the table. See `modeling_vqshape.classification`.
+`results.md` into `--output_dir` and prints the table. See `modeling_vqshape.tasks.classification`.
 """
 
 import argparse
@@ -17,14 +17,14 @@ import time
 import torch
 from accelerate import Accelerator
 
-from modeling_vqshape.classification import (
+from modeling_vqshape.sharing.loading import load_vqshape
+from modeling_vqshape.tasks.classification import (
     BASELINES,
     DROPOUTS,
     FEATURE_KINDS,
     WEIGHT_DECAYS,
     dataset_name,
     load_classification_dataset,
-    load_feature_model,
     results_markdown,
     run_protocol,
     write_results,
@@ -75,7 +75,8 @@ def main(argv=None):
     if not accelerator.is_main_process:
         return None
     started = time.perf_counter()
-    model, feature_extractor = load_feature_model(args.model_name_or_path, device=accelerator.device)
+    model, feature_extractor = load_vqshape(args.model_name_or_path, with_feature_extractor=True,
+                                              device=accelerator.device)
     datasets = get_datasets(args)
     rows = run_protocol(
         model, feature_extractor, datasets, seeds=range(args.num_seeds), feature_kinds=args.features,

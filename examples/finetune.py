@@ -7,7 +7,7 @@ The recipe (its defaults were chosen on validation splits of the bundled sets; d
 `--classifier_features` standardised with statistics of the training rows (saved with the model); a stratified
 `--validation_fraction` of TRAIN is held out and picks the epoch whose weights are kept; the test split is read once,
 at the end. The whole model trains (the backbone at `--backbone_learning_rate`) unless `--freeze_backbone`. The
-dataset is any that `modeling_vqshape.classification.load_classification_dataset` reads (a bundled aeon set, a
+dataset is any that `modeling_vqshape.tasks.classification.load_classification_dataset` reads (a bundled aeon set, a
 UEA/UCR folder, a saved DatasetDict with train/test splits); the channels and label names come from its training
 split, and the saved `config.json` keeps them as `id2label`, so the folder (or its Hub repo, `--push_to_hub`)
 predicts named classes. Test accuracy, macro-F1 and the mean top probability are printed, written to
@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from modeling_vqshape import VQShapeFeatureExtractor, VQShapeForTimeSeriesClassification, VQShapeModel
-from modeling_vqshape.classification import classification_metrics, dataset_name, load_classification_dataset
-from modeling_vqshape.finetuning import (
+from modeling_vqshape.tasks.classification import classification_metrics, dataset_name, load_classification_dataset
+from modeling_vqshape.tasks.finetuning import (
     FEATURE_CANDIDATES,
     BestEpoch,
     evaluate_classifier,
@@ -37,7 +37,7 @@ from modeling_vqshape.finetuning import (
     select_linear_head,
     validation_split,
 )
-from modeling_vqshape.training import (
+from modeling_vqshape.tasks.training import (
     add_hub_arguments,
     check_hub_arguments,
     finish,

@@ -16,8 +16,8 @@ from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwa
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from modeling_vqshape.data import describe, load_pretraining_dataset, stream_pretraining_dataset
-from modeling_vqshape.training import (
+from modeling_vqshape.corpora.data import describe, load_pretraining_dataset, stream_pretraining_dataset
+from modeling_vqshape.tasks.training import (
     PretrainingLog,
     add_hub_arguments,
     check_hub_arguments,

@@ -4,7 +4,7 @@
 package: the complete `auto_map` (a head lists only itself), the `custom_pipelines` and `preprocessor_config.json`.
 `save_pretrained(..., push_to_hub=True, repo_id=...)` uploads that completed folder through transformers' own upload,
 so a collaborator who loaded the model with `trust_remote_code=True` publishes it with the Hub repo's files alone.
-The codebook atlas and the model card are extras of `modeling_vqshape.hub.publish`.
+The codebook atlas and the model card are extras of `modeling_vqshape.sharing.hub.publish`.
 
 Saved folders carry this file: relative imports only.
 """

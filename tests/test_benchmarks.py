@@ -40,8 +40,8 @@ def test_gpu_benchmark_smoke_test_with_the_scripts_recipe_and_the_bf16_agreement
     assert [(row["codebook"], row["setting"]) for row in results["rows"]] == [("diverse", "fp32")]
     agreement = results["bf16_agreement"]
     # a known count: 4 tokens for every channel of every series of the bundled TEST splits
-    from modeling_vqshape.classification import load_classification_dataset
-    from modeling_vqshape.data import BUNDLED_DATASETS
+    from modeling_vqshape.corpora.data import BUNDLED_DATASETS
+    from modeling_vqshape.tasks.classification import load_classification_dataset
 
     channels = sum(len(item) for name in BUNDLED_DATASETS for item in load_classification_dataset(name)["test"].series)
     assert agreement["num_tokens"] == 4 * channels
@@ -54,7 +54,7 @@ def test_autocast_agreement_of_float32_with_itself_is_exact():
     import torch
 
     from modeling_vqshape import VQShapeConfig, VQShapeModel
-    from modeling_vqshape.precision import autocast_agreement
+    from modeling_vqshape.tasks.precision import autocast_agreement
 
     from .conftest import TINY
 
@@ -72,7 +72,7 @@ def test_ablation_overrides_reach_the_script_as_the_variant_says():
     from bench_codebook import VARIANTS, overrides_text, spread
 
     from modeling_vqshape import VQShapeConfig
-    from modeling_vqshape.training import parse_overrides
+    from modeling_vqshape.tasks.training import parse_overrides
 
     for variant, options in VARIANTS.items():
         assert parse_overrides(overrides_text(options), VQShapeConfig()) == options, variant

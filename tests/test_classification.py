@@ -1,4 +1,4 @@
-"""The classification protocol (modeling_vqshape.classification, examples/classify.py) and fine-tuning
+"""The classification protocol (modeling_vqshape.tasks.classification, examples/classify.py) and fine-tuning
 (examples/finetune.py), on the tiny config and small subsets of the bundled sets."""
 
 import csv
@@ -17,7 +17,7 @@ pytest.importorskip("aeon")
 pytest.importorskip("sklearn")
 
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining, VQShapeForTimeSeriesClassification  # noqa: E402
-from modeling_vqshape.classification import (  # noqa: E402
+from modeling_vqshape.tasks.classification import (  # noqa: E402
     CLASS_NAMES,
     classification_metrics,
     extract_features,
@@ -58,7 +58,7 @@ def test_evaluate_module_equals_scikit_learn(case):
     import evaluate
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_recall_fscore_support
 
-    from modeling_vqshape.metrics import CLASSIFICATION_METRIC
+    from modeling_vqshape.tasks.metrics import CLASSIFICATION_METRIC
 
     rng = np.random.default_rng(len(case))
     references = rng.integers(0, 4, 50)
@@ -159,7 +159,7 @@ def test_selection_uses_validation_only_and_picks_its_best_setting():
 def test_load_classification_dataset_reads_bundled_folders_files_and_saved_datasets(tmp_path):
     import datasets
 
-    from modeling_vqshape.data import bundled_data_dir
+    from modeling_vqshape.corpora.data import bundled_data_dir
 
     splits = load_classification_dataset("BasicMotions")
     assert len(splits["train"]) == 40 and splits["train"].series[0].shape == (6, 100)

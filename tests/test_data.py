@@ -1,4 +1,4 @@
-"""modeling_vqshape.data: corpora -> fixed-length, instance-normalised univariate series."""
+"""modeling_vqshape.corpora.data: corpora -> fixed-length, instance-normalised univariate series."""
 
 import shutil
 
@@ -9,7 +9,7 @@ import torch
 datasets = pytest.importorskip("datasets")
 pytest.importorskip("aeon")
 
-from modeling_vqshape.data import (  # noqa: E402
+from modeling_vqshape.corpora.data import (  # noqa: E402
     BUNDLED_DATASETS,
     build_pretraining_dataset,
     bundled_data_dir,
@@ -120,7 +120,7 @@ def test_errors_name_the_culprit(tmp_path):
 
 
 def test_geneactiv_bin_recordings_are_read_and_windowed(tmp_path):
-    from modeling_vqshape.geneactiv import write_geneactiv_bin
+    from modeling_vqshape.corpora.geneactiv import write_geneactiv_bin
 
     raw = (np.sin(np.linspace(0, 40, 600))[None] * np.array([[500], [-300], [100]])).astype(int)
     write_geneactiv_bin(tmp_path / "wrist.bin", raw)
@@ -131,7 +131,7 @@ def test_geneactiv_bin_recordings_are_read_and_windowed(tmp_path):
 
 
 def test_streaming_reads_the_same_rows_with_a_seeded_split():
-    from modeling_vqshape.data import stream_pretraining_dataset
+    from modeling_vqshape.corpora.data import stream_pretraining_dataset
 
     streamed = stream_pretraining_dataset(["GunPoint", "ItalyPowerDemand"], input_length=LENGTH, seed=3)
     rows = {split: [row["past_values"] for row in part] for split, part in streamed.items()}

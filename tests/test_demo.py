@@ -1,5 +1,5 @@
-"""The Gradio demo (modeling_vqshape.demo): uploads, what the page shows, the Space it publishes, and the page itself
-driven by a headless Chromium."""
+"""The Gradio demo (modeling_vqshape.sharing.demo): uploads, what the page shows, the Space it publishes, and the page
+itself driven by a headless Chromium."""
 
 import os
 import shutil
@@ -18,10 +18,11 @@ pytest.importorskip("pyarrow")
 datasets = pytest.importorskip("datasets")
 
 from modeling_vqshape import VQShapeConfig, VQShapeFeatureExtractor, VQShapeModel  # noqa: E402
-from modeling_vqshape.demo import analyse, load_demo_model, parse_classes, read_upload  # noqa: E402
-from modeling_vqshape.geneactiv import read_geneactiv_bin, write_geneactiv_bin  # noqa: E402
-from modeling_vqshape.recordings import main as recordings_main  # noqa: E402
-from modeling_vqshape.visualization import explain_series  # noqa: E402
+from modeling_vqshape.corpora.geneactiv import read_geneactiv_bin, write_geneactiv_bin  # noqa: E402
+from modeling_vqshape.corpora.recordings import main as recordings_main  # noqa: E402
+from modeling_vqshape.sharing.demo import analyse, parse_classes, read_upload  # noqa: E402
+from modeling_vqshape.sharing.loading import load_vqshape  # noqa: E402
+from modeling_vqshape.sharing.visualization import explain_series  # noqa: E402
 
 from .conftest import REPO_ROOT, TINY  # noqa: E402
 from .test_hub import hub, online  # noqa: E402, F401  the local Hub stand-in, as fixtures
@@ -32,7 +33,7 @@ CLASSIFIER = SAVED / "classifier"  # two channels, classes rest / walk / run
 
 @pytest.fixture(scope="module")
 def classifier():
-    return load_demo_model(str(CLASSIFIER))
+    return load_vqshape(str(CLASSIFIER), keep_classifier=True)
 
 
 def two_channel_csv(path, header=True, num_samples=600):
@@ -108,7 +109,7 @@ def test_the_demo_and_the_command_line_give_the_same_windows_for_the_same_file(t
     command line's, and it explains the first window kept, timed from the pages."""
     torch.manual_seed(0)
     VQShapeModel(VQShapeConfig(**TINY)).save_pretrained(tmp_path / "model")
-    model = load_demo_model(str(tmp_path / "model"))
+    model = load_vqshape(str(tmp_path / "model"), keep_classifier=True)
     raw = np.random.default_rng(2).integers(-400, 400, (3, 1200)).cumsum(axis=1) % 2000 - 1000
     path = write_geneactiv_bin(tmp_path / "jump.bin", raw, frequency=50, page_times=[0.0, 6.5, 12.5, 18.5])
     result = analyse(model, path, window_seconds=8, workdir=tmp_path / "demo")
@@ -133,7 +134,7 @@ def test_the_demo_and_the_command_line_give_the_same_windows_for_the_same_file(t
 
 
 def test_text_aligned_models_classify_from_stored_names_or_the_forms_classes(tmp_path):
-    model = load_demo_model(str(SAVED / "text_aligned"))
+    model = load_vqshape(str(SAVED / "text_aligned"), keep_classifier=True)
     values = two_channel_csv(tmp_path / "walk.csv")
     stored = analyse(model, tmp_path / "walk.csv", sampling_rate=25, window_seconds=8, workdir=tmp_path / "a")
     inputs = VQShapeFeatureExtractor(model.config.vqshape_config.input_length)(values[None, :, :200])
@@ -151,21 +152,22 @@ def test_text_aligned_models_classify_from_stored_names_or_the_forms_classes(tmp
 
 @pytest.mark.slow
 def test_demo_space_publishes_with_the_package_and_the_model_id(hub, tmp_path):  # noqa: F811
-    from modeling_vqshape.hub import publish_demo
+    from modeling_vqshape.sharing.hub import publish_demo
 
     publish_demo("lab/vqshape-demo", "lab/vqshape-basicmotions", endpoint=hub.endpoint, token="hf_stand_in")
     repo = hub.repos["lab/vqshape-demo"]
     files = repo.head[2]
-    space = REPO_ROOT / "modeling_vqshape" / "space"
+    space = REPO_ROOT / "modeling_vqshape" / "sharing" / "space"
     assert files["app.py"] == (space / "app.py").read_bytes()
     assert files["requirements.txt"] == (space / "requirements.txt").read_bytes()
     assert files["model_id.txt"] == b"lab/vqshape-basicmotions\n"
-    assert files["modeling_vqshape/demo.py"] == (REPO_ROOT / "modeling_vqshape" / "demo.py").read_bytes()
+    demo = REPO_ROOT / "modeling_vqshape" / "sharing" / "demo.py"
+    assert files["modeling_vqshape/sharing/demo.py"] == demo.read_bytes()
     assert b"sdk: gradio" in files["README.md"] and b"- lab/vqshape-basicmotions" in files["README.md"]
-    assert not any("__pycache__" in name or name.startswith("modeling_vqshape/space") for name in files)
+    assert not any("__pycache__" in name or name.startswith("modeling_vqshape/sharing/space") for name in files)
     # beside a model: publish(..., demo_space=...) pushes the model, then its demo pointing at it
     from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining
-    from modeling_vqshape.hub import publish
+    from modeling_vqshape.sharing.hub import publish
 
     from .conftest import TINY
 
@@ -206,8 +208,8 @@ def test_the_demo_page_in_a_real_browser(tmp_path):
     (tmp_path / "broken.npy").write_bytes(b"garbage")
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "modeling_vqshape.demo", "--model", str(CLASSIFIER), "--port",
-                               str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    server = subprocess.Popen([sys.executable, "-m", "modeling_vqshape.sharing.demo", "--model", str(CLASSIFIER),
+                               "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               start_new_session=True)
     options = Options()
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2000"):

@@ -1,7 +1,7 @@
-"""Multi-teacher distillation (modeling_vqshape.distillation, modeling_vqshape.teachers): the KD loss against a hand
-computation, the weightings (equal, CA-MKD confidence, MTKD-RL) on one teacher and on a toy problem with a right and
-a noise teacher, the agent's deterministic update, and teachers from saved classifiers or outputs files, refused when
-their classes or samples do not match."""
+"""Multi-teacher distillation (modeling_vqshape.tasks.distillation, modeling_vqshape.tasks.teachers): the KD loss
+against a hand computation, the weightings (equal, CA-MKD confidence, MTKD-RL) on one teacher and on a toy problem
+with a right and a noise teacher, the agent's deterministic update, and teachers from saved classifiers or outputs
+files, refused when their classes or samples do not match."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling_vqshape import VQShapeConfig, VQShapeForTimeSeriesClassification
-from modeling_vqshape.distillation import (
+from modeling_vqshape.tasks.distillation import (
     WEIGHTINGS,
     MTKDRLAgent,
     agent_state,
@@ -22,7 +22,7 @@ from modeling_vqshape.distillation import (
     relational_cosine,
     teacher_weights,
 )
-from modeling_vqshape.teachers import (
+from modeling_vqshape.tasks.teachers import (
     ModelTeacher,
     load_teacher,
     read_teacher_outputs,

@@ -1,5 +1,6 @@
-"""The fine-tuning recipe (modeling_vqshape.finetuning, examples/finetune.py): the head's features and their scaler,
-the linear-probe first stage, epoch selection by validation rows only, Trainer, and the scaler as saved state."""
+"""The fine-tuning recipe (modeling_vqshape.tasks.finetuning, examples/finetune.py): the head's features and their
+scaler, the linear-probe first stage, epoch selection by validation rows only, Trainer, and the scaler as saved
+state."""
 
 import json
 import os
@@ -13,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining, VQShapeForTimeSeriesClassification
-from modeling_vqshape.finetuning import (
+from modeling_vqshape.tasks.finetuning import (
     BestEpoch,
     fit_feature_scaler,
     frozen_feature_parts,
@@ -192,7 +193,7 @@ HUB_LOADER = PACKAGE_OR_REMOTE + textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["package", "remote"])
 def test_feature_scaler_survives_the_hub_with_identical_logits(hub, tmp_path, mode):  # noqa: F811
-    from modeling_vqshape.hub import publish
+    from modeling_vqshape.sharing.hub import publish
 
     model = classifier(classifier_features="combined").eval()
     past_values, labels = toy_problem()

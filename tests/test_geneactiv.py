@@ -1,4 +1,5 @@
-"""modeling_vqshape.geneactiv: GENEActiv .bin/.csv readers, windows, annotations, label maps -> datasets.Dataset."""
+"""modeling_vqshape.corpora.geneactiv: GENEActiv .bin/.csv readers, windows, annotations, label maps ->
+datasets.Dataset."""
 
 import json
 from datetime import datetime, timedelta
@@ -9,7 +10,7 @@ import pytest
 pd = pytest.importorskip("pandas")
 datasets = pytest.importorskip("datasets")
 
-from modeling_vqshape.geneactiv import (  # noqa: E402
+from modeling_vqshape.corpora.geneactiv import (  # noqa: E402
     GENEActivRecording,
     build_geneactiv_dataset,
     read_geneactiv,

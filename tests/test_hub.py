@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining
-from modeling_vqshape.hub import check_repo_id, publish, write_model_card
+from modeling_vqshape.sharing.hub import check_repo_id, publish, write_model_card
 
 from .conftest import ORIGINAL_TINY, REPO_ROOT, TINY
 from .hub_stand_in import HubStandIn
@@ -236,8 +236,8 @@ def test_check_repo_id_accepts_ordinary_ids():
 
 @pytest.mark.slow
 def test_classification_metric_publishes_as_an_evaluate_space(hub):
-    from modeling_vqshape.hub import push_metric_to_hub
-    from modeling_vqshape.metrics import CLASSIFICATION_METRIC
+    from modeling_vqshape.sharing.hub import push_metric_to_hub
+    from modeling_vqshape.tasks.metrics import CLASSIFICATION_METRIC
 
     push_metric_to_hub("lab/vqshape-classification", endpoint=hub.endpoint, token="hf_stand_in")
     space = hub.repos["lab/vqshape-classification"]

@@ -172,3 +172,57 @@ def test_saved_config_has_the_complete_auto_map(saved):
     assert config["architectures"] == ["VQShapeForPreTraining"]
     preprocessor = json.loads((folder / "preprocessor_config.json").read_text())
     assert preprocessor["auto_map"]["AutoFeatureExtractor"] == "processing_vqshape.VQShapeFeatureExtractor"
+
+
+def test_load_vqshape_gives_any_saved_model_in_eval_mode(saved, tmp_path):
+    """The one loader of the package's tools (plots, demo, token tables, probe, publishing): the base model of any
+    head, a classifier's own head when asked, a text-aligned model, by folder or Hub id, with its feature extractor."""
+    from modeling_vqshape import (
+        VQShapeConfig,
+        VQShapeFeatureExtractor,
+        VQShapeForTextAlignment,
+        VQShapeForTimeSeriesClassification,
+        VQShapeModel,
+    )
+    from modeling_vqshape.sharing.loading import load_vqshape
+
+    from .conftest import FIXTURES, TINY
+
+    root, folder, _ = saved
+    for source in (folder, str(folder)):
+        model = load_vqshape(source)
+        assert type(model) is VQShapeModel and not model.training
+        assert type(load_vqshape(source, keep_classifier=True)) is VQShapeModel  # a pre-training head: no classifier
+    classifier_folder = FIXTURES / "saved_folders" / "classifier"
+    assert type(load_vqshape(classifier_folder)) is VQShapeModel
+    classifier = load_vqshape(classifier_folder, keep_classifier=True)
+    assert type(classifier) is VQShapeForTimeSeriesClassification and not classifier.training
+    assert classifier.config.id2label == VQShapeForTimeSeriesClassification.from_pretrained(
+        classifier_folder).config.id2label
+    text_aligned = load_vqshape(FIXTURES / "saved_folders" / "text_aligned", keep_classifier=True)
+    assert type(text_aligned) is VQShapeForTextAlignment and not text_aligned.training
+    # a Hub id, from the offline cache: the location arguments reach the config and the feature extractor too
+    model, feature_extractor = load_vqshape(REPO_ID, keep_classifier=True, with_feature_extractor=True,
+                                            cache_dir=root / "hf_home" / "hub", local_files_only=True)
+    assert type(model) is VQShapeModel and isinstance(feature_extractor, VQShapeFeatureExtractor)
+    torch.testing.assert_close(model.state_dict(), load_vqshape(folder).state_dict())
+    # a folder without preprocessor_config.json gets the extractor for the model's input length
+    bare = tmp_path / "bare"
+    VQShapeModel(VQShapeConfig(**{**TINY, "input_length": 32, "num_patches": 4})).save_pretrained(bare)
+    (bare / "preprocessor_config.json").unlink(missing_ok=True)
+    model, feature_extractor = load_vqshape(bare, with_feature_extractor=True, device="cpu")
+    assert feature_extractor.input_length == model.config.input_length == 32
+
+
+@pytest.mark.slow  # a fresh Python process, with a modules cache of its own
+def test_load_vqshape_takes_trust_remote_code(saved):
+    """`recordings --trust_remote_code` passes it on; with the package imported its registered classes load."""
+    root, folder, _ = saved
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(root / "mods")}
+    code = ("import sys; from modeling_vqshape.sharing.loading import load_vqshape; "
+            "model, extractor = load_vqshape(sys.argv[1], True, True, trust_remote_code=True); "
+            "print(type(model).__name__, type(extractor).__name__)")
+    result = subprocess.run([sys.executable, "-c", code, str(folder)], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "VQShapeModel VQShapeFeatureExtractor" in result.stdout.splitlines(), result.stdout

@@ -248,7 +248,7 @@ def test_pipelines_from_a_folder_in_a_fresh_process(classifier_folder, tmp_path,
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["package", "remote"])
 def test_pipelines_from_the_hub_stand_in_in_a_fresh_process(classifier_folder, hub, tmp_path, mode):  # noqa: F811
-    from modeling_vqshape.hub import publish
+    from modeling_vqshape.sharing.hub import publish
 
     folder, model = classifier_folder
     expected = write_expected(model, tmp_path / "expected.json")

@@ -1,4 +1,4 @@
-"""modeling_vqshape.recordings: whole recordings -> Parquet token table, streamed, resumable, checked."""
+"""modeling_vqshape.corpora.recordings: whole recordings -> Parquet token table, streamed, resumable, checked."""
 
 import logging
 from datetime import datetime, timedelta
@@ -13,16 +13,16 @@ pytest.importorskip("pyarrow")
 datasets = pytest.importorskip("datasets")
 
 from modeling_vqshape import VQShapeConfig, VQShapeFeatureExtractor, VQShapeForPreTraining  # noqa: E402
-from modeling_vqshape import recordings as recordings_module  # noqa: E402
-from modeling_vqshape.geneactiv import (  # noqa: E402
+from modeling_vqshape.corpora import recordings as recordings_module  # noqa: E402
+from modeling_vqshape.corpora.geneactiv import (  # noqa: E402
     GENEActivRecording,
     build_geneactiv_dataset,
     iter_geneactiv_bin,
     read_geneactiv_bin,
     write_geneactiv_bin,
 )
-from modeling_vqshape.recordings import iter_windows, open_recording, tokenize_recordings  # noqa: E402
-from modeling_vqshape.visualization import explain_series  # noqa: E402
+from modeling_vqshape.corpora.recordings import iter_windows, open_recording, tokenize_recordings  # noqa: E402
+from modeling_vqshape.sharing.visualization import explain_series  # noqa: E402
 
 from .conftest import TINY  # noqa: E402
 
@@ -222,11 +222,12 @@ def test_windows_across_a_jump_are_dropped_and_the_rest_timed_from_the_pages(mod
 def test_a_file_whose_only_window_spans_the_jump_gives_a_message_and_an_empty_table(model, tmp_path, capsys, caplog):
     path = device_file(tmp_path / "jump.bin", [0.0, 6.5, 12.5])
     model.save_pretrained(tmp_path / "model")
-    with caplog.at_level(logging.WARNING, logger="modeling_vqshape.recordings"):
+    with caplog.at_level(logging.WARNING, logger="modeling_vqshape.corpora.recordings"):
         recordings_module.main(["--model", str(tmp_path / "model"), "--output", str(tmp_path / "table"),
                                 "--window", "10", str(path)])  # returns: exit code 0
     assert "0 token rows" in capsys.readouterr().out
-    [message] = [record.getMessage() for record in caplog.records if record.name == "modeling_vqshape.recordings"]
+    logger = "modeling_vqshape.corpora.recordings"
+    [message] = [record.getMessage() for record in caplog.records if record.name == logger]
     assert message == ("recording 'jump': no window to keep: all 1 candidate window(s) of 10 s span a gap in its "
                        "sample times (its page times pause or jump); it has no token rows.")
     table = tokenize_recordings(model, [path], tmp_path / "library", window_seconds=10, progress=False)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining, VQShapeModel
-from modeling_vqshape.precision import autocast_agreement
+from modeling_vqshape.tasks.precision import autocast_agreement
 
 from .conftest import TINY
 
@@ -87,7 +87,7 @@ def test_tokenizer_inference_path_computes_the_decoder(tiny_config):
 @pytest.mark.slow
 @needs_onnxruntime
 def test_onnx_export_matches_pytorch_with_a_dynamic_batch(tiny_config, series_batch, tmp_path, monkeypatch):
-    from modeling_vqshape.export_onnx import check_onnx, export_tokens_onnx, main, onnx_session
+    from modeling_vqshape.sharing.export_onnx import check_onnx, export_tokens_onnx, main, onnx_session
 
     model = trained_like(tiny_config)
     one_series_chunks(monkeypatch, tiny_config)  # eager CPU inference in chunks must not fix the exported batch size

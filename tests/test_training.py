@@ -1,4 +1,4 @@
-"""modeling_vqshape.training, the helpers the example scripts share: values checked without running a script."""
+"""modeling_vqshape.tasks.training, the helpers the example scripts share: values checked without running a script."""
 
 import argparse
 import json
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from modeling_vqshape import VQShapeConfig
-from modeling_vqshape.training import (
+from modeling_vqshape.tasks.training import (
     COMPLETE_MARKER,
     add_hub_arguments,
     check_hub_arguments,

@@ -10,7 +10,7 @@ from matplotlib.colors import to_hex
 from matplotlib.image import imread
 
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining
-from modeling_vqshape.visualization import (
+from modeling_vqshape.sharing.visualization import (
     code_counts,
     codebook_summary,
     decode_codebook,
@@ -149,7 +149,7 @@ def test_command_line_makes_atlas_and_explanation(model, dataset, tmp_path):
     np.save(tmp_path / "data.npy", dataset)
     np.savetxt(tmp_path / "series.csv", dataset[:3], delimiter=",")
     script = (
-        "import sys; from modeling_vqshape.visualization import main; "
+        "import sys; from modeling_vqshape.sharing.visualization import main; "
         "assert main(sys.argv[1:8]) == 0; assert main(sys.argv[8:]) == 0; "
         "assert 'matplotlib.pyplot' not in sys.modules"
     )
@@ -167,6 +167,6 @@ def test_command_line_makes_atlas_and_explanation(model, dataset, tmp_path):
 
 @pytest.mark.slow
 def test_module_entry_point_help():
-    result = subprocess.run([sys.executable, "-m", "modeling_vqshape.visualization", "--help"], cwd=REPO_ROOT,
+    result = subprocess.run([sys.executable, "-m", "modeling_vqshape.sharing.visualization", "--help"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "atlas" in result.stdout and "explain" in result.stdout

@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .modeling_vqshape import instance_normalize
-from .processing_vqshape import VQShapeFeatureExtractor
+from ..modeling_vqshape import instance_normalize
+from ..processing_vqshape import VQShapeFeatureExtractor
 
 BUNDLED_DATASETS = (
     "ACSF1", "ArrowHead", "BasicMotions", "GunPoint", "ItalyPowerDemand", "JapaneseVowels", "OSULeaf",
     "PickupGestureWiimoteZ",
 )
 ARRAY_SUFFIXES = (".csv", ".parquet", ".npy", ".npz")
-RECORDING_SUFFIXES = (".bin",)  # GENEActiv recordings (modeling_vqshape.geneactiv); pair with --window_length
+RECORDING_SUFFIXES = (".bin",)  # GENEActiv recordings (modeling_vqshape.corpora.geneactiv); pair with --window_length
 
 
 def bundled_data_dir() -> Path:

@@ -1,7 +1,7 @@
 """A Gradio demo of a VQShape model, ready to be a Hub Space: upload a recording, see its shape tokens drawn on it, the
 codebook atlas with this recording's usage, the predicted class, and download the token table.
 
-    python -m modeling_vqshape.demo --model lab/vqshape-basicmotions          # or VQSHAPE_MODEL=... in the env
+    python -m modeling_vqshape.sharing.demo --model lab/vqshape-basicmotions          # or VQSHAPE_MODEL=... in the env
 
 Uploads: a GENEActiv `.bin` or `.csv` export (their own sampling rate), a `.npy` array `(channels, time)` or
 `(time,)`, or a plain `.csv` with one column per channel (a header row is allowed); the last two take the sampling
@@ -10,7 +10,8 @@ gap in a GENEActiv file's page times are left out, and times follow the device's
 explained and classified, with a fine-tuned head (`VQShapeForTimeSeriesClassification`) or zero-shot with a
 text-aligned model, from the class names or descriptions in the form or the stored ones, and every window kept goes
 into the token table. The model comes from `--model`, `$VQSHAPE_MODEL` or the page's model field.
-`modeling_vqshape.hub.publish_demo` pushes it as a Space (`space/app.py` and its requirements, plus this package).
+`modeling_vqshape.sharing.hub.publish_demo` pushes it as a Space (`space/app.py` and its requirements, plus this
+package).
 """
 
 import argparse
@@ -22,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .geneactiv import read_geneactiv
-from .modeling_vqshape import vqshape_model
-from .recordings import RecordingSource, iter_windows, open_recording, tokenize_recordings
+from ..corpora.geneactiv import read_geneactiv
+from ..corpora.recordings import RecordingSource, iter_windows, open_recording, tokenize_recordings
+from ..modeling_vqshape import vqshape_model
+from .loading import load_vqshape
 from .visualization import plot_codebook_atlas, plot_explanation
 
 MODEL_ENV = "VQSHAPE_MODEL"
@@ -85,7 +87,7 @@ def read_upload(path, sampling_rate: float | None = None) -> RecordingSource:
 
 def predict(model, window: np.ndarray, class_names=None) -> dict | None:
     """`{label: probability}` for one window `(channels, time)`, or None when the model has no classifier."""
-    from .processing_vqshape import VQShapeFeatureExtractor
+    from ..processing_vqshape import VQShapeFeatureExtractor
 
     past_values = VQShapeFeatureExtractor(vqshape_model(model).config.input_length)(window[None])["past_values"]
     with torch.no_grad():
@@ -121,9 +123,10 @@ def analyse(model, path, sampling_rate=None, class_names_text: str = "", window_
     """Everything the page shows for one upload: `explanation` and `atlas` (matplotlib figures), `prediction`
     (`{label: probability}` or None), `table` (the token table as a CSV path) and `summary` (a line of text).
 
-    Windows follow the token table's rule, so the table equals what `python -m modeling_vqshape.recordings` writes
-    for the same file and window (a recording shorter than the window is taken as one window); the window explained
-    is the table's first. No window to keep is a `ValueError` saying why."""
+    Windows follow the token table's rule, so the table equals what
+    `python -m modeling_vqshape.corpora.recordings` writes for the same file and window (a recording shorter than the
+    window is taken as one window); the window explained is the table's first. No window to keep is a `ValueError`
+    saying why."""
     source = read_upload(path, sampling_rate)
     rate, num_channels = source.sampling_rate, len(source.channel_names)
     window_length = min(source.num_samples, max(2, int(round(window_seconds * rate))))
@@ -153,23 +156,12 @@ def analyse(model, path, sampling_rate=None, class_names_text: str = "", window_
     }
 
 
-def load_demo_model(model_id: str):
-    """The model at `model_id` with the head it was saved with: a classifier keeps its classification head."""
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
-
-    from . import VQShapeModel  # noqa: F401  registers the Auto classes
-
-    architectures = AutoConfig.from_pretrained(model_id).architectures or []
-    auto = AutoModelForSequenceClassification if "VQShapeForTimeSeriesClassification" in architectures else AutoModel
-    return auto.from_pretrained(model_id).eval()
-
-
 def build_demo(model_id: str):
     """The Gradio app, starting with the model at `model_id` (folder or Hub repo id); the page's model field can name
     another one."""
     import gradio as gr
 
-    models = {model_id: load_demo_model(model_id)}  # loaded once per id
+    models = {model_id: load_vqshape(model_id, keep_classifier=True)}  # loaded once per id
 
     def run(chosen_id, upload, sampling_rate, class_names_text, window_seconds):
         if upload is None:
@@ -177,7 +169,7 @@ def build_demo(model_id: str):
         chosen_id = (chosen_id or model_id).strip()
         try:
             if chosen_id not in models:
-                models[chosen_id] = load_demo_model(chosen_id)
+                models[chosen_id] = load_vqshape(chosen_id, keep_classifier=True)
         except (OSError, ValueError) as error:
             return None, None, None, None, f"**Could not load the model {chosen_id!r}:** {error}"
         try:

@@ -1,6 +1,6 @@
 """Export VQShape's tokens/histogram path to ONNX, with a dynamic batch size, and check it with onnxruntime.
 
-    python -m modeling_vqshape.export_onnx --model vqshape-pretrained --output vqshape-tokens.onnx
+    python -m modeling_vqshape.sharing.export_onnx --model vqshape-pretrained --output vqshape-tokens.onnx
 
 The graph takes `past_values` `(batch_size, input_length, num_channels)` float32, already resampled to the model's
 `input_length` (`VQShapeFeatureExtractor` does that), and returns what `VQShapeModel` returns without its decoders:
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .modeling_vqshape import VQShapeModel, VQShapePreTrainedModel
-from .saving_vqshape import atomic_write
+from ..modeling_vqshape import VQShapeModel, VQShapePreTrainedModel
+from ..saving_vqshape import atomic_write
 
 OUTPUT_NAMES = ("token_features", "code_indices", "histogram")
 

@@ -1,7 +1,7 @@
 """The package's metrics as `evaluate` modules, loadable offline by path:
 
     import evaluate
-    from modeling_vqshape.metrics import CLASSIFICATION_METRIC
+    from modeling_vqshape.tasks.metrics import CLASSIFICATION_METRIC
 
     metric = evaluate.load(CLASSIFICATION_METRIC)
     metric.compute(predictions=["walking", "running"], references=["walking", "walking"])

@@ -1,9 +1,10 @@
 """Whole recordings -> a token table: one row per shape token, written to Parquet shard by shard.
 
-    from modeling_vqshape.recordings import tokenize_recordings
+    from modeling_vqshape.corpora.recordings import tokenize_recordings
     table = tokenize_recordings(model, ["day1.bin", "day2.bin"], "tokens/", window_seconds=10, stride_seconds=5)
 
-    python -m modeling_vqshape.recordings --model lab/vqshape-geneactiv --output tokens/ --window 10 --stride 5 day1.bin
+    python -m modeling_vqshape.corpora.recordings --model lab/vqshape-geneactiv --output tokens/ --window 10 \
+        --stride 5 day1.bin
 
 A recording is a GENEActiv `.bin` (read page by page, so a day at 100 Hz never sits in memory whole) or `.csv`, a
 `.npy` array `(channels, time)` (memory-mapped), or an array with its sampling rate. It is cut into windows of
@@ -46,6 +47,9 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from ..modeling_vqshape import token_span_end, vqshape_model
+from ..processing_vqshape import VQShapeFeatureExtractor
+from ..saving_vqshape import atomic_write, write_json
 from .geneactiv import (
     CHANNELS,
     SAMPLES_PER_PAGE,
@@ -55,9 +59,6 @@ from .geneactiv import (
     iter_geneactiv_bin,
     read_geneactiv_csv,
 )
-from .modeling_vqshape import token_span_end, vqshape_model
-from .processing_vqshape import VQShapeFeatureExtractor
-from .saving_vqshape import atomic_write, write_json
 
 TABLE_CONFIG = "tokenize_config.json"
 RATE_TOLERANCE = 1e-6  # relative: a sampling rate given for a file must equal the file's
@@ -410,9 +411,9 @@ def main(argv=None):
     parser.add_argument("--windows_per_shard", type=int, default=1024)
     parser.add_argument("--trust_remote_code", action="store_true")
     args = parser.parse_args(argv)
-    from transformers import AutoModel
+    from ..sharing.loading import load_vqshape
 
-    model = AutoModel.from_pretrained(args.model, trust_remote_code=args.trust_remote_code)
+    model = load_vqshape(args.model, trust_remote_code=args.trust_remote_code)
     try:
         table = tokenize_recordings(model, args.recordings, args.output, args.window, args.stride, args.sampling_rate,
                                     args.channel_names.split(",") if args.channel_names else None, args.histogram,

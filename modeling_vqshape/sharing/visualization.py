@@ -5,9 +5,10 @@ when given `output`. The arrays a plot draws come from small functions (`decode_
 `explain_series`) so they can be checked or reused.
 
 Command line:
-    python -m modeling_vqshape.visualization atlas --model PATH --output atlas.png [--data series.npy]
-    python -m modeling_vqshape.visualization explain --model PATH --output explain.png [--series series.npy --index 0]
-    python -m modeling_vqshape.visualization histogram --model PATH --data series.npy --output usage.png
+    python -m modeling_vqshape.sharing.visualization atlas --model PATH --output atlas.png [--data series.npy]
+    python -m modeling_vqshape.sharing.visualization explain --model PATH --output explain.png \
+        [--series series.npy --index 0]
+    python -m modeling_vqshape.sharing.visualization histogram --model PATH --data series.npy --output usage.png
         [--labels y.npy]
 """
 
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .modeling_vqshape import extract_subsequence, token_span_end, vqshape_model
+from ..modeling_vqshape import extract_subsequence, token_span_end, vqshape_model
+from .loading import load_vqshape
 
 # a fixed qualitative palette so that a code keeps its colour across pictures
 _PALETTE = [
@@ -35,7 +37,7 @@ def code_colour(code: int) -> str:
 def _feature_extractor(model, feature_extractor=None):
     if feature_extractor is not None:
         return feature_extractor
-    from .processing_vqshape import VQShapeFeatureExtractor
+    from ..processing_vqshape import VQShapeFeatureExtractor
 
     return VQShapeFeatureExtractor(input_length=vqshape_model(model).config.input_length)
 
@@ -83,8 +85,8 @@ def codebook_summary(model, usage) -> dict:
         values being the text alignment's shape words (`SHAPE_VALUES`: rising, falling, flat, peak, dip, step up, step
         down, oscillation).
     """
-    from .modeling_vqshape import usage_from_counts
-    from .text_captions import SHAPE_VALUES, shape_labels
+    from ..modeling_vqshape import usage_from_counts
+    from ..text_captions import SHAPE_VALUES, shape_labels
 
     counts = np.asarray(usage)
     perplexity, used = usage_from_counts(torch.as_tensor(counts))
@@ -288,18 +290,8 @@ def load_series(path) -> np.ndarray:
     raise ValueError(f"{path}: use a .npy, .csv or .txt file.")
 
 
-def load_model(path):
-    """The `VQShapeModel` of a folder or Hub repo id that any head saved (`AutoModel` reads the base model out of a
-    head's weights), or a text-aligned model, in eval mode."""
-    from transformers import AutoModel
-
-    from . import VQShapeModel  # noqa: F401  registers the Auto classes
-
-    return AutoModel.from_pretrained(path).eval()
-
-
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m modeling_vqshape.visualization",
+    parser = argparse.ArgumentParser(prog="python -m modeling_vqshape.sharing.visualization",
                                      description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     atlas = commands.add_parser("atlas", help="the codebook atlas")
@@ -321,7 +313,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    model = load_model(args.model)
+    model = load_vqshape(args.model)
     if args.command == "atlas":
         dataset = load_series(args.data) if args.data else None
         plot_codebook_atlas(model, dataset=dataset, columns=args.columns, output=args.output, dpi=args.dpi)

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from .saving_vqshape import atomic_write
+from ..saving_vqshape import atomic_write
 
 CITATION = """@inproceedings{wen2024vqshape,
   title     = {Abstracted Shapes as Tokens - A Generalizable and Interpretable Model for Time-series Classification},
@@ -117,7 +117,7 @@ def _atlas_section() -> str:
         f"![codebook atlas]({ATLAS_FILE})\n\n"
         "Every code of the codebook decoded to its (standardised) shape; the number is how many tokens used the "
         "code when counts were given. Draw it again with "
-        "`python -m modeling_vqshape.visualization atlas --model <repo or folder> --output atlas.png`."
+        "`python -m modeling_vqshape.sharing.visualization atlas --model <repo or folder> --output atlas.png`."
     )
 
 
@@ -256,10 +256,10 @@ launch_gradio_widget(evaluate.load("{repo_id}"))
 
 def push_metric_to_hub(repo_id: str, private: bool = False, token: str | None = None, endpoint: str | None = None,
                        commit_message: str = "Add the VQShape classification metric") -> str:
-    """Publish the package's classification metric (`modeling_vqshape.metrics.CLASSIFICATION_METRIC`) as an `evaluate`
-    metric Space, so that `evaluate.load(repo_id)` finds it: the script under the repo's name, a metric card, the
-    widget app and its requirements. Returns the commit's URL."""
-    from .metrics import CLASSIFICATION_METRIC
+    """Publish the package's classification metric (`modeling_vqshape.tasks.metrics.CLASSIFICATION_METRIC`) as an
+    `evaluate` metric Space, so that `evaluate.load(repo_id)` finds it: the script under the repo's name, a metric
+    card, the widget app and its requirements. Returns the commit's URL."""
+    from ..tasks.metrics import CLASSIFICATION_METRIC
 
     check_repo_id(repo_id)
     name = repo_id.split("/")[-1]  # evaluate.load(repo_id) reads the script named after the repo
@@ -285,13 +285,14 @@ SPACE_TEMPLATE = Path(__file__).resolve().parent / "space"  # app.py and require
 
 
 def write_demo_space(folder, model_id: str) -> Path:
-    """Fill `folder` with the demo Space for `model_id`: `app.py` and `requirements.txt` (`modeling_vqshape/space/`),
-    `model_id.txt`, a Space card, and a copy of this package's code (the Space imports it from there)."""
+    """Fill `folder` with the demo Space for `model_id`: `app.py` and `requirements.txt`
+    (`modeling_vqshape/sharing/space/`), `model_id.txt`, a Space card, and a copy of this package's code (the Space
+    imports it from there)."""
     folder = Path(folder)
     for name in ("app.py", "requirements.txt"):
         shutil.copyfile(SPACE_TEMPLATE / name, folder / name)
     (folder / "model_id.txt").write_text(model_id + "\n", encoding="utf-8")
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # modeling_vqshape/, less the space template
     shutil.copytree(package, folder / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "space"))
     write_space_card(
         folder, model_id.split("/")[-1], ["time-series", "vqshape"],
@@ -315,7 +316,7 @@ def publish_demo(space_id: str, model_id: str, private: bool = False, token: str
 def save_model_folder(model, folder, feature_extractor=None, atlas_dataset=None, **card) -> Path:
     """Write everything a Hub repo holds into `folder`: `save_pretrained` output (complete `auto_map`, modeling files),
     the feature extractor, the codebook atlas and the model card (`card`: `write_model_card`'s arguments)."""
-    from .processing_vqshape import VQShapeFeatureExtractor
+    from ..processing_vqshape import VQShapeFeatureExtractor
 
     model.save_pretrained(folder)
     feature_extractor = feature_extractor or VQShapeFeatureExtractor(input_length=model.config.input_length)
@@ -334,11 +335,11 @@ def _completed_folder(folder: Path, staging, repo_id: str, atlas_dataset=None) -
     card = folder / "README.md"
     if not is_vqshape or ((folder / ATLAS_FILE).exists() and card.exists()):
         return folder
-    from .visualization import load_model
+    from .loading import load_vqshape
 
     staged = Path(staging) / folder.name
     shutil.copytree(folder, staged)
-    model = load_model(str(folder))
+    model = load_vqshape(folder)
     if not (staged / ATLAS_FILE).exists():
         write_atlas(model, staged, atlas_dataset)
     if card.exists():

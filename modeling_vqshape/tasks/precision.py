@@ -9,7 +9,7 @@ autocast changes is the encoder's output. `autocast_agreement` measures that on 
 
 import torch
 
-from .modeling_vqshape import VQShapeModel
+from ..modeling_vqshape import VQShapeModel
 
 
 @torch.no_grad()

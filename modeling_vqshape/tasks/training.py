@@ -13,7 +13,7 @@ from collections import deque
 
 import torch
 
-from .modeling_vqshape import code_histogram
+from ..modeling_vqshape import code_histogram
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARKER = "checkpoint_complete.json"  # written last: a folder without it was interrupted mid-write
@@ -50,8 +50,8 @@ def pretraining_model(model_name_or_path=None, config_name=None, codebook_recipe
     `config_overrides` ('key=value,...'), which take precedence."""
     from transformers import AutoConfig
 
-    from .configuration_vqshape import DIVERSE_CODEBOOK, ORIGINAL_CODEBOOK, VQShapeConfig
-    from .modeling_vqshape import VQShapeForPreTraining
+    from ..configuration_vqshape import DIVERSE_CODEBOOK, ORIGINAL_CODEBOOK, VQShapeConfig
+    from ..modeling_vqshape import VQShapeForPreTraining
 
     if model_name_or_path:
         overrides = parse_overrides(config_overrides, AutoConfig.from_pretrained(model_name_or_path))
@@ -140,7 +140,7 @@ def save_checkpoint(accelerator, output_dir, step: int, epoch: int, batches: int
     """save_state into a hidden folder, mark it complete, then rename it (`atomic_write`, committed by the main
     process): a partial folder never looks finished. The marker records the step and where in the data it was (epoch,
     batches of that epoch consumed)."""
-    from .saving_vqshape import atomic_write
+    from ..saving_vqshape import atomic_write
 
     final = os.path.join(output_dir, "checkpoints", f"checkpoint-{step}")
     with atomic_write(final, commit=accelerator.is_main_process) as partial:
@@ -187,7 +187,7 @@ def resumable_batches(accelerator, dataloader, epoch: int = 0, batches: int = 0)
 
 def code_usage(code_indices: torch.Tensor, num_codes: int) -> dict:
     """Perplexity of the code histogram of `code_indices` and the number of codes they never use."""
-    from .modeling_vqshape import usage_from_indices
+    from ..modeling_vqshape import usage_from_indices
 
     perplexity, used = usage_from_indices(code_indices, num_codes)
     return {"perplexity": perplexity.item(), "dead_codes": num_codes - round(used.item() * num_codes)}
@@ -216,7 +216,7 @@ class PretrainingLog:
     last `window` steps, and the codebook's re-seeding events (the same on every rank). `model` is unwrapped."""
 
     def __init__(self, model, window: int, device):
-        from .modeling_vqshape import vqshape_model
+        from ..modeling_vqshape import vqshape_model
 
         self.codebook = vqshape_model(model).codebook
         self.num_codes = model.config.num_codes
@@ -293,7 +293,7 @@ def finish(accelerator, model, args, results: dict, results_file: str = "trainin
     the folder with `hub.publish` when `args.push_to_hub`, print `message`, then end training. Every rank reaches the
     teardown together: a rank that destroys the process group while another is still writing can leave the launcher
     waiting for ever (gloo)."""
-    from .hub import publish, write_model_card
+    from ..sharing.hub import publish, write_model_card
 
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)

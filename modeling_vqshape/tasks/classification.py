@@ -16,14 +16,14 @@ For every dataset (a `TRAIN`/`TEST` pair):
    (mean +- sample standard deviation over seeds).
 
 Metrics (`classification_metrics`): accuracy, balanced accuracy and macro-F1, from the package's `evaluate` module
-(`modeling_vqshape.metrics.CLASSIFICATION_METRIC`, scikit-learn's definitions), which also gives a per-class report.
+(`modeling_vqshape.tasks.metrics.CLASSIFICATION_METRIC`, scikit-learn's definitions), which also gives a per-class
+report.
 """
 
 import csv
 import functools
 import itertools
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .processing_vqshape import VQShapeFeatureExtractor, resample_series
+from ..processing_vqshape import resample_series
 
 WEIGHT_DECAYS = (0.0, 0.01, 0.1, 1.0, 10.0, 100.0)
 DROPOUTS = (0.0, 0.2, 0.5, 0.8)
@@ -66,7 +66,8 @@ CLASS_NAMES = {
 
 @functools.lru_cache(maxsize=1)
 def classification_metric():
-    """The package's `evaluate` module (modeling_vqshape/metrics/vqshape_classification.py), loaded once, offline."""
+    """The package's `evaluate` module (modeling_vqshape/tasks/metrics/vqshape_classification.py), loaded once,
+    offline."""
     import evaluate
 
     from .metrics import CLASSIFICATION_METRIC
@@ -149,7 +150,7 @@ def load_classification_dataset(spec: str, series_column: str = "past_values", l
     `Name_TEST.ts` (the UEA/UCR layout), the path of a `Name_TRAIN.ts` file, or a `datasets.DatasetDict` saved with
     `save_to_disk` whose `train` and `test` splits have a series column and a label column.
     """
-    from .data import BUNDLED_DATASETS, bundled_data_dir
+    from ..corpora.data import BUNDLED_DATASETS, bundled_data_dir
 
     path = Path(spec).expanduser()
     bundled = {name.lower(): name for name in BUNDLED_DATASETS}
@@ -183,7 +184,7 @@ def load_labelled_rows(names, input_length: int, max_series: int | None = None, 
     """Univariate rows of the bundled sets `names` (keys of `CLASS_NAMES`), in their own units, resampled to
     `input_length`, with global label ids: `(past_values, labels, class names, source of each row)`. The first
     `max_series` series of each set are kept; every channel of a series becomes a row with its series' label."""
-    from .data import bundled_data_dir, prepare_series
+    from ..corpora.data import bundled_data_dir, prepare_series
 
     rows, labels, class_names, sources = [], [], [], []
     for name in names:
@@ -581,20 +582,6 @@ def write_results(rows, output_dir) -> dict:
     return {key: str(path) for key, path in paths.items()}
 
 
-def load_feature_model(name_or_path: str, device=None, **kwargs):
-    """`(VQShapeModel, VQShapeFeatureExtractor)` from a folder or Hub id holding any VQShape checkpoint."""
-    from transformers import AutoFeatureExtractor, AutoModel
-
-    import modeling_vqshape  # noqa: F401  (registers the Auto classes)
-
-    model = AutoModel.from_pretrained(name_or_path, **kwargs).eval()
-    if device is not None:
-        model.to(device)
-    if os.path.isdir(name_or_path) and not os.path.exists(os.path.join(name_or_path, "preprocessor_config.json")):
-        return model, VQShapeFeatureExtractor(input_length=model.config.input_length)
-    return model, AutoFeatureExtractor.from_pretrained(name_or_path, **kwargs)
-
-
 __all__ = [
     "BASELINES",
     "CLASS_NAMES",
@@ -611,7 +598,6 @@ __all__ = [
     "extract_features",
     "fit_scaler",
     "load_classification_dataset",
-    "load_feature_model",
     "load_labelled_rows",
     "markdown_table",
     "resample_series",

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..configuration_vqshape import CLASSIFIER_FEATURE_PARTS, classifier_feature_parts
+from ..processing_vqshape import VQShapeFeatureExtractor
 from .classification import DROPOUTS, WEIGHT_DECAYS, classification_metrics, train_linear_probes
-from .configuration_vqshape import CLASSIFIER_FEATURE_PARTS, classifier_feature_parts
-from .processing_vqshape import VQShapeFeatureExtractor
 
 # the feature sets the first stage chooses from, in order of preference on ties
 FEATURE_CANDIDATES = ("combined", "tokens+statistics", "embedding+statistics", "statistics")
@@ -61,7 +61,7 @@ def validation_split(labels, fraction: float, seed: int = 0) -> tuple:
 def frozen_feature_parts(backbone, past_values: torch.Tensor, batch_size: int = 64) -> dict:
     """Every part a head can read (`CLASSIFIER_FEATURE_PARTS`) of `past_values`, from the `VQShapeModel` `backbone`
     in eval mode: `{part: (num_series, num_channels, size)}` float32 tensors on the CPU."""
-    from .modeling_vqshape import VQShapeForTimeSeriesClassification
+    from ..modeling_vqshape import VQShapeForTimeSeriesClassification
 
     was_training = backbone.training
     backbone.eval()

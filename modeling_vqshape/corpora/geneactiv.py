@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .processing_vqshape import resample_series
-from .saving_vqshape import atomic_write
+from ..processing_vqshape import resample_series
+from ..saving_vqshape import atomic_write
 
 SAMPLES_PER_PAGE = 300
 HEX_PER_SAMPLE = 12
