@@ -1,0 +1,5 @@
+"""The old path of `modeling_vqshape.tasks.teachers`: still works, with a FutureWarning (see `_moved.py`)."""
+
+from ._moved import moved
+
+moved(__name__, __spec__)
