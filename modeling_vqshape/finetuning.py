@@ -3,6 +3,10 @@
 - `select_linear_head`: the first stage (a linear probe, as in "linear probing then fine-tuning", Kumar et al.,
   ICLR 2022): on frozen features of the training rows, every candidate feature set x weight decay x dropout is
   trained (`classification.train_linear_probes`) and the validation rows pick one; the classifier starts from it.
+- `add_dataset_arguments`, `labelled_splits`: the dataset options the classifier scripts share, and their TRAIN
+  and TEST splits (subsets, sorted label names).
+- `probe_initialised_classifier`: a `VQShapeForTimeSeriesClassification` with its label names, started from the
+  linear head of `select_linear_head` (the first stage of `finetune.py` and of the student of `distill.py`).
 - `labelled_tensors`: a labelled split -> `(past_values, labels)` tensors, every series resampled to the model's
   `input_length` (the length rule: see docs/classification.md).
 - `validation_split`: a stratified, seeded share of TRAIN held out to pick the epoch; TEST is read once, at the end.
@@ -27,6 +31,32 @@ from .processing_vqshape import VQShapeFeatureExtractor
 
 # the feature sets the first stage chooses from, in order of preference on ties
 FEATURE_CANDIDATES = ("combined", "tokens+statistics", "embedding+statistics", "statistics")
+
+
+def add_dataset_arguments(parser):
+    """The dataset options of the classifier scripts: `--dataset` (what `load_classification_dataset` reads), its
+    columns, `--validation_fraction` and the stratified subsets `--max_train_samples`, `--max_eval_samples`."""
+    parser.add_argument("--dataset", default="BasicMotions")
+    parser.add_argument("--series_column", default="past_values")
+    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--validation_fraction", type=float, default=0.2, help="Stratified share of TRAIN.")
+    parser.add_argument("--max_train_samples", type=int, default=None, help="Stratified subset of TRAIN.")
+    parser.add_argument("--max_eval_samples", type=int, default=None, help="Stratified subset of TEST.")
+
+
+def labelled_splits(args) -> tuple:
+    """`(train, test, label_names)` of `args.dataset` (`add_dataset_arguments`): the seeded subsets of TRAIN and TEST
+    and the sorted class names of TRAIN; refuses test labels that TRAIN never has."""
+    from .classification import load_classification_dataset
+
+    splits = load_classification_dataset(args.dataset, args.series_column, args.label_column)
+    train = splits["train"].subset(args.max_train_samples, args.seed)
+    test = splits["test"].subset(args.max_eval_samples, args.seed)
+    label_names = sorted({str(label) for label in train.labels})
+    unseen = sorted(set(test.labels) - set(label_names))
+    if unseen:
+        raise ValueError(f"{args.dataset}: test labels {unseen} never occur in the training split.")
+    return train, test, label_names
 
 
 def labelled_tensors(split, label_names, input_length: int) -> tuple:
@@ -133,6 +163,25 @@ def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_cla
     return best
 
 
+def probe_initialised_classifier(model_name_or_path, past_values, labels, rows, label_names, seed: int = 0,
+                                 candidates=FEATURE_CANDIDATES, **model_kwargs) -> tuple:
+    """`(model, head)`: the first stage (`select_linear_head` on the frozen features of `past_values`, `rows` =
+    (train rows, validation rows)) and a `VQShapeForTimeSeriesClassification` from `model_name_or_path` that reads
+    the chosen features with the label names `label_names` and starts from that head (`model_kwargs`: other config
+    values, e.g. `freeze_backbone`)."""
+    from .modeling_vqshape import VQShapeForTimeSeriesClassification, VQShapeModel
+
+    parts = frozen_feature_parts(VQShapeModel.from_pretrained(model_name_or_path), past_values)
+    head = select_linear_head(parts, labels, *rows, num_classes=len(label_names), seed=seed, candidates=candidates)
+    model = VQShapeForTimeSeriesClassification.from_pretrained(
+        model_name_or_path, num_labels=len(label_names), num_input_channels=past_values.shape[-1],
+        id2label=dict(enumerate(label_names)), label2id={name: index for index, name in enumerate(label_names)},
+        classifier_features=head.classifier_features, classifier_dropout=head.dropout, **model_kwargs,
+    )
+    head.apply(model)
+    return model, head
+
+
 @torch.no_grad()
 def fit_feature_scaler(model, dataloader, accelerator=None) -> tuple:
     """Set a classifier's `feature_scaler` to the mean and standard deviation of its input over `dataloader` of
@@ -215,12 +264,15 @@ __all__ = [
     "FEATURE_CANDIDATES",
     "BestEpoch",
     "LinearHead",
+    "add_dataset_arguments",
     "frozen_feature_parts",
     "select_linear_head",
     "standardise",
     "evaluate_classifier",
     "fit_feature_scaler",
+    "labelled_splits",
     "labelled_tensors",
     "parameter_groups",
+    "probe_initialised_classifier",
     "validation_split",
 ]
