@@ -132,3 +132,14 @@ def test_two_rank_mtkd_rl_keeps_the_agent_identical_on_both_ranks(tiny_student, 
     for key in first:
         assert torch.equal(first[key], second[key]) and torch.equal(first[key], saved[key]), key
     assert first["score.1.weight"].abs().sum() > 0  # it did learn (the last layer starts at zero)
+
+
+@pytest.mark.slow
+def test_equal_weighting_reports_equal_mean_weights(tiny_student, tmp_path):
+    run_script([sys.executable, str(REPO_ROOT / "examples" / "distill.py"), *SMALL_RUN, "--student_model_name_or_path",
+                str(tiny_student), "--teacher", str(outputs_file(tmp_path / "a.npz")), "--teacher",
+                str(outputs_file(tmp_path / "b.safetensors")), "--weighting", "equal", "--classifier_features",
+                "tokens", "--num_train_epochs", "1", "--output_dir", str(tmp_path / "student")])
+    reported = json.loads((tmp_path / "student" / "eval_results.json").read_text())
+    assert reported["weighting"] == "equal" and reported["mean_teacher_weights"] == [0.5, 0.5]
+    assert not (tmp_path / "student" / "mtkd_rl_agent.safetensors").exists()
