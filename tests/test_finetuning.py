@@ -291,3 +291,15 @@ def test_classification_benchmark_runs_every_method_and_reports_the_fine_tuned_r
     markdown = (output / "results.md").read_text()
     assert "mean over datasets" in markdown
     assert f"| fine-tuned (defaults) | {float(finetuned['accuracy']):.3f} |" in markdown
+
+
+def test_subsets_keep_the_row_numbers_as_sample_ids():
+    from modeling_vqshape.tasks.classification import ClassificationSplit
+
+    split = ClassificationSplit([np.full((1, 5), float(i)) for i in range(12)], np.array(["a", "b"] * 6))
+    assert split.sample_ids == [str(i) for i in range(12)]
+    subset = split.subset(6, seed=0)
+    assert [str(int(series[0, 0])) for series in subset.series] == subset.sample_ids  # the rows they came from
+    nested = subset.subset(4, seed=1)  # a subset of a subset still names rows of the split as read
+    assert set(nested.sample_ids) <= set(subset.sample_ids)
+    assert [str(int(series[0, 0])) for series in nested.series] == nested.sample_ids

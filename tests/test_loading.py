@@ -26,6 +26,11 @@ TEXT_CARRIED_FILES = CARRIED_FILES | {
     "configuration_vqshape_text.py", "modeling_vqshape_text.py", "text_attributes.py", "text_bank.py",
     "text_calibration.py", "text_captions.py", "text_interpretation.py", "text_loss.py",
 }
+# the topology teacher of the distillation (modeling_persistence_image.py) carries its own modules
+PERSISTENCE_CARRIED_FILES = {
+    "config.json", "model.safetensors", "configuration_persistence_image.py", "modeling_persistence_image.py",
+    "persistence.py",
+}
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 # the start of a loader run in a fresh process as `python -c LOADER mode source expected_path`: in "remote" mode the
@@ -151,9 +156,14 @@ def test_a_saved_folder_carries_exactly_these_files(saved, tmp_path):
     text_aligned = VQShapeForTextAlignment.from_pretrained(FIXTURES / "saved_folders" / "text_aligned")
     text_aligned.save_pretrained(tmp_path / "text_aligned")
     assert {path.name for path in (tmp_path / "text_aligned").iterdir()} == TEXT_CARRIED_FILES
+    from modeling_vqshape import PersistenceImageConfig, PersistenceImageForClassification
+
+    PersistenceImageForClassification(PersistenceImageConfig(num_labels=2)).save_pretrained(tmp_path / "topology")
+    assert {path.name for path in (tmp_path / "topology").iterdir()} == PERSISTENCE_CARRIED_FILES
     # the carried modules import each other by flat relative imports only (remote code has no package)
     package = REPO_ROOT / "modeling_vqshape"
-    for name in (CARRIED_FILES | TEXT_CARRIED_FILES) - {"config.json", "model.safetensors", "preprocessor_config.json"}:
+    carried = CARRIED_FILES | TEXT_CARRIED_FILES | PERSISTENCE_CARRIED_FILES
+    for name in carried - {"config.json", "model.safetensors", "preprocessor_config.json"}:
         for node in ast.walk(ast.parse((package / name).read_text())):
             if isinstance(node, ast.ImportFrom):
                 assert node.level == 1 or not node.module.startswith(("modeling_vqshape", "conversion")), name

@@ -90,13 +90,22 @@ def classification_metrics(labels, predictions) -> dict:
 
 @dataclass
 class ClassificationSplit:
-    """`series`: a list of `(channels, time)` float arrays (lengths may differ); `labels`: `(num_series,)` strings."""
+    """`series`: a list of `(channels, time)` float arrays (lengths may differ); `labels`: `(num_series,)` strings;
+    `ids`: `(num_series,)` strings naming each series, by default its row number in the split as read (a subset keeps
+    them: teacher outputs files are keyed by them)."""
 
     series: list
     labels: np.ndarray
+    ids: np.ndarray | None = None
 
     def __len__(self):
         return len(self.series)
+
+    @property
+    def sample_ids(self) -> list:
+        """The `ids` as a list of strings (row numbers when none were given)."""
+        ids = self.ids if self.ids is not None else np.arange(len(self))
+        return [str(value) for value in ids]
 
     def subset(self, max_series: int | None, seed: int = 0) -> "ClassificationSplit":
         """A stratified, seeded subset of at most `max_series` series (every class kept when possible)."""
@@ -111,7 +120,7 @@ class ClassificationSplit:
         except ValueError:  # fewer series than classes
             kept, _ = train_test_split(indices, train_size=max_series, random_state=seed)
         kept = np.sort(kept)
-        return ClassificationSplit([self.series[i] for i in kept], self.labels[kept])
+        return ClassificationSplit([self.series[i] for i in kept], self.labels[kept], np.asarray(self.sample_ids)[kept])
 
 
 def _read_labelled_ts(path) -> ClassificationSplit:

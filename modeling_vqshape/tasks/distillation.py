@@ -297,6 +297,19 @@ class MTKDRLAgent(nn.Module):
         return -((actions.detach() - self(state)) ** 2).sum(-1) / (2 * self.exploration_std**2)
 
 
+@torch.no_grad()
+def student_cross_entropy(model, past_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The classifier's per-sample cross-entropy on `labels`, `(batch_size,)`, in eval mode (dropout would put noise
+    into the reward); the model's mode is restored. Call it on the unwrapped model before and after a step."""
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(past_values=past_values).logits
+    finally:
+        model.train(was_training)
+    return F.cross_entropy(logits.float(), labels.to(logits.device).long(), reduction="none")
+
+
 def improvement_reward(loss_before: torch.Tensor, loss_after: torch.Tensor) -> torch.Tensor:
     """The student's improvement on each sample, `loss_before - loss_after`, `(batch_size,)`: e.g. its cross-entropy
     on the label before and after the optimizer step it took with the sampled weights (a second forward pass, without
@@ -374,6 +387,7 @@ __all__ = [
     "reinforce_loss",
     "relational_cosine",
     "standardised",
+    "student_cross_entropy",
     "teacher_cross_entropies",
     "teacher_weights",
 ]

@@ -3,6 +3,11 @@
 - `select_linear_head`: the first stage (a linear probe, as in "linear probing then fine-tuning", Kumar et al.,
   ICLR 2022): on frozen features of the training rows, every candidate feature set x weight decay x dropout is
   trained (`classification.train_linear_probes`) and the validation rows pick one; the classifier starts from it.
+- `add_dataset_arguments`, `labelled_splits`: the dataset options the classifier scripts share, and their TRAIN
+  and TEST splits (subsets, sorted label names).
+- `probe_initialised_classifier`: a `VQShapeForTimeSeriesClassification` with its label names, started from the
+  linear head of `select_linear_head` (the first stage of `finetune.py` and of the student of `distill.py`).
+- `classification_dataloaders`: their train, validation (carved from TRAIN) and test dataloaders.
 - `labelled_tensors`: a labelled split -> `(past_values, labels)` tensors, every series resampled to the model's
   `input_length` (the length rule: see docs/classification.md).
 - `validation_split`: a stratified, seeded share of TRAIN held out to pick the epoch; TEST is read once, at the end.
@@ -27,6 +32,71 @@ from .classification import DROPOUTS, WEIGHT_DECAYS, classification_metrics, tra
 
 # the feature sets the first stage chooses from, in order of preference on ties
 FEATURE_CANDIDATES = ("combined", "tokens+statistics", "embedding+statistics", "statistics")
+
+
+def add_dataset_arguments(parser):
+    """The dataset options of the classifier scripts: `--dataset` (what `load_classification_dataset` reads), its
+    columns, `--validation_fraction` and the stratified subsets `--max_train_samples`, `--max_eval_samples`."""
+    parser.add_argument("--dataset", default="BasicMotions")
+    parser.add_argument("--series_column", default="past_values")
+    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--validation_fraction", type=float, default=0.2, help="Stratified share of TRAIN.")
+    parser.add_argument("--max_train_samples", type=int, default=None, help="Stratified subset of TRAIN.")
+    parser.add_argument("--max_eval_samples", type=int, default=None, help="Stratified subset of TEST.")
+
+
+def add_training_arguments(parser):
+    """The training options `finetune.py` and `distill.py` share: batch sizes, learning rates (head, backbone), weight
+    decay, epochs after the first stage, candidate feature sets of the first stage, threads and seed."""
+    parser.add_argument("--classifier_features", nargs="+", default=list(FEATURE_CANDIDATES),
+                        help="Candidate feature sets for the validation to choose from: tokens, histogram, embedding, "
+                             "statistics joined by '+', or combined (all four).")
+    parser.add_argument("--per_device_train_batch_size", type=int, default=16)
+    parser.add_argument("--per_device_eval_batch_size", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=1e-4, help="The head's, after the linear probe.")
+    parser.add_argument("--backbone_learning_rate", type=float, default=1e-4)
+    parser.add_argument("--weight_decay", type=float, default=0.01, help="The backbone's (the head's is chosen).")
+    parser.add_argument("--num_train_epochs", type=int, default=10, help="After the probe; 0: the probe alone.")
+    parser.add_argument("--num_threads", type=int, default=None, help="CPU threads per process (default: cores).")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def labelled_splits(args) -> tuple:
+    """`(train, test, label_names)` of `args.dataset` (`add_dataset_arguments`): the seeded subsets of TRAIN and TEST
+    and the sorted class names of TRAIN; refuses test labels that TRAIN never has."""
+    from .classification import load_classification_dataset
+
+    splits = load_classification_dataset(args.dataset, args.series_column, args.label_column)
+    train = splits["train"].subset(args.max_train_samples, args.seed)
+    test = splits["test"].subset(args.max_eval_samples, args.seed)
+    label_names = sorted({str(label) for label in train.labels})
+    unseen = sorted(set(test.labels) - set(label_names))
+    if unseen:
+        raise ValueError(f"{args.dataset}: test labels {unseen} never occur in the training split.")
+    return train, test, label_names
+
+
+def classification_dataloaders(args, input_length: int, with_rows: bool = False) -> tuple:
+    """The dataloaders of the classifier scripts (options: `add_dataset_arguments`, `add_training_arguments`):
+    `((train, validation, test), label_names, train_split, (past_values, labels, rows))`. `past_values`, `labels`
+    are TRAIN's tensors at `input_length`, `rows` its (train rows, validation rows) (`validation_split`); train
+    batches are `(past_values, labels)`, with `with_rows` also the TRAIN row of each series (what teachers are looked
+    up by); validation (carved from TRAIN) and test batches are `(past_values, labels)`."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    train, test, label_names = labelled_splits(args)
+    past_values, labels = labelled_tensors(train, label_names, input_length)
+    rows = validation_split(labels.numpy(), args.validation_fraction, args.seed)
+    train_rows, validation_rows = (torch.as_tensor(part) for part in rows)
+    train_data = [past_values[train_rows], labels[train_rows]] + ([train_rows] if with_rows else [])
+    train_dataloader = DataLoader(TensorDataset(*train_data), batch_size=args.per_device_train_batch_size,
+                                  shuffle=True, generator=torch.Generator().manual_seed(args.seed))
+    validation_dataloader = DataLoader(TensorDataset(past_values[validation_rows], labels[validation_rows]),
+                                       batch_size=args.per_device_eval_batch_size)
+    test_dataloader = DataLoader(TensorDataset(*labelled_tensors(test, label_names, input_length)),
+                                 batch_size=args.per_device_eval_batch_size)
+    return ((train_dataloader, validation_dataloader, test_dataloader), label_names, train,
+            (past_values, labels, rows))
 
 
 def labelled_tensors(split, label_names, input_length: int) -> tuple:
@@ -133,6 +203,25 @@ def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_cla
     return best
 
 
+def probe_initialised_classifier(model_name_or_path, past_values, labels, rows, label_names, seed: int = 0,
+                                 candidates=FEATURE_CANDIDATES, **model_kwargs) -> tuple:
+    """`(model, head)`: the first stage (`select_linear_head` on the frozen features of `past_values`, `rows` =
+    (train rows, validation rows)) and a `VQShapeForTimeSeriesClassification` from `model_name_or_path` that reads
+    the chosen features with the label names `label_names` and starts from that head (`model_kwargs`: other config
+    values, e.g. `freeze_backbone`)."""
+    from ..modeling_vqshape import VQShapeForTimeSeriesClassification, VQShapeModel
+
+    parts = frozen_feature_parts(VQShapeModel.from_pretrained(model_name_or_path), past_values)
+    head = select_linear_head(parts, labels, *rows, num_classes=len(label_names), seed=seed, candidates=candidates)
+    model = VQShapeForTimeSeriesClassification.from_pretrained(
+        model_name_or_path, num_labels=len(label_names), num_input_channels=past_values.shape[-1],
+        id2label=dict(enumerate(label_names)), label2id={name: index for index, name in enumerate(label_names)},
+        classifier_features=head.classifier_features, classifier_dropout=head.dropout, **model_kwargs,
+    )
+    head.apply(model)
+    return model, head
+
+
 @torch.no_grad()
 def fit_feature_scaler(model, dataloader, accelerator=None) -> tuple:
     """Set a classifier's `feature_scaler` to the mean and standard deviation of its input over `dataloader` of
@@ -192,6 +281,17 @@ def evaluate_classifier(model, dataloader, accelerator) -> dict:
             "predictions": predictions.numpy(), "labels": labels.numpy()}
 
 
+def split_metrics(model, dataloader, accelerator, label_names) -> dict:
+    """Accuracy, balanced accuracy and macro-F1 (`classification_metrics`, on the class names) and the mean top
+    probability of a classifier on `dataloader` (the TEST split, read once at the end), over every process's rows."""
+    from .classification import classification_metrics
+
+    scores = evaluate_classifier(model, dataloader, accelerator)
+    names = np.asarray(label_names)
+    return {**classification_metrics(names[scores["labels"]], names[scores["predictions"]]),
+            "mean_top_probability": scores["mean_top_probability"]}
+
+
 class BestEpoch:
     """The epoch with the best validation accuracy (ties: lower validation cross-entropy; then the earlier one), and a
     copy of its weights, which `restore` puts back."""
@@ -215,12 +315,18 @@ __all__ = [
     "FEATURE_CANDIDATES",
     "BestEpoch",
     "LinearHead",
+    "classification_dataloaders",
+    "add_dataset_arguments",
+    "add_training_arguments",
     "frozen_feature_parts",
     "select_linear_head",
+    "split_metrics",
     "standardise",
     "evaluate_classifier",
     "fit_feature_scaler",
+    "labelled_splits",
     "labelled_tensors",
     "parameter_groups",
+    "probe_initialised_classifier",
     "validation_split",
 ]

@@ -240,6 +240,37 @@ def load_teacher(name_or_path, label_names: Sequence, sample_ids: Sequence | Non
     return ModelTeacher(model, label_names, label_map, name=path)
 
 
+@torch.no_grad()
+def precompute(teacher: ModelTeacher, past_values: torch.Tensor, batch_size: int = 64) -> OutputsTeacher:
+    """A frozen classifier's outputs on every row of `past_values` `(num_samples, sequence_length, channels)`, kept
+    as an `OutputsTeacher` whose rows are those of `past_values` (so that training looks a batch up by its
+    `sample_index` and runs no teacher)."""
+    batches = [teacher(batch) for batch in past_values.split(batch_size)]
+    logits = torch.cat([batch.logits.float().cpu() for batch in batches])
+    has_features = all(batch.features is not None for batch in batches)
+    features = torch.cat([batch.features.float().cpu() for batch in batches]) if has_features else None
+    return OutputsTeacher(logits, features, teacher.label_names, teacher.name)
+
+
+def training_teachers(names, split, label_names: Sequence, input_length: int, batch_size: int = 64,
+                      label_map: dict | None = None, **model_kwargs) -> list:
+    """The teachers `names` (folders, Hub ids or outputs files; `load_teacher`) as `OutputsTeacher`s over the rows
+    of `split` (a `ClassificationSplit` of TRAIN): an outputs file is read by `split.sample_ids`; a classifier runs
+    once over the split, each series resampled to the teacher's own `config.input_length` (else `input_length`)."""
+    from .finetuning import labelled_tensors
+
+    teachers, inputs = [], {}
+    for name in names:
+        teacher = load_teacher(name, label_names, sample_ids=split.sample_ids, label_map=label_map, **model_kwargs)
+        if isinstance(teacher, ModelTeacher):
+            length = getattr(teacher.model.config, "input_length", None) or input_length
+            if length not in inputs:
+                inputs[length] = labelled_tensors(split, label_names, length)[0]
+            teacher = precompute(teacher, inputs[length], batch_size)
+        teachers.append(teacher)
+    return teachers
+
+
 __all__ = [
     "OUTPUT_SUFFIXES",
     "ModelTeacher",
@@ -248,6 +279,8 @@ __all__ = [
     "align_logits",
     "label_alignment",
     "load_teacher",
+    "precompute",
     "read_teacher_outputs",
     "save_teacher_outputs",
+    "training_teachers",
 ]

@@ -1,0 +1,170 @@
+"""Distil one or more teachers into a VQShape classifier with accelerate, and save it with its label names.
+
+    accelerate launch examples/distill.py --student_model_name_or_path vqshape-pretrained --dataset BasicMotions \
+        --teacher vqshape-basicmotions --teacher pi-basicmotions --weighting mtkd_rl --output_dir vqshape-distilled
+
+A teacher (`--teacher`, repeatable) is a saved classifier folder or Hub id that takes `past_values` (a VQShape
+classifier, the persistence-image teacher of `train_persistence_teacher.py`, ...) or an outputs file of the TRAIN
+split keyed by sample id, the row number of the series in TRAIN as read (`modeling_vqshape.tasks.teachers`); classes are
+matched by name. Classifiers run once over TRAIN before training. The student is built as `finetune.py` builds its
+classifier: a stratified `--validation_fraction` of TRAIN is held out, the first stage picks a linear head on frozen
+features, then the whole model trains on `alpha * CE + (1 - alpha) * sum_k w_k * KD_k` (`distillation.py`) with the
+teacher weights of `--weighting`: equal, confidence (CA-MKD) or mtkd_rl (a policy trained by REINFORCE on the
+student's improvement, its updates all-gathered so that every process keeps the same agent). The validation rows pick
+the epoch; the test split is read once, at the end. Accuracy and macro-F1 go to `eval_results.json` with the teachers'
+mean weights over training, and the model card names the teachers and the weighting.
+"""
+
+import argparse
+import json
+import os
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from modeling_vqshape import VQShapeFeatureExtractor
+from modeling_vqshape.tasks.classification import dataset_name
+from modeling_vqshape.tasks.distillation import (
+    WEIGHTINGS,
+    MTKDRLAgent,
+    agent_state,
+    agent_update,
+    improvement_reward,
+    multi_teacher_kd_loss,
+    student_cross_entropy,
+    teacher_weights,
+)
+from modeling_vqshape.tasks.finetuning import (
+    BestEpoch,
+    add_dataset_arguments,
+    add_training_arguments,
+    classification_dataloaders,
+    evaluate_classifier,
+    parameter_groups,
+    probe_initialised_classifier,
+    split_metrics,
+)
+from modeling_vqshape.tasks.teachers import training_teachers
+from modeling_vqshape.tasks.training import add_hub_arguments, check_hub_arguments, finish, set_cpu_threads
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Distil teachers into a VQShape classifier.")
+    parser.add_argument("--teacher", action="append", required=True,
+                        help="A classifier folder, a Hub id or a teacher outputs file (.safetensors, .npz); repeat.")
+    parser.add_argument("--student_model_name_or_path", required=True, help="A VQShape checkpoint.")
+    add_dataset_arguments(parser)
+    add_training_arguments(parser)
+    parser.add_argument("--weighting", choices=WEIGHTINGS, default="equal")
+    parser.add_argument("--temperature", type=float, default=4.0)
+    parser.add_argument("--alpha", type=float, default=0.5, help="Weight of the cross-entropy on the labels.")
+    parser.add_argument("--agent_learning_rate", type=float, default=1e-3, help="Of the MTKD-RL agent (Adam).")
+    parser.add_argument("--output_dir", default="vqshape-distilled")
+    parser.add_argument("--debug_agent_dir", default=None, help="Every process saves its MTKD-RL agent here.")
+    add_hub_arguments(parser)
+    args = parser.parse_args(argv)
+    check_hub_arguments(parser, args, "lab/vqshape-distilled")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    set_cpu_threads(accelerator, args.num_threads)
+    set_seed(args.seed)
+    input_length = VQShapeFeatureExtractor.from_pretrained(args.student_model_name_or_path).input_length
+    with accelerator.main_process_first():
+        dataloaders, label_names, train, (past_values, labels, rows) = classification_dataloaders(
+            args, input_length, with_rows=True)
+        teachers = training_teachers(args.teacher, train, label_names, input_length, args.per_device_eval_batch_size)
+    model, head = probe_initialised_classifier(args.student_model_name_or_path, past_values, labels, rows,
+                                               label_names, seed=args.seed, candidates=args.classifier_features)
+    accelerator.print(f"{dataset_name(args.dataset)}: {len(label_names)} classes, teachers {args.teacher}, "
+                      f"weighting {args.weighting}; linear probe on {head.classifier_features}: validation accuracy "
+                      f"{head.validation_accuracy:.3f}")
+    agent = None
+    if args.weighting == "mtkd_rl":  # the same initial agent on every process (seeded), stepped on gathered inputs
+        feature_dims = [teacher.features.shape[1] if teacher.features is not None else 0 for teacher in teachers]
+        agent = MTKDRLAgent(len(label_names), feature_dims, seed=args.seed).to(accelerator.device)
+        agent_optimizer = torch.optim.Adam(agent.parameters(), lr=args.agent_learning_rate)
+        generator = torch.Generator().manual_seed(args.seed + accelerator.process_index)  # exploration per process
+
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
+                                                   args.weight_decay))
+    model, optimizer, *dataloaders = accelerator.prepare(model, optimizer, *dataloaders)
+    train_dataloader, validation_dataloader, test_dataloader = dataloaders
+    student = accelerator.unwrap_model(model)
+    best = BestEpoch()
+    best.update(0, evaluate_classifier(model, validation_dataloader, accelerator), student)
+    weight_sum, weight_count = torch.zeros(len(teachers), device=accelerator.device), 0
+    progress = tqdm(range(args.num_train_epochs * len(train_dataloader)), disable=not accelerator.is_local_main_process)
+    model.train()
+    for epoch in range(1, args.num_train_epochs + 1):
+        for batch_values, batch_labels, batch_rows in train_dataloader:
+            answers = [teacher(batch_values, batch_rows) for teacher in teachers]
+            teacher_logits = torch.stack([answer.logits for answer in answers], dim=1)  # (batch, teachers, labels)
+            outputs = model(past_values=batch_values)
+            if agent is not None:
+                state = agent_state(outputs.logits, outputs.features, teacher_logits,
+                                    [answer.features for answer in answers], batch_labels, args.temperature)
+                actions, weights = agent.sample(state, generator)
+                loss_before = student_cross_entropy(student, batch_values, batch_labels)
+            else:
+                weights = teacher_weights(args.weighting, teacher_logits, batch_labels)
+            loss = multi_teacher_kd_loss(outputs.logits, teacher_logits, weights, batch_labels, args.alpha,
+                                         args.temperature)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            if agent is not None:  # rewarded by the student's improvement; every process takes the same update
+                rewards = improvement_reward(loss_before, student_cross_entropy(student, batch_values, batch_labels))
+                agent_update(agent, agent_optimizer, *accelerator.gather((state, actions, rewards)))
+            gathered_weights = accelerator.gather(weights)
+            weight_sum += gathered_weights.sum(0)
+            weight_count += gathered_weights.shape[0]
+            progress.update(1)
+        # the test rows are never looked at here
+        if best.update(epoch, evaluate_classifier(model, validation_dataloader, accelerator), student):
+            progress.set_postfix(best_epoch=epoch, validation_accuracy=f"{best.metrics['accuracy']:.3f}")
+    progress.close()
+    best.restore(student)
+    mean_weights = [round(value, 6) for value in (weight_sum / max(weight_count, 1)).tolist()]
+    accelerator.print(f"mean teacher weights over training ({args.weighting}): "
+                      + ", ".join(f"{name} {weight:.3f}" for name, weight in zip(args.teacher, mean_weights)))
+
+    metrics = split_metrics(model, test_dataloader, accelerator, label_names)
+    accelerator.print(f"epoch {best.epoch} kept (validation accuracy {best.metrics['accuracy']:.3f}); test: "
+                      f"{json.dumps(metrics)}")
+    if agent is not None:
+        agent_state_dict = {key: value.detach().cpu().contiguous() for key, value in agent.state_dict().items()}
+        if args.debug_agent_dir:
+            os.makedirs(args.debug_agent_dir, exist_ok=True)
+            save_file(agent_state_dict, os.path.join(args.debug_agent_dir, f"agent.rank{accelerator.process_index}"
+                                                                            ".safetensors"))
+        if accelerator.is_main_process:
+            os.makedirs(args.output_dir, exist_ok=True)
+            save_file(agent_state_dict, os.path.join(args.output_dir, "mtkd_rl_agent.safetensors"))
+    name = dataset_name(args.dataset)
+    training = {"base_model": args.student_model_name_or_path, "dataset": name, "labels": label_names,
+                "teachers": args.teacher, "weighting": args.weighting, "mean_teacher_weights": mean_weights,
+                "temperature": args.temperature, "alpha": args.alpha, "classifier_features": head.classifier_features,
+                "epochs": args.num_train_epochs, "selected_epoch": best.epoch, "validation": best.metrics,
+                "learning_rate": args.learning_rate, "backbone_learning_rate": args.backbone_learning_rate,
+                "seed": args.seed}
+    card = dict(description=f"Distilled on {name} from {len(teachers)} teacher(s) ({', '.join(args.teacher)}) with "
+                            f"the {args.weighting} weighting, by `examples/distill.py`.",
+                training=training, results={name: metrics}, dataset_names=[name],
+                results_description="Test split of the distilled student (`examples/distill.py`).")
+    finish(accelerator, model, args, {"dataset": name, "split": "test", **metrics, "selected_epoch": best.epoch,
+                                      "validation": best.metrics, "teachers": args.teacher,
+                                      "weighting": args.weighting, "mean_teacher_weights": mean_weights},
+           results_file="eval_results.json", card=card,
+           message=f"\nStudent saved to {os.path.abspath(args.output_dir)}.")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Train the persistence-image teacher (`PersistenceImageForClassification`) with accelerate, and save it with its
+label names, ready for `examples/distill.py --teacher`.
+
+    pip install "vqshape[tda]"
+    accelerate launch examples/train_persistence_teacher.py --dataset BasicMotions --output_dir pi-basicmotions
+
+Every channel of a series is resampled to `--input_length`, standardised, and turned into the persistence image of
+its sublevel-set filtration (0-dimensional persistence, GUDHI; `modeling_vqshape.persistence`); a small CNN reads the
+images. The dataset is any that `finetune.py` accepts (`load_classification_dataset`). A stratified
+`--validation_fraction` of TRAIN picks the epoch whose weights are kept; the test split is read once, at the end.
+Test accuracy and macro-F1 go to `eval_results.json`.
+"""
+
+import argparse
+import json
+import os
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, TensorDataset
+
+from modeling_vqshape import PersistenceImageConfig, PersistenceImageForClassification
+from modeling_vqshape.persistence import persistence_images
+from modeling_vqshape.tasks.classification import dataset_name
+from modeling_vqshape.tasks.finetuning import (
+    BestEpoch,
+    add_dataset_arguments,
+    evaluate_classifier,
+    labelled_splits,
+    labelled_tensors,
+    split_metrics,
+    validation_split,
+)
+from modeling_vqshape.tasks.training import add_hub_arguments, check_hub_arguments, finish, set_cpu_threads
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Train a persistence-image classifier (a topology teacher).")
+    add_dataset_arguments(parser)
+    parser.add_argument("--input_length", type=int, default=512, help="Every series is resampled to this length.")
+    parser.add_argument("--resolution", type=int, default=16, help="Pixels per side of each persistence image.")
+    parser.add_argument("--bandwidth", type=float, default=0.25, help="Of the Gaussian kernel (standardised units).")
+    parser.add_argument("--hidden_size", type=int, default=32)
+    parser.add_argument("--classifier_dropout", type=float, default=0.1)
+    parser.add_argument("--output_dir", default="persistence-teacher")
+    parser.add_argument("--per_device_train_batch_size", type=int, default=16)
+    parser.add_argument("--per_device_eval_batch_size", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--weight_decay", type=float, default=0.01)
+    parser.add_argument("--num_train_epochs", type=int, default=30)
+    parser.add_argument("--num_threads", type=int, default=None, help="CPU threads per process (default: cores).")
+    parser.add_argument("--seed", type=int, default=0)
+    add_hub_arguments(parser)
+    args = parser.parse_args(argv)
+    check_hub_arguments(parser, args, "lab/persistence-teacher")
+    return args
+
+
+def get_dataloaders(args, config):
+    """Train dataloader of `(persistence images, labels)` (computed once), validation and test dataloaders of
+    `(past_values, labels)` (the model computes their images), and the label names."""
+    train, test, label_names = labelled_splits(args)
+    past_values, labels = labelled_tensors(train, label_names, args.input_length)
+    train_rows, validation_rows = validation_split(labels.numpy(), args.validation_fraction, args.seed)
+    images = persistence_images(past_values[train_rows], **config.image_kwargs)
+    train_dataloader = DataLoader(TensorDataset(images, labels[train_rows]), shuffle=True,
+                                  batch_size=args.per_device_train_batch_size,
+                                  generator=torch.Generator().manual_seed(args.seed))
+    validation_dataloader = DataLoader(TensorDataset(past_values[validation_rows], labels[validation_rows]),
+                                       batch_size=args.per_device_eval_batch_size)
+    test_dataloader = DataLoader(TensorDataset(*labelled_tensors(test, label_names, args.input_length)),
+                                 batch_size=args.per_device_eval_batch_size)
+    return (train_dataloader, validation_dataloader, test_dataloader), label_names, past_values.shape[-1]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = Accelerator()
+    set_cpu_threads(accelerator, args.num_threads)
+    set_seed(args.seed)
+    config = PersistenceImageConfig(input_length=args.input_length, resolution=args.resolution,
+                                    bandwidth=args.bandwidth, hidden_size=args.hidden_size,
+                                    classifier_dropout=args.classifier_dropout)
+    with accelerator.main_process_first():
+        dataloaders, label_names, num_channels = get_dataloaders(args, config)
+    config.num_input_channels = num_channels
+    config.num_labels = len(label_names)
+    config.id2label = dict(enumerate(label_names))
+    config.label2id = {name: index for index, name in enumerate(label_names)}
+    model = PersistenceImageForClassification(config)
+    accelerator.print(f"{dataset_name(args.dataset)}: {len(label_names)} classes {label_names}, {num_channels} "
+                      f"channel(s), {config.resolution}x{config.resolution} persistence images")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    model, optimizer, *dataloaders = accelerator.prepare(model, optimizer, *dataloaders)
+    train_dataloader, validation_dataloader, test_dataloader = dataloaders
+
+    best = BestEpoch()
+    for epoch in range(1, args.num_train_epochs + 1):
+        model.train()
+        for images, labels in train_dataloader:
+            loss = model(persistence_images=images, labels=labels).loss
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+        # the validation rows pick the epoch; the test rows are never looked at here
+        best.update(epoch, evaluate_classifier(model, validation_dataloader, accelerator),
+                    accelerator.unwrap_model(model))
+    best.restore(accelerator.unwrap_model(model))
+
+    metrics = split_metrics(model, test_dataloader, accelerator, label_names)
+    accelerator.print(f"epoch {best.epoch} kept (validation accuracy {best.metrics['accuracy']:.3f}); test: "
+                      f"{json.dumps(metrics)}")
+    finish(accelerator, model, args, {"dataset": dataset_name(args.dataset), "split": "test", **metrics,
+                                      "selected_epoch": best.epoch, "validation": best.metrics},
+           results_file="eval_results.json",
+           message=f"\nTeacher saved to {os.path.abspath(args.output_dir)}; distil it with:\n"
+                   f"  accelerate launch examples/distill.py --teacher {args.output_dir} ...")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The distillation scripts end to end (examples/train_persistence_teacher.py, examples/distill.py) on the tiny config
+and small subsets of BasicMotions: the persistence-image teacher trains and saves with its class names; the student
+distilled from a saved classifier and an outputs file saves and reloads with identical logits, reports its metrics and
+mean teacher weights; on two ranks the MTKD-RL agent stays identical on both. Also the teachers precomputed over TRAIN
+(modeling_vqshape.tasks.teachers.training_teachers)."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gudhi")
+
+from modeling_vqshape import (  # noqa: E402
+    PersistenceImageConfig,
+    PersistenceImageForClassification,
+    VQShapeConfig,
+    VQShapeForPreTraining,
+)
+from modeling_vqshape.tasks.classification import ClassificationSplit, load_classification_dataset  # noqa: E402
+from modeling_vqshape.tasks.teachers import OutputsTeacher, load_teacher, save_teacher_outputs, training_teachers  # noqa: E402
+
+from .conftest import REPO_ROOT, TINY, TWO_CPU_RANKS, run_script  # noqa: E402
+
+NAMES = ["badminton", "running", "standing", "walking"]
+SMALL_RUN = ["--dataset", "BasicMotions", "--max_train_samples", "16", "--max_eval_samples", "8",
+             "--per_device_train_batch_size", "3", "--per_device_eval_batch_size", "3"]
+
+
+def outputs_file(path):
+    """A teacher outputs file for every TRAIN series of BasicMotions (keyed by row number): logits that favour the
+    true class, and features."""
+    train = load_classification_dataset("BasicMotions")["train"]
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(len(train), 4)) + 3 * np.eye(4)[np.searchsorted(NAMES, train.labels)]
+    save_teacher_outputs(path, train.sample_ids, logits, NAMES, features=rng.normal(size=(len(train), 5)))
+    return path
+
+
+@pytest.fixture
+def tiny_student(tmp_path):
+    torch.manual_seed(0)
+    VQShapeForPreTraining(VQShapeConfig(**TINY)).save_pretrained(tmp_path / "tiny")
+    return tmp_path / "tiny"
+
+
+def test_training_teachers_are_computed_once_over_train_by_row(tmp_path):
+    torch.manual_seed(0)
+    config = PersistenceImageConfig(num_input_channels=1, input_length=20, num_labels=2, resolution=8, hidden_size=4,
+                                    id2label={0: "down", 1: "up"})
+    PersistenceImageForClassification(config).save_pretrained(tmp_path / "pi")
+    rng = np.random.default_rng(0)
+    split = ClassificationSplit([rng.normal(size=(1, 30)) for _ in range(6)], np.array(["up", "down"] * 3),
+                                np.array(["r0", "r1", "r2", "r3", "r4", "r5"]))
+    save_teacher_outputs(tmp_path / "t.safetensors", ["r5", "r4", "r3", "r2", "r1", "r0", "extra"],
+                         np.arange(14.0).reshape(7, 2), ["up", "down"])
+    pi, from_file = training_teachers([tmp_path / "pi", tmp_path / "t.safetensors"], split, ["down", "up"],
+                                      input_length=64, batch_size=4)
+    assert isinstance(pi, OutputsTeacher) and isinstance(from_file, OutputsTeacher)
+    rows = torch.tensor([4, 1])
+    # the file's rows follow the split's ids, its columns the label order
+    torch.testing.assert_close(from_file(sample_index=rows).logits, torch.tensor([[3.0, 2.0], [9.0, 8.0]]))
+    # the classifier ran on the series resampled to its own input_length (20), not the student's (64)
+    from modeling_vqshape.tasks.finetuning import labelled_tensors
+
+    direct = load_teacher(tmp_path / "pi", ["down", "up"])(labelled_tensors(split, ["down", "up"], 20)[0][rows])
+    answer = pi(sample_index=rows)
+    torch.testing.assert_close(answer.logits, direct.logits)
+    torch.testing.assert_close(answer.features, direct.features)
+
+
+@pytest.mark.slow
+def test_persistence_teacher_and_mtkd_rl_student_end_to_end(tiny_student, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    teacher_dir, student_dir = tmp_path / "pi-teacher", tmp_path / "student"
+    run_script([sys.executable, str(REPO_ROOT / "examples" / "train_persistence_teacher.py"), *SMALL_RUN,
+                "--input_length", "64", "--resolution", "8", "--hidden_size", "8", "--num_train_epochs", "2",
+                "--output_dir", str(teacher_dir)])
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+    assert isinstance(teacher, PersistenceImageForClassification) and teacher.config.id2label == dict(enumerate(NAMES))
+    assert {"accuracy", "macro_f1"} <= json.loads((teacher_dir / "eval_results.json").read_text()).keys()
+
+    result = run_script([sys.executable, str(REPO_ROOT / "examples" / "distill.py"), *SMALL_RUN,
+                         "--student_model_name_or_path", str(tiny_student), "--teacher", str(teacher_dir),
+                         "--teacher", str(outputs_file(tmp_path / "raw.npz")), "--weighting", "mtkd_rl",
+                         "--classifier_features", "tokens", "--num_train_epochs", "2", "--output_dir",
+                         str(student_dir)])
+    assert "mean teacher weights over training (mtkd_rl)" in result.stdout
+    reported = json.loads((student_dir / "eval_results.json").read_text())
+    assert {"accuracy", "macro_f1"} <= reported.keys() and reported["weighting"] == "mtkd_rl"
+    weights = reported["mean_teacher_weights"]
+    assert len(weights) == 2 and sum(weights) == pytest.approx(1, abs=1e-5)
+    card = (student_dir / "README.md").read_text()
+    assert "mtkd_rl" in card and "raw.npz" in card and str(teacher_dir) in card
+
+    student = AutoModelForSequenceClassification.from_pretrained(student_dir).eval()
+    assert student.config.id2label == dict(enumerate(NAMES)) and student.config.num_input_channels == 6
+    past_values = torch.randn(3, TINY["input_length"], 6, generator=torch.Generator().manual_seed(0))
+    again = AutoModelForSequenceClassification.from_pretrained(student_dir).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(past_values).logits, student(past_values).logits, rtol=0, atol=0)
+    # the reloaded student predicts what the script measured on the same test subset
+    from modeling_vqshape.tasks.classification import classification_metrics
+    from modeling_vqshape.tasks.finetuning import labelled_tensors
+
+    test = load_classification_dataset("BasicMotions")["test"].subset(8, seed=0)
+    with torch.no_grad():
+        predicted = student(labelled_tensors(test, NAMES, TINY["input_length"])[0]).logits.argmax(-1)
+    measured = classification_metrics(test.labels, np.asarray(NAMES)[predicted.numpy()])
+    assert reported["accuracy"] == pytest.approx(measured["accuracy"])
+
+
+@pytest.mark.slow
+def test_two_rank_mtkd_rl_keeps_the_agent_identical_on_both_ranks(tiny_student, tmp_path):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    config = PersistenceImageConfig(num_input_channels=6, input_length=32, num_labels=4, resolution=8, hidden_size=4,
+                                    id2label=dict(enumerate(NAMES)))
+    PersistenceImageForClassification(config).save_pretrained(tmp_path / "pi")
+    run_script([sys.executable, *TWO_CPU_RANKS, str(REPO_ROOT / "examples" / "distill.py"), *SMALL_RUN,
+                "--student_model_name_or_path", str(tiny_student), "--teacher", str(tmp_path / "pi"), "--teacher",
+                str(outputs_file(tmp_path / "raw.safetensors")), "--weighting", "mtkd_rl", "--classifier_features",
+                "tokens", "--num_train_epochs", "2", "--output_dir", str(tmp_path / "student"),
+                "--debug_agent_dir", str(tmp_path / "agents")])
+    first, second = (load_file(str(tmp_path / "agents" / f"agent.rank{rank}.safetensors")) for rank in (0, 1))
+    saved = load_file(str(tmp_path / "student" / "mtkd_rl_agent.safetensors"))  # the main process's, in the folder
+    assert first.keys() == second.keys() == saved.keys()
+    for key in first:
+        assert torch.equal(first[key], second[key]) and torch.equal(first[key], saved[key]), key
+    assert first["score.1.weight"].abs().sum() > 0  # it did learn (the last layer starts at zero)
+
+
+@pytest.mark.slow
+def test_equal_weighting_reports_equal_mean_weights(tiny_student, tmp_path):
+    run_script([sys.executable, str(REPO_ROOT / "examples" / "distill.py"), *SMALL_RUN, "--student_model_name_or_path",
+                str(tiny_student), "--teacher", str(outputs_file(tmp_path / "a.npz")), "--teacher",
+                str(outputs_file(tmp_path / "b.safetensors")), "--weighting", "equal", "--classifier_features",
+                "tokens", "--num_train_epochs", "1", "--output_dir", str(tmp_path / "student")])
+    reported = json.loads((tmp_path / "student" / "eval_results.json").read_text())
+    assert reported["weighting"] == "equal" and reported["mean_teacher_weights"] == [0.5, 0.5]
+    assert not (tmp_path / "student" / "mtkd_rl_agent.safetensors").exists()
