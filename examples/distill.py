@@ -10,9 +10,12 @@ matched by name. Classifiers run once over TRAIN before training. The student is
 classifier: a stratified `--validation_fraction` of TRAIN is held out, the first stage picks a linear head on frozen
 features, then the whole model trains on `alpha * CE + (1 - alpha) * sum_k w_k * KD_k` (`distillation.py`) with the
 teacher weights of `--weighting`: equal, confidence (CA-MKD) or mtkd_rl (a policy trained by REINFORCE on the
-student's improvement, its updates all-gathered so that every process keeps the same agent). The validation rows pick
-the epoch; the test split is read once, at the end. Accuracy and macro-F1 go to `eval_results.json` with the teachers'
-mean weights over training, and the model card names the teachers and the weighting.
+student's improvement, its updates all-gathered so that every process keeps the same agent). `--label_map` (a JSON file
+or inline JSON {fine class: coarse label}) scores the student on coarse classes: the dataset's labels are mapped, and a
+teacher with the fine classes is merged onto the coarse ones (`teachers.label_alignment`); a map naming a class that
+neither the dataset nor any teacher has is refused. The validation rows pick the epoch; the test split is read once, at
+the end. Accuracy and macro-F1 go to `eval_results.json` with the teachers' mean weights over training, and the model
+card names the teachers and the weighting.
 """
 
 import argparse
@@ -47,7 +50,7 @@ from modeling_vqshape.tasks.finetuning import (
     probe_initialised_classifier,
     split_metrics,
 )
-from modeling_vqshape.tasks.teachers import training_teachers
+from modeling_vqshape.tasks.teachers import read_label_map, teacher_label_names, training_teachers
 from modeling_vqshape.tasks.training import add_hub_arguments, check_hub_arguments, finish, set_cpu_threads
 
 
@@ -62,10 +65,16 @@ def parse_args(argv=None):
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.5, help="Weight of the cross-entropy on the labels.")
     parser.add_argument("--agent_learning_rate", type=float, default=1e-3, help="Of the MTKD-RL agent (Adam).")
+    parser.add_argument("--label_map", default=None,
+                        help="JSON file or inline JSON {fine class: coarse label}: train and score on coarse classes.")
     parser.add_argument("--output_dir", default="vqshape-distilled")
     parser.add_argument("--debug_agent_dir", default=None, help="Every process saves its MTKD-RL agent here.")
     add_hub_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        args.label_map = read_label_map(args.label_map)
+    except ValueError as error:
+        parser.error(str(error))
     check_hub_arguments(parser, args, "lab/vqshape-distilled")
     return args
 
@@ -77,9 +86,11 @@ def main(argv=None):
     set_seed(args.seed)
     input_length = VQShapeFeatureExtractor.from_pretrained(args.student_model_name_or_path).input_length
     with accelerator.main_process_first():
+        known = [name for teacher in args.teacher for name in teacher_label_names(teacher)] if args.label_map else []
         dataloaders, label_names, train, (past_values, labels, rows) = classification_dataloaders(
-            args, input_length, with_rows=True)
-        teachers = training_teachers(args.teacher, train, label_names, input_length, args.per_device_eval_batch_size)
+            args, input_length, with_rows=True, label_map=args.label_map, known_classes=known)
+        teachers = training_teachers(args.teacher, train, label_names, input_length, args.per_device_eval_batch_size,
+                                     label_map=args.label_map)
     model, head = probe_initialised_classifier(args.student_model_name_or_path, past_values, labels, rows,
                                                label_names, seed=args.seed, candidates=args.classifier_features)
     accelerator.print(f"{dataset_name(args.dataset)}: {len(label_names)} classes, teachers {args.teacher}, "
@@ -150,7 +161,8 @@ def main(argv=None):
     name = dataset_name(args.dataset)
     training = {"base_model": args.student_model_name_or_path, "dataset": name, "labels": label_names,
                 "teachers": args.teacher, "weighting": args.weighting, "mean_teacher_weights": mean_weights,
-                "temperature": args.temperature, "alpha": args.alpha, "classifier_features": head.classifier_features,
+                "label_map": args.label_map, "temperature": args.temperature, "alpha": args.alpha,
+                "classifier_features": head.classifier_features,
                 "epochs": args.num_train_epochs, "selected_epoch": best.epoch, "validation": best.metrics,
                 "learning_rate": args.learning_rate, "backbone_learning_rate": args.backbone_learning_rate,
                 "seed": args.seed}
@@ -160,7 +172,8 @@ def main(argv=None):
                 results_description="Test split of the distilled student (`examples/distill.py`).")
     finish(accelerator, model, args, {"dataset": name, "split": "test", **metrics, "selected_epoch": best.epoch,
                                       "validation": best.metrics, "teachers": args.teacher,
-                                      "weighting": args.weighting, "mean_teacher_weights": mean_weights},
+                                      "weighting": args.weighting, "mean_teacher_weights": mean_weights,
+                                      "label_map": args.label_map},
            results_file="eval_results.json", card=card,
            message=f"\nStudent saved to {os.path.abspath(args.output_dir)}.")
     return metrics

@@ -55,6 +55,11 @@ def fast_arguments(script: str) -> list:
                      "--max_train_samples", "18", "--max_test_samples", "9", "--baseline_length", "24"],
         "finetune": ["--num_train_epochs", "1", "--max_train_samples", "12", "--max_eval_samples", "8",
                      "--per_device_train_batch_size", "4"],
+        "train_persistence_teacher": ["--num_train_epochs", "1", "--max_train_samples", "12", "--max_eval_samples",
+                                      "8", "--per_device_train_batch_size", "4", "--input_length", "64",
+                                      "--resolution", "8", "--hidden_size", "8"],
+        "distill": ["--num_train_epochs", "1", "--max_train_samples", "16", "--max_eval_samples", "8",
+                    "--per_device_train_batch_size", "4", "--classifier_features", "tokens"],
     }[script]
 
 

@@ -1,11 +1,15 @@
 """The distillation scripts end to end (examples/train_persistence_teacher.py, examples/distill.py) on the tiny config
 and small subsets of BasicMotions: the persistence-image teacher trains and saves with its class names; the student
 distilled from a saved classifier and an outputs file saves and reloads with identical logits, reports its metrics and
-mean teacher weights; on two ranks the MTKD-RL agent stays identical on both. Also the teachers precomputed over TRAIN
-(modeling_vqshape.tasks.teachers.training_teachers)."""
+mean teacher weights; on two ranks the MTKD-RL agent stays identical on both; with `--label_map` a teacher of fine
+classes teaches a student trained and scored on coarse ones, and a map naming unknown classes is refused. Also the
+teachers precomputed over TRAIN (modeling_vqshape.tasks.teachers.training_teachers)."""
 
 import json
+import os
+import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -143,3 +147,80 @@ def test_equal_weighting_reports_equal_mean_weights(tiny_student, tmp_path):
     reported = json.loads((tmp_path / "student" / "eval_results.json").read_text())
     assert reported["weighting"] == "equal" and reported["mean_teacher_weights"] == [0.5, 0.5]
     assert not (tmp_path / "student" / "mtkd_rl_agent.safetensors").exists()
+
+
+# ---- --label_map: fine teacher classes, coarse student labels --------------------------------------------------------
+
+FINE = ["lie", "sit", "walk_fast", "walk_slow"]
+COARSE_MAP = {"lie": "resting", "sit": "resting", "walk_fast": "moving", "walk_slow": "moving"}
+
+
+def fine_dataset(path, num_train=24, num_test=12):
+    """A saved DatasetDict of 2-channel series with four fine classes (moving: loud, resting: quiet), and a teacher
+    outputs file over its TRAIN rows (sample ids: row numbers) whose logits favour the true fine class."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
+
+    features = Features({"past_values": List(List(Value("float32"))), "label": ClassLabel(names=FINE)})
+    rng = np.random.default_rng(0)
+
+    def split(num_series):
+        labels = np.arange(num_series) % len(FINE)
+        loud = np.isin(labels, [2, 3])[:, None, None]
+        values = rng.normal(size=(num_series, 2, TINY["input_length"])) * (1 + 4 * loud) + 3 * loud
+        return Dataset.from_dict({"past_values": values.tolist(), "label": labels.tolist()}, features=features), labels
+
+    (train, train_labels), (test, _) = split(num_train), split(num_test)
+    DatasetDict(train=train, test=test).save_to_disk(path / "fine")
+    logits = rng.normal(size=(num_train, len(FINE))) + 3 * np.eye(len(FINE))[train_labels]
+    save_teacher_outputs(path / "fine_teacher.npz", [str(row) for row in range(num_train)], logits, FINE)
+    return path / "fine", path / "fine_teacher.npz"
+
+
+def test_label_map_relabels_both_splits_and_refuses_unknown_classes(tmp_path):
+    from modeling_vqshape.tasks.finetuning import labelled_splits
+    from modeling_vqshape.tasks.teachers import read_label_map, teacher_label_names
+
+    dataset, teacher = fine_dataset(tmp_path)
+    (tmp_path / "map.json").write_text(json.dumps(COARSE_MAP))
+    assert read_label_map(str(tmp_path / "map.json")) == read_label_map(json.dumps(COARSE_MAP)) == COARSE_MAP
+    with pytest.raises(ValueError, match="neither a JSON file nor inline JSON"):
+        read_label_map("{lie: resting")
+    with pytest.raises(ValueError, match="of strings"):
+        read_label_map('{"lie": 1}')
+    assert teacher_label_names(teacher) == FINE
+    args = SimpleNamespace(dataset=str(dataset), series_column="past_values", label_column="label",
+                           max_train_samples=None, max_eval_samples=None, seed=0)
+    train, test, label_names = labelled_splits(args, COARSE_MAP)
+    assert label_names == ["moving", "resting"] and set(test.labels) == {"moving", "resting"}
+    assert train.sample_ids == [str(row) for row in range(24)]  # the teacher file's keys are unchanged
+    # a class of a teacher only is known; a misspelt one is refused by name
+    assert labelled_splits(args, {**COARSE_MAP, "cycling": "moving"}, known_classes=["cycling"])[2] == label_names
+    with pytest.raises(ValueError, match=r"neither the dataset nor any teacher has: \['walk_fsat'\]"):
+        labelled_splits(args, {"lie": "resting", "sit": "resting", "walk_fsat": "moving"})
+
+
+@pytest.mark.slow
+def test_label_map_distils_a_fine_teacher_into_a_coarse_student(tiny_student, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    dataset, teacher = fine_dataset(tmp_path)
+    (tmp_path / "map.json").write_text(json.dumps(COARSE_MAP))
+    command = [sys.executable, str(REPO_ROOT / "examples" / "distill.py"), "--dataset", str(dataset),
+               "--student_model_name_or_path", str(tiny_student), "--teacher", str(teacher),
+               "--classifier_features", "tokens", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
+               "--output_dir", str(tmp_path / "student")]
+    run_script([*command, "--label_map", str(tmp_path / "map.json")])
+    reported = json.loads((tmp_path / "student" / "eval_results.json").read_text())
+    assert {"accuracy", "macro_f1"} <= reported.keys() and reported["label_map"] == COARSE_MAP
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student")
+    assert student.config.id2label == {0: "moving", 1: "resting"}
+
+    # a map naming a class that neither the dataset nor the teacher has stops the script before training
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
+           "ACCELERATE_USE_CPU": "1"}
+    refused = subprocess.run([*command, "--output_dir", str(tmp_path / "refused"), "--label_map",
+                              json.dumps({**COARSE_MAP, "jogging": "moving"})], env=env, cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=240)
+    assert refused.returncode != 0
+    assert "neither the dataset nor any teacher has: ['jogging']" in refused.stderr
+    assert not (tmp_path / "refused").exists()

@@ -61,12 +61,20 @@ def add_training_arguments(parser):
     parser.add_argument("--seed", type=int, default=0)
 
 
-def labelled_splits(args) -> tuple:
+def labelled_splits(args, label_map: dict | None = None, known_classes=()) -> tuple:
     """`(train, test, label_names)` of `args.dataset` (`add_dataset_arguments`): the seeded subsets of TRAIN and TEST
-    and the sorted class names of TRAIN; refuses test labels that TRAIN never has."""
+    and the sorted class names of TRAIN; refuses test labels that TRAIN never has. With `label_map` {fine class:
+    coarse label} both splits carry the coarse labels (`teachers.map_labels`); a map naming a class that neither
+    split nor `known_classes` (the teachers') has is refused (`teachers.check_label_map`)."""
+    from dataclasses import replace
+
     from .classification import load_classification_dataset
+    from .teachers import check_label_map, map_labels
 
     splits = load_classification_dataset(args.dataset, args.series_column, args.label_column)
+    if label_map:
+        check_label_map(label_map, [*splits["train"].labels, *splits["test"].labels, *known_classes])
+        splits = {name: replace(split, labels=map_labels(split.labels, label_map)) for name, split in splits.items()}
     train = splits["train"].subset(args.max_train_samples, args.seed)
     test = splits["test"].subset(args.max_eval_samples, args.seed)
     label_names = sorted({str(label) for label in train.labels})
@@ -76,15 +84,17 @@ def labelled_splits(args) -> tuple:
     return train, test, label_names
 
 
-def classification_dataloaders(args, input_length: int, with_rows: bool = False) -> tuple:
-    """The dataloaders of the classifier scripts (options: `add_dataset_arguments`, `add_training_arguments`):
+def classification_dataloaders(args, input_length: int, with_rows: bool = False, label_map: dict | None = None,
+                               known_classes=()) -> tuple:
+    """The dataloaders of the classifier scripts (options: `add_dataset_arguments`, `add_training_arguments`; the
+    labels mapped by `label_map`, see `labelled_splits`):
     `((train, validation, test), label_names, train_split, (past_values, labels, rows))`. `past_values`, `labels`
     are TRAIN's tensors at `input_length`, `rows` its (train rows, validation rows) (`validation_split`); train
     batches are `(past_values, labels)`, with `with_rows` also the TRAIN row of each series (what teachers are looked
     up by); validation (carved from TRAIN) and test batches are `(past_values, labels)`."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    train, test, label_names = labelled_splits(args)
+    train, test, label_names = labelled_splits(args, label_map, known_classes)
     past_values, labels = labelled_tensors(train, label_names, input_length)
     rows = validation_split(labels.numpy(), args.validation_fraction, args.seed)
     train_rows, validation_rows = (torch.as_tensor(part) for part in rows)

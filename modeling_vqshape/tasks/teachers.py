@@ -16,6 +16,9 @@ label order and features `(batch_size, feature_dim)` or None. Two kinds:
 Both check the teacher's classes against the student's labels by name and refuse clearly on a mismatch; a
 `label_map` {teacher class: student label} maps a finer teacher onto coarser labels (its probabilities are summed,
 i.e. logits merged by logsumexp). An outputs file that lacks some of the requested samples, or repeats one, is refused.
+`read_label_map` reads such a map from a JSON file or inline JSON, `teacher_label_names` gives a teacher's classes
+without loading its weights, and `check_label_map` refuses a map naming classes that neither the data nor any teacher
+has (a misspelt class would otherwise pass through unmapped).
 
     teacher = load_teacher("lab/vqshape-geneactiv", label_names)                    # a classifier
     teacher = load_teacher("raw_teacher.npz", label_names, sample_ids=train_ids)    # outputs computed elsewhere
@@ -69,6 +72,44 @@ def label_alignment(teacher_label_names: Sequence, label_names: Sequence, label_
                          f"not among the labels: {unknown}; labels the teacher lacks: {uncovered}.{hint}")
     index = {name: position for position, name in enumerate(label_names)}
     return torch.tensor([index[name] for name in mapped], dtype=torch.long)
+
+
+def read_label_map(value) -> dict | None:
+    """A label map {fine class: coarse label} from `value`: a path to a JSON file, or inline JSON (None stays None).
+    Raises ValueError unless it is a JSON object of strings to strings."""
+    if value is None:
+        return None
+    text = os.fspath(value)
+    source = text
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as file:
+            text = file.read()
+    try:
+        label_map = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"label map {source!r}: neither a JSON file nor inline JSON ({error}).") from None
+    if not isinstance(label_map, dict) or not all(isinstance(key, str) and isinstance(target, str)
+                                                  for key, target in label_map.items()):
+        raise ValueError(f"label map {source!r}: a JSON object {{fine class: coarse label}} of strings.")
+    return label_map
+
+
+def check_label_map(label_map: dict, known_classes) -> None:
+    """Refuse a label map whose keys are not all among `known_classes` (the classes of the data and of the
+    teachers), naming the unknown ones and the known ones."""
+    known = sorted({str(name) for name in known_classes})
+    unknown = sorted(set(label_map) - set(known))
+    if unknown:
+        raise ValueError(f"the label map names classes that neither the dataset nor any teacher has: {unknown}; "
+                         f"known classes: {known}.")
+
+
+def map_labels(labels, label_map: dict | None) -> np.ndarray:
+    """`labels` `(num_series,)` with every class of `label_map` replaced by its coarse label (others unchanged)."""
+    labels = np.asarray([str(label) for label in labels])
+    if not label_map:
+        return labels
+    return np.asarray([label_map.get(label, label) for label in labels])
 
 
 def align_logits(logits: torch.Tensor, alignment: torch.Tensor, num_labels: int) -> torch.Tensor:
@@ -240,6 +281,18 @@ def load_teacher(name_or_path, label_names: Sequence, sample_ids: Sequence | Non
     return ModelTeacher(model, label_names, label_map, name=path)
 
 
+def teacher_label_names(name_or_path, **model_kwargs) -> list:
+    """The class names of a teacher (`load_teacher`'s `name_or_path`), read from an outputs file or from a saved
+    classifier's `config.id2label`, without loading its weights."""
+    path = os.fspath(name_or_path)
+    if path.endswith(OUTPUT_SUFFIXES):
+        return read_teacher_outputs(path)["label_names"]
+    from transformers import AutoConfig
+
+    id2label = AutoConfig.from_pretrained(path, **model_kwargs).id2label
+    return [str(id2label[index]) for index in sorted(id2label, key=int)]
+
+
 @torch.no_grad()
 def precompute(teacher: ModelTeacher, past_values: torch.Tensor, batch_size: int = 64) -> OutputsTeacher:
     """A frozen classifier's outputs on every row of `past_values` `(num_samples, sequence_length, channels)`, kept
@@ -277,10 +330,14 @@ __all__ = [
     "OutputsTeacher",
     "TeacherBatch",
     "align_logits",
+    "check_label_map",
     "label_alignment",
     "load_teacher",
+    "map_labels",
     "precompute",
+    "read_label_map",
     "read_teacher_outputs",
     "save_teacher_outputs",
+    "teacher_label_names",
     "training_teachers",
 ]
