@@ -25,7 +25,6 @@ import os
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from modeling_vqshape import VQShapeFeatureExtractor
@@ -37,6 +36,7 @@ from modeling_vqshape.tasks.distillation import (
     agent_update,
     improvement_reward,
     multi_teacher_kd_loss,
+    save_agent,
     student_cross_entropy,
     teacher_weights,
 )
@@ -146,18 +146,14 @@ def main(argv=None):
     accelerator.print(f"mean teacher weights over training ({args.weighting}): "
                       + ", ".join(f"{name} {weight:.3f}" for name, weight in zip(args.teacher, mean_weights)))
 
-    metrics = split_metrics(model, test_dataloader, accelerator, label_names)
+    metrics = split_metrics(model, test_dataloader, accelerator)
     accelerator.print(f"epoch {best.epoch} kept (validation accuracy {best.metrics['accuracy']:.3f}); test: "
                       f"{json.dumps(metrics)}")
     if agent is not None:
-        agent_state_dict = {key: value.detach().cpu().contiguous() for key, value in agent.state_dict().items()}
         if args.debug_agent_dir:
-            os.makedirs(args.debug_agent_dir, exist_ok=True)
-            save_file(agent_state_dict, os.path.join(args.debug_agent_dir, f"agent.rank{accelerator.process_index}"
-                                                                            ".safetensors"))
+            save_agent(agent, os.path.join(args.debug_agent_dir, f"agent.rank{accelerator.process_index}.safetensors"))
         if accelerator.is_main_process:
-            os.makedirs(args.output_dir, exist_ok=True)
-            save_file(agent_state_dict, os.path.join(args.output_dir, "mtkd_rl_agent.safetensors"))
+            save_agent(agent, os.path.join(args.output_dir, "mtkd_rl_agent.safetensors"))
     name = dataset_name(args.dataset)
     training = {"base_model": args.student_model_name_or_path, "dataset": name, "labels": label_names,
                 "teachers": args.teacher, "weighting": args.weighting, "mean_teacher_weights": mean_weights,

@@ -113,7 +113,7 @@ def main(argv=None):
     progress.close()
     best.restore(accelerator.unwrap_model(model))
 
-    metrics = split_metrics(model, test_dataloader, accelerator, label_names)
+    metrics = split_metrics(model, test_dataloader, accelerator)
     accelerator.print(f"epoch {best.epoch} kept (validation accuracy {best.metrics['accuracy']:.3f}); test: "
                       f"{json.dumps(metrics)}")
     name = dataset_name(args.dataset)

@@ -108,7 +108,7 @@ def main(argv=None):
                     accelerator.unwrap_model(model))
     best.restore(accelerator.unwrap_model(model))
 
-    metrics = split_metrics(model, test_dataloader, accelerator, label_names)
+    metrics = split_metrics(model, test_dataloader, accelerator)
     accelerator.print(f"epoch {best.epoch} kept (validation accuracy {best.metrics['accuracy']:.3f}); test: "
                       f"{json.dumps(metrics)}")
     finish(accelerator, model, args, {"dataset": dataset_name(args.dataset), "split": "test", **metrics,

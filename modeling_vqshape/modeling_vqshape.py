@@ -1097,6 +1097,11 @@ class VQShapeFeatureScaler(nn.Module):
         self.register_buffer("mean", torch.zeros(num_features))
         self.register_buffer("std", torch.ones(num_features))
 
+    @staticmethod
+    def usable_std(std: torch.Tensor, min_std: float = 1e-6) -> torch.Tensor:
+        """`std` with 1 where a feature never varies (under `min_std`): such a feature is only centred."""
+        return torch.where(std < min_std, torch.ones_like(std), std)
+
     @torch.no_grad()
     def set_statistics(self, mean: torch.Tensor, std: torch.Tensor, min_std: float = 1e-6):
         """Use `mean` and `std` (`(num_features,)` each); a feature that never varies (std under `min_std`, e.g. a
@@ -1108,7 +1113,7 @@ class VQShapeFeatureScaler(nn.Module):
         if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
             raise ValueError("feature statistics contain NaN or inf.")
         self.mean.copy_(mean)
-        self.std.copy_(torch.where(std < min_std, torch.ones_like(std), std))
+        self.std.copy_(self.usable_std(std, min_std))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return (features - self.mean) / self.std

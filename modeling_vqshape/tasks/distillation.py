@@ -29,6 +29,7 @@ A training step with `mtkd_rl` (the script all-gathers between the steps when it
     agent_update(agent, agent_optimizer, state, actions, rewards)   # deterministic given its inputs
 """
 
+import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -348,6 +349,18 @@ def agent_update(agent: MTKDRLAgent, optimizer: torch.optim.Optimizer, state: Ag
     return loss.item()
 
 
+def save_agent(agent: MTKDRLAgent, path):
+    """The agent's weights as a safetensors file, written all at once (`atomic_write`)."""
+    from safetensors.torch import save_file
+
+    from ..saving_vqshape import atomic_write
+
+    weights = {key: value.detach().cpu().contiguous() for key, value in agent.state_dict().items()}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write(path) as temporary:
+        save_file(weights, str(temporary))
+
+
 # ---- one entry point -------------------------------------------------------------------------------------------------
 
 
@@ -386,6 +399,7 @@ __all__ = [
     "multi_teacher_kd_loss",
     "reinforce_loss",
     "relational_cosine",
+    "save_agent",
     "standardised",
     "student_cross_entropy",
     "teacher_cross_entropies",

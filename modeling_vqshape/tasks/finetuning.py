@@ -157,10 +157,12 @@ def frozen_feature_parts(backbone, past_values: torch.Tensor, batch_size: int = 
     return {part: torch.cat(values) for part, values in parts.items()}
 
 
-def standardise(features: torch.Tensor, min_std: float = 1e-6) -> tuple:
-    """`(mean, std)` of each column of `features` (population std; 1 where a column never varies)."""
-    mean, std = features.mean(0), features.std(0, unbiased=False)
-    return mean, torch.where(std < min_std, torch.ones_like(std), std)
+def standardise(features: torch.Tensor) -> tuple:
+    """`(mean, std)` of each column of `features` (population std; 1 where a column never varies, the rule of the
+    head's `VQShapeFeatureScaler`, so that a probe scaled here is the head the scaler will feed)."""
+    from ..modeling_vqshape import VQShapeFeatureScaler
+
+    return features.mean(0), VQShapeFeatureScaler.usable_std(features.std(0, unbiased=False))
 
 
 @dataclass
@@ -270,7 +272,8 @@ def parameter_groups(model, learning_rate: float, backbone_learning_rate: float 
 
 @torch.no_grad()
 def evaluate_classifier(model, dataloader, accelerator) -> dict:
-    """`{"accuracy", "macro_f1", "loss", "mean_top_probability", "predictions", "labels"}` over every process's rows
+    """`{"accuracy", "balanced_accuracy", "macro_f1", "loss", "mean_top_probability", "predictions", "labels"}` over
+    every process's rows
     (`gather_for_metrics`: no duplicated padding rows), in eval mode; the model's mode is restored."""
     was_training = model.training
     model.eval()
@@ -284,22 +287,18 @@ def evaluate_classifier(model, dataloader, accelerator) -> dict:
     logits, labels = torch.cat(logits), torch.cat(labels)
     probabilities = logits.softmax(-1)
     predictions = probabilities.argmax(-1)
-    metrics = classification_metrics(labels.numpy(), predictions.numpy())
-    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+    return {**classification_metrics(labels.numpy(), predictions.numpy()),
             "loss": F.cross_entropy(logits, labels).item(),
             "mean_top_probability": probabilities.max(-1).values.mean().item(),
             "predictions": predictions.numpy(), "labels": labels.numpy()}
 
 
-def split_metrics(model, dataloader, accelerator, label_names) -> dict:
-    """Accuracy, balanced accuracy and macro-F1 (`classification_metrics`, on the class names) and the mean top
-    probability of a classifier on `dataloader` (the TEST split, read once at the end), over every process's rows."""
-    from .classification import classification_metrics
-
+def split_metrics(model, dataloader, accelerator) -> dict:
+    """Accuracy, balanced accuracy and macro-F1 (`classification_metrics`; the same on class indices as on their
+    names) and the mean top probability of a classifier on `dataloader` (the TEST split, read once at the end), over
+    every process's rows."""
     scores = evaluate_classifier(model, dataloader, accelerator)
-    names = np.asarray(label_names)
-    return {**classification_metrics(names[scores["labels"]], names[scores["predictions"]]),
-            "mean_top_probability": scores["mean_top_probability"]}
+    return {key: scores[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "mean_top_probability")}
 
 
 class BestEpoch:

@@ -175,13 +175,17 @@ def save_teacher_outputs(path, sample_ids: Sequence, logits, label_names: Sequen
     if features is not None:
         arrays["features"] = np.asarray(features, dtype=np.float32)
     _check_outputs(path, arrays, sample_ids, label_names)
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import save_file
+    from ..saving_vqshape import atomic_write
 
-        save_file(arrays, path, metadata={"sample_ids": json.dumps(sample_ids), "label_names": json.dumps(label_names)})
-    else:  # unicode string arrays: np.load reads them back with allow_pickle=False
-        names = {"sample_ids": np.array(sample_ids, dtype=str), "label_names": np.array(label_names, dtype=str)}
-        np.savez(path, **arrays, **names)
+    with atomic_write(path) as temporary:  # the temporary keeps the suffix: np.savez adds none
+        if path.endswith(".safetensors"):
+            from safetensors.numpy import save_file
+
+            save_file(arrays, str(temporary),
+                      metadata={"sample_ids": json.dumps(sample_ids), "label_names": json.dumps(label_names)})
+        else:  # unicode string arrays: np.load reads them back with allow_pickle=False
+            names = {"sample_ids": np.array(sample_ids, dtype=str), "label_names": np.array(label_names, dtype=str)}
+            np.savez(temporary, **arrays, **names)
 
 
 def read_teacher_outputs(path) -> dict:
