@@ -13,14 +13,16 @@ teacher weights of `--weighting`: equal, confidence (CA-MKD) or mtkd_rl (a polic
 student's improvement, its updates all-gathered so that every process keeps the same agent). `--label_map` (a JSON file
 or inline JSON {fine class: coarse label}) scores the student on coarse classes: the dataset's labels are mapped, and a
 teacher with the fine classes is merged onto the coarse ones (`teachers.label_alignment`); a map naming a class that
-neither the dataset nor any teacher has is refused. The validation rows pick the epoch; the test split is read once, at
-the end. Accuracy and macro-F1 go to `eval_results.json` with the teachers' mean weights over training, and the model
-card names the teachers and the weighting.
+neither the dataset nor any teacher has is refused. The validation rows pick the epoch, as in `finetune.py` (the
+probe, epoch 0, included); the test split is read once, at the end. Accuracy and macro-F1 go to `eval_results.json`
+with the teachers' mean weights and the seconds per training step, and the model card names the teachers and the
+weighting.
 """
 
 import argparse
 import json
 import os
+import time
 
 import torch
 from accelerate import Accelerator
@@ -36,6 +38,8 @@ from modeling_vqshape.tasks.distillation import (
     agent_update,
     improvement_reward,
     multi_teacher_kd_loss,
+    per_sample_cross_entropy,
+    random_state,
     save_agent,
     student_cross_entropy,
     teacher_weights,
@@ -111,10 +115,13 @@ def main(argv=None):
     best = BestEpoch()
     best.update(0, evaluate_classifier(model, validation_dataloader, accelerator), student)
     weight_sum, weight_count = torch.zeros(len(teachers), device=accelerator.device), 0
+    step_seconds, steps = 0.0, 0  # the training steps alone, for the cost of each weighting
     progress = tqdm(range(args.num_train_epochs * len(train_dataloader)), disable=not accelerator.is_local_main_process)
     model.train()
     for epoch in range(1, args.num_train_epochs + 1):
         for batch_values, batch_labels, batch_rows in train_dataloader:
+            step_started = time.perf_counter()
+            draws = random_state(accelerator.device) if agent is not None else None  # reused after the step
             answers = [teacher(batch_values, batch_rows) for teacher in teachers]
             teacher_logits = torch.stack([answer.logits for answer in answers], dim=1)  # (batch, teachers, labels)
             outputs = model(past_values=batch_values)
@@ -122,7 +129,6 @@ def main(argv=None):
                 state = agent_state(outputs.logits, outputs.features, teacher_logits,
                                     [answer.features for answer in answers], batch_labels, args.temperature)
                 actions, weights = agent.sample(state, generator)
-                loss_before = student_cross_entropy(student, batch_values, batch_labels)
             else:
                 weights = teacher_weights(args.weighting, teacher_logits, batch_labels)
             loss = multi_teacher_kd_loss(outputs.logits, teacher_logits, weights, batch_labels, args.alpha,
@@ -131,11 +137,13 @@ def main(argv=None):
             optimizer.step()
             optimizer.zero_grad()
             if agent is not None:  # rewarded by the student's improvement; every process takes the same update
-                rewards = improvement_reward(loss_before, student_cross_entropy(student, batch_values, batch_labels))
+                rewards = improvement_reward(per_sample_cross_entropy(outputs.logits, batch_labels),
+                                             student_cross_entropy(student, batch_values, batch_labels, draws))
                 agent_update(agent, agent_optimizer, *accelerator.gather((state, actions, rewards)))
             gathered_weights = accelerator.gather(weights)
             weight_sum += gathered_weights.sum(0)
             weight_count += gathered_weights.shape[0]
+            step_seconds, steps = step_seconds + time.perf_counter() - step_started, steps + 1
             progress.update(1)
         # the test rows are never looked at here
         if best.update(epoch, evaluate_classifier(model, validation_dataloader, accelerator), student):
@@ -146,6 +154,7 @@ def main(argv=None):
     accelerator.print(f"mean teacher weights over training ({args.weighting}): "
                       + ", ".join(f"{name} {weight:.3f}" for name, weight in zip(args.teacher, mean_weights)))
 
+    seconds_per_step = round(step_seconds / max(steps, 1), 6)
     metrics = split_metrics(model, test_dataloader, accelerator)
     accelerator.print(f"epoch {best.epoch} kept (validation accuracy {best.metrics['accuracy']:.3f}); test: "
                       f"{json.dumps(metrics)}")
@@ -169,7 +178,7 @@ def main(argv=None):
     finish(accelerator, model, args, {"dataset": name, "split": "test", **metrics, "selected_epoch": best.epoch,
                                       "validation": best.metrics, "teachers": args.teacher,
                                       "weighting": args.weighting, "mean_teacher_weights": mean_weights,
-                                      "label_map": args.label_map},
+                                      "label_map": args.label_map, "seconds_per_step": seconds_per_step},
            results_file="eval_results.json", card=card,
            message=f"\nStudent saved to {os.path.abspath(args.output_dir)}.")
     return metrics

@@ -19,7 +19,10 @@ from modeling_vqshape.tasks.distillation import (
     kd_divergence,
     kd_loss,
     multi_teacher_kd_loss,
+    per_sample_cross_entropy,
+    random_state,
     relational_cosine,
+    student_cross_entropy,
     teacher_weights,
 )
 from modeling_vqshape.tasks.teachers import (
@@ -223,6 +226,27 @@ def test_agent_update_is_deterministic():
     assert not all(torch.equal(initial[name], second[name]) for name in second)  # the updates moved it
 
 
+def test_the_reward_pairs_the_training_forward_with_one_after_the_step_under_the_same_dropout():
+    """`student_cross_entropy` with the training forward's `random_state`: the same dropout masks, so with no step in
+    between it gives exactly that forward's cross-entropy (the reward is then the step's improvement alone), while a
+    plain second forward differs; and the global random state that later steps draw from is left unchanged."""
+    config = VQShapeConfig(**{**TINY, "num_labels": 3, "dropout": 0.3, "classifier_dropout": 0.3})
+    torch.manual_seed(0)
+    model = VQShapeForTimeSeriesClassification(config).train()
+    past_values = torch.randn(4, config.input_length, 1)
+    labels = torch.tensor([0, 1, 2, 0])
+    draws = random_state("cpu")
+    training = per_sample_cross_entropy(model(past_values=past_values).logits, labels)
+    after_training_forward = torch.get_rng_state()
+    paired = student_cross_entropy(model, past_values, labels, draws)
+    assert torch.equal(paired, training)
+    assert torch.equal(torch.get_rng_state(), after_training_forward)
+    assert model.training
+    assert not torch.equal(per_sample_cross_entropy(model(past_values=past_values).logits, labels), training)
+    assert not torch.equal(student_cross_entropy(model, past_values, labels), training)  # eval mode: no dropout
+    assert model.training
+
+
 # ---- teachers --------------------------------------------------------------------------------------------------------
 
 
@@ -246,6 +270,17 @@ def test_outputs_file_with_missing_samples_is_refused(tmp_path):
         load_teacher(path, ["sit", "walk"], sample_ids=["a", "b", "c"])
     with pytest.raises(ValueError, match="sample ids repeat"):
         save_teacher_outputs(tmp_path / "twice.npz", ["a", "a"], np.zeros((2, 2)), ["sit", "walk"])
+
+
+def test_outputs_file_with_non_finite_logits_is_refused(tmp_path):
+    """A log-probability of 0 is -inf: such a file would make the KD loss and the MTKD-RL agent NaN."""
+    logits = np.array([[0.0, -np.inf], [np.log(0.5), np.log(0.5)]])  # log-probabilities, one of them 0
+    with pytest.raises(ValueError, match=r"logits hold 1 non-finite value\(s\)"):
+        save_teacher_outputs(tmp_path / "teacher.npz", ["a", "b"], logits, ["sit", "walk"])
+    np.savez(tmp_path / "written_elsewhere.npz", logits=logits, sample_ids=np.array(["a", "b"]),
+             label_names=np.array(["sit", "walk"]))
+    with pytest.raises(ValueError, match="non-finite"):
+        load_teacher(tmp_path / "written_elsewhere.npz", ["sit", "walk"], sample_ids=["a", "b"])
 
 
 def test_outputs_file_with_mismatched_classes_or_pickles_is_refused(tmp_path):

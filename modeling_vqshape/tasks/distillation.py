@@ -25,6 +25,7 @@ A training step with `mtkd_rl` (the script all-gathers between the steps when it
     loss = multi_teacher_kd_loss(student_logits, teacher_logits, weights, labels, alpha, temperature)
     ... backward, optimizer step of the student ...
     rewards = improvement_reward(ce_before, ce_after)               # CE of the student on these samples, per sample
+                                                                    # (after: the same dropout masks, random_state)
     state, actions, rewards = gather((state, actions, rewards))     # identical on every process
     agent_update(agent, agent_optimizer, state, actions, rewards)   # deterministic given its inputs
 """
@@ -234,8 +235,9 @@ class MTKDRLAgent(nn.Module):
 
     The reward (paper: the student's performance; the authors' code: minus the student's per-sample training loss,
     standardised over the batch and clipped to [0, 1]): we use the student's improvement, `improvement_reward`, the
-    drop in its cross-entropy on each sample over the step it took with the sampled weights, standardised over the
-    (gathered) batch as the baseline (`reinforce_loss`). The update is REINFORCE (Williams 1992), one step per batch.
+    drop in its cross-entropy on each sample over the step it took with the sampled weights (the training forward's
+    against a forward after the step with the same dropout masks), standardised over the (gathered) batch as the
+    baseline (`reinforce_loss`). The update is REINFORCE (Williams 1992), one step per batch.
 
     Parameters are initialised from `seed` alone (not the global generator), so every process builds the same agent.
     """
@@ -298,23 +300,54 @@ class MTKDRLAgent(nn.Module):
         return -((actions.detach() - self(state)) ** 2).sum(-1) / (2 * self.exploration_std**2)
 
 
+def per_sample_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """`CE(logits, labels)` per sample, `(batch_size,)`, in float32 and without gradient (a reward, not a loss)."""
+    return F.cross_entropy(logits.detach().float(), labels.to(logits.device).long(), reduction="none")
+
+
+def random_state(device) -> tuple:
+    """The global random state of the CPU and, on CUDA, of `device`: what dropout draws from. Take it before the
+    training forward and give it to `student_cross_entropy`, so that the forward after the step draws the same
+    dropout masks."""
+    device = torch.device(device)
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
 @torch.no_grad()
-def student_cross_entropy(model, past_values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The classifier's per-sample cross-entropy on `labels`, `(batch_size,)`, in eval mode (dropout would put noise
-    into the reward); the model's mode is restored. Call it on the unwrapped model before and after a step."""
-    was_training = model.training
-    model.eval()
-    try:
-        logits = model(past_values=past_values).logits
-    finally:
-        model.train(was_training)
-    return F.cross_entropy(logits.float(), labels.to(logits.device).long(), reduction="none")
+def student_cross_entropy(model, past_values: torch.Tensor, labels: torch.Tensor, state: tuple | None = None
+                          ) -> torch.Tensor:
+    """The classifier's per-sample cross-entropy on `labels`, `(batch_size,)`, without gradient; call it on the
+    unwrapped model.
+
+    With `state` (`random_state`, taken before the training forward of this batch): in the model's own mode, with
+    the random state put back for this pass only (`torch.random.fork_rng`), so dropout draws the masks of the
+    training forward. The cross-entropy of that forward's logits and this one then differ by the optimizer step
+    alone: the pair measures the step's improvement under the same noise, at the cost of one forward pass, and the
+    global random state (what later steps draw) is left as it was. Without `state`: in eval mode, the model's mode
+    restored afterwards."""
+    if state is not None:
+        cpu_state, device_state = state
+        devices = [past_values.device] if device_state is not None else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(cpu_state)
+            if device_state is not None:
+                torch.cuda.set_rng_state(device_state, past_values.device)
+            logits = model(past_values=past_values).logits
+    else:
+        was_training = model.training
+        model.eval()
+        try:
+            logits = model(past_values=past_values).logits
+        finally:
+            model.train(was_training)
+    return per_sample_cross_entropy(logits, labels)
 
 
 def improvement_reward(loss_before: torch.Tensor, loss_after: torch.Tensor) -> torch.Tensor:
-    """The student's improvement on each sample, `loss_before - loss_after`, `(batch_size,)`: e.g. its cross-entropy
-    on the label before and after the optimizer step it took with the sampled weights (a second forward pass, without
-    gradient, of the same batch: about a third of a training step of the student; teachers cost nothing more)."""
+    """The student's improvement on each sample, `loss_before - loss_after`, `(batch_size,)`: its cross-entropy on the
+    label in the training forward and after the optimizer step it took with the sampled weights
+    (`student_cross_entropy` with the training forward's `random_state`: one more forward pass without gradient,
+    about a third of a training step; teachers cost nothing more)."""
     assert loss_before.shape == loss_after.shape, (loss_before.shape, loss_after.shape)
     return (loss_before - loss_after).detach().float()
 
@@ -398,6 +431,8 @@ __all__ = [
     "mean_teacher_weights",
     "multi_teacher_kd_loss",
     "reinforce_loss",
+    "per_sample_cross_entropy",
+    "random_state",
     "relational_cosine",
     "save_agent",
     "standardised",

@@ -227,6 +227,12 @@ def _check_outputs(path, arrays, sample_ids, label_names):
     features = arrays.get("features")
     if features is not None and (features.ndim != 2 or features.shape[0] != len(sample_ids)):
         raise ValueError(f"{path}: features of shape {tuple(features.shape)} for {len(sample_ids)} samples.")
+    for key in ("logits", "features"):  # a log-probability of 0 is -inf, which turns the KD loss into NaN
+        values = arrays.get(key)
+        if values is not None and not np.isfinite(values).all():
+            raise ValueError(f"{path}: {key} hold {int((~np.isfinite(values)).sum())} non-finite value(s); write "
+                             "finite ones (e.g. a classifier's decision values, or log-probabilities clipped at a "
+                             "floor such as log(1e-8)).")
     if len(set(sample_ids)) != len(sample_ids):
         repeated = sorted(value for value, count in Counter(sample_ids).items() if count > 1)
         raise ValueError(f"{path}: sample ids repeat: {repeated[:5]}{' ...' if len(repeated) > 5 else ''}.")

@@ -1,0 +1,223 @@
+"""Teachers, students and weightings of `examples/distill.py`, on bundled sets and a synthetic GENEActiv protocol.
+
+    python benchmarks/bench_distillation.py --model_name_or_path vqshape-pretrained
+
+For each task and seed (5 by default), in one run:
+
+- two teachers: a raw-series teacher, MiniRocket features (aeon, 10,000 kernels) read by a logistic regression,
+  whose TRAIN logits are out-of-fold (5-fold cross-fitting) and reach the student as an outputs file, as a teacher
+  from another framework would; and the topology teacher, `examples/train_persistence_teacher.py` (a folder);
+- the student alone: `examples/finetune.py` with its defaults;
+- the student from each teacher alone, and from both under each weighting (`equal`, `confidence`, `mtkd_rl`):
+  `examples/distill.py` with its defaults.
+
+The scripts run in this process, as `main(argv)`, with `--seed S`. The tasks are the `--datasets` (bundled sets by
+default) and, unless `--no_geneactiv`, a GENEActiv-style protocol built from SYNTHETIC recordings
+(`synthetic_geneactiv.py`: `.bin` files written with the package's writer, labelled by an annotation table): the 14
+activities as a 14-class task, and the same windows scored as 7 classes, where the teachers are the 14-class ones and
+the student distils through `--label_map`. Writes `results.csv`, `summary.csv` and `results.md` (accuracy and
+macro-F1 with their spread over seeds, the mean over tasks, the seconds per training step of each weighting and the
+teachers' mean weights) into `--output_dir`.
+"""
+
+import argparse
+import importlib.util
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_classification import mean_over_datasets
+
+from modeling_vqshape.sharing.loading import load_vqshape
+from modeling_vqshape.tasks.classification import (
+    classification_metrics,
+    load_classification_dataset,
+    markdown_table,
+    resample_series,
+    write_results,
+)
+from modeling_vqshape.tasks.teachers import map_labels, read_label_map, save_teacher_outputs, training_teachers
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DATASETS = ("BasicMotions", "GunPoint", "PickupGestureWiimoteZ")
+RAW, TOPOLOGY = "MiniRocket (raw series)", "persistence images"
+ALONE = "student alone"
+STUDENTS = {  # method -> (teachers, weighting)
+    f"student from {RAW}": ((RAW,), "equal"),
+    f"student from {TOPOLOGY}": ((TOPOLOGY,), "equal"),
+    "student from both, equal": ((RAW, TOPOLOGY), "equal"),
+    "student from both, confidence": ((RAW, TOPOLOGY), "confidence"),
+    "student from both, mtkd_rl": ((RAW, TOPOLOGY), "mtkd_rl"),
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model_name_or_path", default="vqshape-pretrained", help="The student's VQShape checkpoint.")
+    parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
+    parser.add_argument("--no_geneactiv", action="store_true", help="Leave out the synthetic GENEActiv protocol.")
+    parser.add_argument("--geneactiv_subjects", type=int, nargs=2, default=(4, 3), metavar=("TRAIN", "TEST"))
+    parser.add_argument("--num_seeds", type=int, default=5)
+    parser.add_argument("--num_threads", type=int, default=1, help="CPU threads of every script.")
+    parser.add_argument("--script_args", nargs=argparse.REMAINDER, default=[],
+                        help="Passed on to finetune.py, distill.py and the teacher's script (quick runs); last.")
+    parser.add_argument("--output_dir", default="distillation-benchmark")
+    return parser.parse_args(argv)
+
+
+def load_script(name: str):
+    """`examples/<name>.py` as a module, so that its `main(argv)` runs in this process."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def raw_series_teacher(dataset: str, seed: int, folder: Path, length: int = 100):
+    """MiniRocket features and a logistic regression, written as outputs files into `folder`: `raw-train.npz` holds
+    out-of-fold logits (each TRAIN series scored by a model that never saw it), `raw-test.npz` the logits of the model
+    fitted on all of TRAIN. Logits are its decision values (finite, where log-probabilities may be -inf), columns
+    the sorted classes of TRAIN."""
+    from aeon.transformations.collection.convolution_based import MiniRocket
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    threads = torch.get_num_threads()
+    splits = load_classification_dataset(dataset)
+    train, test = splits["train"], splits["test"]
+    label_names = sorted(set(train.labels))
+    transform = MiniRocket(random_state=seed).fit(resample_series(train.series, length))
+    features = {name: transform.transform(resample_series(split.series, length)) for name, split in splits.items()}
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    folds = min(5, min(np.unique(train.labels, return_counts=True)[1]))
+    out_of_fold = cross_val_predict(classifier, features["train"], train.labels, method="decision_function",
+                                    cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    classifier.fit(features["train"], train.labels)
+    torch.set_num_threads(threads)  # aeon/numba change torch's thread count
+    save_teacher_outputs(folder / "raw-train.npz", train.sample_ids, class_logits(out_of_fold), label_names)
+    save_teacher_outputs(folder / "raw-test.npz", test.sample_ids,
+                         class_logits(classifier.decision_function(features["test"])), label_names)
+
+
+def class_logits(decision) -> np.ndarray:
+    """A logistic regression's decision values as logits `(num_samples, num_classes)`: two classes give one column,
+    the log-odds of the second, which is the logits `(0, log-odds)`."""
+    decision = np.asarray(decision)
+    return np.stack([np.zeros_like(decision), decision], axis=1) if decision.ndim == 1 else decision
+
+
+def teacher_metrics(teacher: str, dataset: str, label_map: dict | None, input_length: int) -> dict:
+    """A teacher's test metrics on the task's classes: its logits over TEST (a folder runs over it, an outputs file of
+    TEST is read), merged onto the coarse classes by `label_map`, against TEST's (mapped) labels."""
+    splits = load_classification_dataset(dataset)
+    labels = {name: map_labels(split.labels, label_map) for name, split in splits.items()}
+    label_names = sorted(set(labels["train"]))
+    (outputs,) = training_teachers([teacher], splits["test"], label_names, input_length, label_map=label_map)
+    predictions = np.asarray(label_names)[outputs.logits.argmax(-1).numpy()]
+    return classification_metrics(labels["test"], predictions)
+
+
+def run_script(script, argv: list, folder: Path) -> dict:
+    """`script.main(argv + ["--output_dir", folder])`; its `eval_results.json` and the seconds it took."""
+    started = time.perf_counter()
+    script.main([*argv, "--output_dir", str(folder)])
+    return {**json.loads((folder / "eval_results.json").read_text()), "seconds": time.perf_counter() - started}
+
+
+def row(task: str, method: str, seed: int, results: dict, **extra) -> dict:
+    return {"dataset": task, "method": method, "seed": seed,
+            **{key: results[key] for key in ("accuracy", "balanced_accuracy", "macro_f1")},
+            "seconds_per_step": results.get("seconds_per_step"),
+            "mean_teacher_weights": json.dumps(results.get("mean_teacher_weights")),
+            "selected_epoch": results.get("selected_epoch"), **extra}
+
+
+def tasks(args, folder: Path) -> list:
+    """`(task name, teachers' dataset, student-alone dataset, label map)` of every task."""
+    found = [(name, name, name, None) for name in args.datasets]
+    if not args.no_geneactiv:
+        from synthetic_geneactiv import write_protocol
+
+        protocol = write_protocol(folder / "geneactiv", *args.geneactiv_subjects)
+        found += [("GENEActiv 14 (synthetic)", protocol["fine"], protocol["fine"], None),
+                  ("GENEActiv 7 (synthetic)", protocol["fine"], protocol["coarse"], protocol["label_map"])]
+    return found
+
+
+def cost_and_weights(rows) -> str:
+    """Per two-teacher weighting: the mean seconds per training step and its ratio to `equal`, per task and overall
+    (ratios within a task and seed, then averaged), and the teachers' mean weights over training."""
+    both = [entry for entry in rows if entry["method"].startswith("student from both")]
+    equal = {(entry["dataset"], entry["seed"]): entry["seconds_per_step"]
+             for entry in both if entry["method"].endswith("equal")}
+    lines = [f"| weighting | seconds per step | x equal | mean weights ({RAW}, {TOPOLOGY}) |", "|---|---|---|---|"]
+    for method in dict.fromkeys(entry["method"] for entry in both):
+        group = [entry for entry in both if entry["method"] == method]
+        ratio = np.mean([entry["seconds_per_step"] / equal[(entry["dataset"], entry["seed"])] for entry in group])
+        weights = np.mean([json.loads(entry["mean_teacher_weights"]) for entry in group], axis=0)
+        lines.append(f"| {method.rsplit(', ', 1)[1]} | {np.mean([entry['seconds_per_step'] for entry in group]):.4f} "
+                     f"| {ratio:.2f} | {weights[0]:.2f}, {weights[1]:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.perf_counter()
+    scripts = ("finetune", "distill", "train_persistence_teacher")
+    finetune, distill, persistence = (load_script(name) for name in scripts)
+    input_length = load_vqshape(args.model_name_or_path, with_feature_extractor=True)[1].input_length
+    rows = []
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
+        for task, dataset, alone_dataset, label_map_path in tasks(args, folder):
+            label_map = read_label_map(label_map_path)
+            for seed in range(args.num_seeds):
+                common = ["--seed", str(seed), "--num_threads", str(args.num_threads)]
+                work = folder / f"{Path(dataset).name}-{seed}"
+                raw = {split: str(work / f"raw-{split}.npz") for split in ("train", "test")}
+                if not (work / "topology").exists():  # the 14- and 7-class tasks share their teachers
+                    work.mkdir(parents=True)
+                    raw_series_teacher(dataset, seed, work)
+                    persistence.main(["--dataset", dataset, *common, "--output_dir", str(work / "topology"),
+                                      *args.script_args])
+                teachers = {RAW: raw["train"], TOPOLOGY: str(work / "topology")}
+                for name, test_outputs in ((RAW, raw["test"]), (TOPOLOGY, teachers[TOPOLOGY])):
+                    rows.append(row(task, f"teacher: {name}", seed,
+                                    teacher_metrics(test_outputs, dataset, label_map, input_length)))
+                student = ["--student_model_name_or_path", args.model_name_or_path, "--dataset", dataset, *common]
+                if label_map_path:
+                    student += ["--label_map", label_map_path]
+                alone = run_script(finetune, ["--model_name_or_path", args.model_name_or_path, "--dataset",
+                                              alone_dataset, *common, *args.script_args], folder / "alone")
+                rows.append(row(task, ALONE, seed, alone, seconds=alone["seconds"]))
+                for method, (names, weighting) in STUDENTS.items():
+                    argv = [*student, *(part for name in names for part in ("--teacher", teachers[name])),
+                            "--weighting", weighting, *args.script_args]
+                    results = run_script(distill, argv, folder / "student")
+                    rows.append(row(task, method, seed, results, seconds=results["seconds"]))
+                print(f"{task} seed {seed}: " + ", ".join(f"{entry['method']} {entry['accuracy']:.3f}"
+                                                          for entry in rows if entry["seed"] == seed
+                                                          and entry["dataset"] == task), flush=True)
+    columns = dict.fromkeys(key for entry in rows for key in entry)
+    write_results([{key: entry.get(key) for key in columns} for entry in rows], args.output_dir)
+    seeds = f"mean ± std over {args.num_seeds} seed(s)"
+    markdown = "\n\n".join([
+        f"Test accuracy, {seeds}:\n\n{markdown_table(rows, 'accuracy')}",
+        f"Macro-F1, {seeds}:\n\n{markdown_table(rows, 'macro_f1')}",
+        f"Test accuracy, mean over tasks:\n\n{mean_over_datasets(rows)}",
+        f"Macro-F1, mean over tasks:\n\n{mean_over_datasets(rows, 'macro_f1')}",
+        f"Time per training step and teacher weights of the two-teacher students:\n\n{cost_and_weights(rows)}",
+    ]) + "\n"
+    Path(args.output_dir, "results.md").write_text(markdown)
+    print("\n" + markdown)
+    print(f"Wrote {args.output_dir} in {time.perf_counter() - started:.0f}s.")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
