@@ -34,6 +34,26 @@ from modeling_vqshape.tasks.finetuning import (
 )
 from modeling_vqshape.tasks.training import add_hub_arguments, check_hub_arguments, finish, set_cpu_threads
 
+PERSISTENCE_SUMMARY = (
+    "A persistence-image classifier: each channel of a series becomes the persistence image of its sublevel-set "
+    "filtration (0-dimensional persistence, GUDHI), read by a small CNN; the topology teacher of multi-teacher "
+    'distillation (Jeon et al., "Topological Persistence Guided Knowledge Distillation for Wearable Sensor Data", '
+    "2024).")
+
+
+def persistence_usage(source: str) -> str:
+    """The card's "How to load" section."""
+    return (
+        "## How to load\n\n"
+        "With the `vqshape` package and its `tda` extra installed (`pip install \"vqshape[tda]\"`), or with "
+        "`trust_remote_code=True` and `gudhi` installed:\n\n"
+        "```python\nimport modeling_vqshape  # noqa: F401\n"
+        "from transformers import AutoModelForSequenceClassification\n\n"
+        f'model = AutoModelForSequenceClassification.from_pretrained("{source}")\n'
+        "logits = model(past_values=past_values).logits  # (batch, config.input_length, channels), resampled\n```\n\n"
+        f"As a teacher: `accelerate launch examples/distill.py --teacher {source} ...`."
+    )
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Train a persistence-image classifier (a topology teacher).")
@@ -111,9 +131,18 @@ def main(argv=None):
     metrics = split_metrics(model, test_dataloader, accelerator)
     accelerator.print(f"epoch {best.epoch} kept (validation accuracy {best.metrics['accuracy']:.3f}); test: "
                       f"{json.dumps(metrics)}")
-    finish(accelerator, model, args, {"dataset": dataset_name(args.dataset), "split": "test", **metrics,
+    name = dataset_name(args.dataset)
+    training = {"dataset": name, "labels": label_names, "epochs": args.num_train_epochs, "selected_epoch": best.epoch,
+                "validation": best.metrics, "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
+                "seed": args.seed}
+    card = dict(summary=PERSISTENCE_SUMMARY, usage=persistence_usage(args.hub_model_id or args.output_dir),
+                description=f"Trained on {name} by `examples/train_persistence_teacher.py`, as a topology teacher "
+                            "for `examples/distill.py`.",
+                training=training, results={name: metrics}, dataset_names=[name],
+                results_description="Test split of the persistence-image classifier.")
+    finish(accelerator, model, args, {"dataset": name, "split": "test", **metrics,
                                       "selected_epoch": best.epoch, "validation": best.metrics},
-           results_file="eval_results.json",
+           results_file="eval_results.json", card=card,
            message=f"\nTeacher saved to {os.path.abspath(args.output_dir)}; distil it with:\n"
                    f"  accelerate launch examples/distill.py --teacher {args.output_dir} ...")
     return metrics

@@ -85,7 +85,13 @@ def test_persistence_teacher_and_mtkd_rl_student_end_to_end(tiny_student, tmp_pa
                 "--output_dir", str(teacher_dir)])
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
     assert isinstance(teacher, PersistenceImageForClassification) and teacher.config.id2label == dict(enumerate(NAMES))
-    assert {"accuracy", "macro_f1"} <= json.loads((teacher_dir / "eval_results.json").read_text()).keys()
+    teacher_results = json.loads((teacher_dir / "eval_results.json").read_text())
+    assert {"accuracy", "macro_f1"} <= teacher_results.keys()
+    teacher_card = (teacher_dir / "README.md").read_text()  # its own card, not VQShape's
+    assert "A persistence-image classifier" in teacher_card and "VQShape turns" not in teacher_card
+    assert "AutoModelForSequenceClassification.from_pretrained" in teacher_card
+    assert "Topological Persistence" in teacher_card
+    assert f"value: {teacher_results['accuracy']}" in teacher_card  # the model-index holds its test accuracy
 
     result = run_script([sys.executable, str(REPO_ROOT / "examples" / "distill.py"), *SMALL_RUN,
                          "--student_model_name_or_path", str(tiny_student), "--teacher", str(teacher_dir),

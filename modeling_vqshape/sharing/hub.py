@@ -125,7 +125,8 @@ def write_model_card(folder, config, description: str, training: dict | None = N
                      results=None, dataset_names=None, base_model=None, license: str = "mit",
                      repo_id: str | None = None,
                      results_description: str = "Linear probe on the frozen VQShape features (the classification "
-                                                "protocol of `examples/classify.py`)."):
+                                                "protocol of `examples/classify.py`).",
+                     summary: str | None = None, usage: str | None = None):
     """Write README.md (a model card with metadata) into `folder`, atomically, and return its path.
 
     Args:
@@ -136,6 +137,8 @@ def write_model_card(folder, config, description: str, training: dict | None = N
         results_description: the sentence above the results table, saying how they were obtained.
         dataset_names, base_model, license: card metadata.
         repo_id: the repo the card is for, used in the loading snippets.
+        summary, usage: the card's opening sentence and its "How to load" section, for a model of the package that
+            is not VQShape (the persistence-image teacher); by default VQShape's.
     The card refers to the codebook atlas when `folder` holds `atlas.png`. Nothing in it depends on the time, so an
     unchanged model gives an unchanged card.
     """
@@ -160,10 +163,10 @@ def write_model_card(folder, config, description: str, training: dict | None = N
     sections = [
         f"---\n{card_data.to_yaml()}\n---",
         f"# {model_name}",
-        "VQShape turns a time series into interpretable shape tokens from a learned codebook "
+        summary or "VQShape turns a time series into interpretable shape tokens from a learned codebook "
         '(Wen et al., "Abstracted Shapes as Tokens", NeurIPS 2024).',
         description,
-        _usage_section(repo_id),
+        usage or _usage_section(repo_id),
     ]
     if results:
         lines = ["| dataset | split | metric | value |", "|---|---|---|---|"]

@@ -1,0 +1,94 @@
+"""The distillation benchmark (benchmarks/bench_distillation.py) and its synthetic GENEActiv protocol
+(benchmarks/synthetic_geneactiv.py): the protocol's files and windows, the pieces with known answers, and a tiny run
+of the whole benchmark."""
+
+import csv
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining
+
+from .conftest import REPO_ROOT, TINY, run_script
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+import bench_distillation  # noqa: E402
+import synthetic_geneactiv  # noqa: E402
+
+
+def test_synthetic_protocol_writes_bin_files_annotations_and_the_same_windows_at_14_and_7_classes(tmp_path):
+    from modeling_vqshape.corpora.geneactiv import read_geneactiv
+    from modeling_vqshape.tasks.classification import load_classification_dataset
+
+    paths = synthetic_geneactiv.write_protocol(tmp_path, num_train_subjects=1, num_test_subjects=1, bout_seconds=8)
+    recording = read_geneactiv(tmp_path / "subject00.bin")
+    assert recording.frequency == synthetic_geneactiv.FREQUENCY
+    # 14 bouts of 8 s at 25 Hz, padded to whole pages of 300 samples
+    assert recording.values.shape == (3, 3000)
+    gravity = np.linalg.norm(recording.values[:, :200].mean(1))
+    assert 0.8 < gravity < 1.2  # a wrist at rest reads about 1 g
+    with open(paths["annotations"]) as handle:
+        annotations = list(csv.DictReader(handle))
+    assert sorted(row["label"] for row in annotations if row["recording"] == "subject00") == sorted(
+        synthetic_geneactiv.ACTIVITIES)
+    fine, coarse = load_classification_dataset(paths["fine"]), load_classification_dataset(paths["coarse"])
+    for split in ("train", "test"):
+        # two 4-second windows per 8-second bout, the same windows in both, labels mapped 14 -> 7
+        assert len(fine[split].series) == len(coarse[split].series) == 14 * 2
+        assert all(np.array_equal(a, b) for a, b in zip(fine[split].series, coarse[split].series))
+        assert [synthetic_geneactiv.COARSE[label] for label in fine[split].labels] == list(coarse[split].labels)
+    assert len(set(fine["train"].labels)) == 14 and len(set(coarse["train"].labels)) == 7
+    assert json.loads((tmp_path / "coarse.json").read_text()) == synthetic_geneactiv.COARSE
+
+
+def test_two_class_decision_values_become_the_logits_of_the_second_class():
+    logits = bench_distillation.class_logits(np.array([2.0, -1.0]))
+    np.testing.assert_array_equal(logits, [[0.0, 2.0], [0.0, -1.0]])
+    assert np.allclose(torch.tensor(logits).softmax(-1)[:, 1].numpy(), 1 / (1 + np.exp(-np.array([2.0, -1.0]))))
+    three = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(bench_distillation.class_logits(three), three)
+
+
+def test_the_cost_of_each_weighting_is_a_ratio_within_each_task_and_seed():
+    def entry(task, seed, weighting, seconds, weights):
+        return {"dataset": task, "seed": seed, "method": f"student from both, {weighting}", "seconds_per_step": seconds,
+                "mean_teacher_weights": json.dumps(weights)}
+
+    rows = [entry("A", 0, "equal", 1.0, [0.5, 0.5]), entry("A", 0, "mtkd_rl", 1.2, [0.7, 0.3]),
+            entry("B", 0, "equal", 0.1, [0.5, 0.5]), entry("B", 0, "mtkd_rl", 0.14, [0.9, 0.1]),
+            {"dataset": "A", "seed": 0, "method": "student alone", "seconds_per_step": None}]
+    lines = bench_distillation.cost_and_weights(rows).splitlines()[2:]
+    # ratios 1.2 and 1.4 average to 1.30, where the ratio of mean times would be 1.34 / 1.1 = 1.22
+    assert lines == ["| equal | 0.5500 | 1.00 | 0.50, 0.50 |", "| mtkd_rl | 0.6700 | 1.30 | 0.80, 0.20 |"]
+
+
+@pytest.mark.slow
+def test_distillation_benchmark_runs_every_teacher_and_student_on_a_bundled_set_and_the_geneactiv_protocol(tmp_path):
+    torch.manual_seed(0)
+    VQShapeForPreTraining(VQShapeConfig(**TINY)).save_pretrained(tmp_path / "tiny")
+    output = tmp_path / "bench"
+    run_script([sys.executable, str(REPO_ROOT / "benchmarks" / "bench_distillation.py"), "--model_name_or_path",
+                str(tmp_path / "tiny"), "--datasets", "BasicMotions", "--geneactiv_subjects", "1", "1",
+                "--num_seeds", "1", "--output_dir", str(output), "--script_args", "--num_train_epochs", "1"],
+               timeout=900)
+    with open(output / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    methods = [f"teacher: {bench_distillation.RAW}", f"teacher: {bench_distillation.TOPOLOGY}",
+               bench_distillation.ALONE, *bench_distillation.STUDENTS]
+    tasks = ["BasicMotions", "GENEActiv 14 (synthetic)", "GENEActiv 7 (synthetic)"]
+    assert [(row["dataset"], row["method"]) for row in rows] == [(task, method) for task in tasks for method in methods]
+    for row in rows:
+        assert 0.0 <= float(row["accuracy"]) <= 1.0
+        if row["method"].startswith("student from"):
+            weights = json.loads(row["mean_teacher_weights"])
+            assert len(weights) == len(bench_distillation.STUDENTS[row["method"]][0])
+            assert sum(weights) == pytest.approx(1.0, abs=1e-4)
+            assert float(row["seconds_per_step"]) > 0
+    equal = [json.loads(row["mean_teacher_weights"]) for row in rows if row["method"] == "student from both, equal"]
+    assert equal == [[0.5, 0.5]] * 3
+    markdown = (output / "results.md").read_text()
+    assert "Time per training step" in markdown and "| mtkd_rl |" in markdown
