@@ -21,6 +21,7 @@ teachers' mean weights) into `--output_dir`.
 """
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import tempfile
@@ -78,12 +79,13 @@ def load_script(name: str):
 
 def raw_series_teacher(dataset: str, seed: int, folder: Path, length: int = 100):
     """MiniRocket features and a logistic regression, written as outputs files into `folder`: `raw-train.npz` holds
-    out-of-fold logits (each TRAIN series scored by a model that never saw it), `raw-test.npz` the logits of the model
+    out-of-fold logits (each TRAIN series scored by a model that never saw it, nor, for recordings' windows, any window
+    of its recording: `recordings`), `raw-test.npz` the logits of the model
     fitted on all of TRAIN. Logits are its decision values (finite, where log-probabilities may be -inf), columns
     the sorted classes of TRAIN."""
     from aeon.transformations.collection.convolution_based import MiniRocket
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -94,14 +96,31 @@ def raw_series_teacher(dataset: str, seed: int, folder: Path, length: int = 100)
     transform = MiniRocket(random_state=seed).fit(resample_series(train.series, length))
     features = {name: transform.transform(resample_series(split.series, length)) for name, split in splits.items()}
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    folds = min(5, min(np.unique(train.labels, return_counts=True)[1]))
-    out_of_fold = cross_val_predict(classifier, features["train"], train.labels, method="decision_function",
-                                    cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    groups = recordings(dataset)
+    if groups is None:
+        folds = min(5, min(np.unique(train.labels, return_counts=True)[1]))
+        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    else:  # windows of one recording are near copies: a fold holds whole recordings out
+        cv = StratifiedGroupKFold(min(5, len(set(groups))), shuffle=True, random_state=seed)
+    out_of_fold = cross_val_predict(classifier, features["train"], train.labels, method="decision_function", cv=cv,
+                                    groups=groups)
     classifier.fit(features["train"], train.labels)
     torch.set_num_threads(threads)  # aeon/numba change torch's thread count
     save_teacher_outputs(folder / "raw-train.npz", train.sample_ids, class_logits(out_of_fold), label_names)
     save_teacher_outputs(folder / "raw-test.npz", test.sample_ids,
                          class_logits(classifier.decision_function(features["test"])), label_names)
+
+
+def recordings(dataset: str):
+    """The `recording` of every TRAIN window of a saved `DatasetDict` that has that column (GENEActiv windows from
+    `build_geneactiv_dataset`), else None."""
+    path = Path(dataset)
+    if not (path / "dataset_dict.json").exists():
+        return None
+    import datasets
+
+    train = datasets.load_from_disk(str(path))["train"]
+    return np.asarray(train["recording"]) if "recording" in train.column_names else None
 
 
 def class_logits(decision) -> np.ndarray:
@@ -150,8 +169,8 @@ def tasks(args, folder: Path) -> list:
 
 
 def cost_and_weights(rows) -> str:
-    """Per two-teacher weighting: the mean seconds per training step and its ratio to `equal`, per task and overall
-    (ratios within a task and seed, then averaged), and the teachers' mean weights over training."""
+    """Per two-teacher weighting: the mean seconds per training step and its ratio to `equal` over tasks and seeds
+    (the ratio taken within each task and seed, then averaged), and the teachers' mean weights over training."""
     both = [entry for entry in rows if entry["method"].startswith("student from both")]
     equal = {(entry["dataset"], entry["seed"]): entry["seconds_per_step"]
              for entry in both if entry["method"].endswith("equal")}
@@ -178,7 +197,7 @@ def main(argv=None):
             label_map = read_label_map(label_map_path)
             for seed in range(args.num_seeds):
                 common = ["--seed", str(seed), "--num_threads", str(args.num_threads)]
-                work = folder / f"{Path(dataset).name}-{seed}"
+                work = folder / f"{hashlib.sha1(dataset.encode()).hexdigest()[:12]}-{seed}"  # teachers per dataset
                 raw = {split: str(work / f"raw-{split}.npz") for split in ("train", "test")}
                 if not (work / "topology").exists():  # the 14- and 7-class tasks share their teachers
                     work.mkdir(parents=True)

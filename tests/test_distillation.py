@@ -247,6 +247,28 @@ def test_the_reward_pairs_the_training_forward_with_one_after_the_step_under_the
     assert model.training
 
 
+@pytest.mark.parametrize("codebook", [{"codebook_update": "ema"}, {"dead_code_threshold": 0.9}])
+def test_the_paired_forward_leaves_the_codebook_as_it_was(codebook):
+    """The measuring pass runs the codebook as in eval mode: no usage or EMA statistics move and no dead code is
+    re-seeded, while the model stays in training mode (the EMA update of the training forward itself is part of the
+    step, which the pass then measures)."""
+    config = VQShapeConfig(**{**TINY, "num_labels": 3, "dropout": 0.3, **codebook})
+    torch.manual_seed(0)
+    model = VQShapeForTimeSeriesClassification(config).train()
+    past_values = torch.randn(4, config.input_length, 1)
+    labels = torch.tensor([0, 1, 2, 0])
+    model(past_values=past_values)  # a first training forward initialises the codebook
+    draws = random_state("cpu")
+    training = per_sample_cross_entropy(model(past_values=past_values).logits, labels)
+    before = {name: value.clone() for name, value in [*model.state_dict().items()]}
+    paired = student_cross_entropy(model, past_values, labels, draws)
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+    assert all(module.training for module in model.modules())
+    assert paired.shape == training.shape and torch.isfinite(paired).all()
+    model(past_values=past_values)  # the same forward in training mode does move them: the check above can fail
+    assert not all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+
+
 # ---- teachers --------------------------------------------------------------------------------------------------------
 
 

@@ -321,18 +321,31 @@ def student_cross_entropy(model, past_values: torch.Tensor, labels: torch.Tensor
 
     With `state` (`random_state`, taken before the training forward of this batch): in the model's own mode, with
     the random state put back for this pass only (`torch.random.fork_rng`), so dropout draws the masks of the
-    training forward. The cross-entropy of that forward's logits and this one then differ by the optimizer step
+    training forward, and with the codebooks' training-time updates off, so that measuring changes no model state (a
+    step whose training forward re-seeded dead codes drew from the random state there, and the masks drawn after the
+    codebook then differ). The cross-entropy of that forward's logits and this one then differ by the optimizer step
     alone: the pair measures the step's improvement under the same noise, at the cost of one forward pass, and the
     global random state (what later steps draw) is left as it was. Without `state`: in eval mode, the model's mode
     restored afterwards."""
     if state is not None:
+        from ..modeling_vqshape import VQShapeCodebook
+
         cpu_state, device_state = state
         devices = [past_values.device] if device_state is not None else []
+        # the codebook learns from training forwards (usage statistics, EMA entries, re-seeding of dead codes): this
+        # pass only measures, so its codebooks run as in eval mode, which changes nothing else in their lookup
+        codebooks = [module for module in model.modules() if isinstance(module, VQShapeCodebook) and module.training]
         with torch.random.fork_rng(devices=devices):
             torch.set_rng_state(cpu_state)
             if device_state is not None:
                 torch.cuda.set_rng_state(device_state, past_values.device)
-            logits = model(past_values=past_values).logits
+            try:
+                for codebook in codebooks:
+                    codebook.train(False)
+                logits = model(past_values=past_values).logits
+            finally:
+                for codebook in codebooks:
+                    codebook.train(True)
     else:
         was_training = model.training
         model.eval()
