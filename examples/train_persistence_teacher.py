@@ -41,6 +41,15 @@ PERSISTENCE_SUMMARY = (
     "2024).")
 
 
+PERSISTENCE_CITATION = """@article{jeon2024topological,
+  title   = {Topological Persistence Guided Knowledge Distillation for Wearable Sensor Data},
+  author  = {Jeon, Eun Som and Choi, Hongjun and Shukla, Ankita and Wang, Yuan and Lee, Hyunglae and
+             Buman, Matthew P. and Turaga, Pavan},
+  journal = {Engineering Applications of Artificial Intelligence},
+  year    = {2024}
+}"""
+
+
 def persistence_usage(source: str) -> str:
     """The card's "How to load" section."""
     return (
@@ -135,7 +144,10 @@ def main(argv=None):
     training = {"dataset": name, "labels": label_names, "epochs": args.num_train_epochs, "selected_epoch": best.epoch,
                 "validation": best.metrics, "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
                 "seed": args.seed}
-    card = dict(summary=PERSISTENCE_SUMMARY, usage=persistence_usage(args.hub_model_id or args.output_dir),
+    source = args.hub_model_id or args.output_dir
+    card = dict(summary=PERSISTENCE_SUMMARY, usage=persistence_usage(source), citation=PERSISTENCE_CITATION,
+                tags=["time-series", "time-series-classification", "persistence-image", "topological-data-analysis"],
+                repo_id=os.path.basename(os.path.normpath(source)),
                 description=f"Trained on {name} by `examples/train_persistence_teacher.py`, as a topology teacher "
                             "for `examples/distill.py`.",
                 training=training, results={name: metrics}, dataset_names=[name],

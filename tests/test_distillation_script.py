@@ -90,7 +90,8 @@ def test_persistence_teacher_and_mtkd_rl_student_end_to_end(tiny_student, tmp_pa
     teacher_card = (teacher_dir / "README.md").read_text()  # its own card, not VQShape's
     assert "A persistence-image classifier" in teacher_card and "VQShape turns" not in teacher_card
     assert "AutoModelForSequenceClassification.from_pretrained" in teacher_card
-    assert "Topological Persistence" in teacher_card
+    assert "Topological Persistence" in teacher_card and "wen2024vqshape" not in teacher_card  # its own citation
+    assert "# pi-teacher" in teacher_card and "- vqshape" not in teacher_card  # its own name and tags
     assert f"value: {teacher_results['accuracy']}" in teacher_card  # the model-index holds its test accuracy
 
     result = run_script([sys.executable, str(REPO_ROOT / "examples" / "distill.py"), *SMALL_RUN,

@@ -126,7 +126,8 @@ def write_model_card(folder, config, description: str, training: dict | None = N
                      repo_id: str | None = None,
                      results_description: str = "Linear probe on the frozen VQShape features (the classification "
                                                 "protocol of `examples/classify.py`).",
-                     summary: str | None = None, usage: str | None = None):
+                     summary: str | None = None, usage: str | None = None, citation: str = CITATION,
+                     tags=TAGS):
     """Write README.md (a model card with metadata) into `folder`, atomically, and return its path.
 
     Args:
@@ -137,8 +138,8 @@ def write_model_card(folder, config, description: str, training: dict | None = N
         results_description: the sentence above the results table, saying how they were obtained.
         dataset_names, base_model, license: card metadata.
         repo_id: the repo the card is for, used in the loading snippets.
-        summary, usage: the card's opening sentence and its "How to load" section, for a model of the package that
-            is not VQShape (the persistence-image teacher); by default VQShape's.
+        summary, usage, citation, tags: the card's opening sentence, its "How to load" section, its BibTeX and its
+            tags, for a model of the package that is not VQShape (the persistence-image teacher); by default VQShape's.
     The card refers to the codebook atlas when `folder` holds `atlas.png`. Nothing in it depends on the time, so an
     unchanged model gives an unchanged card.
     """
@@ -147,7 +148,7 @@ def write_model_card(folder, config, description: str, training: dict | None = N
     model_name = (repo_id or "vqshape").split("/")[-1]
     card_data = ModelCardData(
         library_name="transformers",
-        tags=list(TAGS),
+        tags=list(tags),
         license=license,
         datasets=list(dataset_names) if dataset_names else None,
         base_model=base_model,
@@ -181,7 +182,7 @@ def write_model_card(folder, config, description: str, training: dict | None = N
     if extra:
         sections.append("## Checks\n\n```json\n" + json.dumps(extra, indent=2, sort_keys=True, default=str) + "\n```")
     sections.append("## Configuration\n\n| key | value |\n|---|---|\n" + rows)
-    sections.append("## Citation\n\n```bibtex\n" + CITATION + "\n```")
+    sections.append("## Citation\n\n```bibtex\n" + citation + "\n```")
     card = ModelCard("\n\n".join(sections) + "\n")
     path = Path(folder) / "README.md"
     with atomic_write(path) as temporary:
