@@ -72,7 +72,7 @@ def test_distillation_benchmark_runs_every_teacher_and_student_on_a_bundled_set_
     VQShapeForPreTraining(VQShapeConfig(**TINY)).save_pretrained(tmp_path / "tiny")
     output = tmp_path / "bench"
     run_script([sys.executable, str(REPO_ROOT / "benchmarks" / "bench_distillation.py"), "--model_name_or_path",
-                str(tmp_path / "tiny"), "--datasets", "BasicMotions", "--geneactiv_subjects", "1", "1",
+                str(tmp_path / "tiny"), "--datasets", "BasicMotions", "--geneactiv_subjects", "2", "1",
                 "--num_seeds", "1", "--output_dir", str(output), "--script_args", "--num_train_epochs", "1"],
                timeout=900)
     with open(output / "results.csv") as handle:
