@@ -8,8 +8,8 @@ For each task and seed (5 by default), in one run:
   whose TRAIN logits are out-of-fold (5-fold cross-fitting) and reach the student as an outputs file, as a teacher
   from another framework would; and the topology teacher, `examples/train_persistence_teacher.py` (a folder);
 - the student alone: `examples/finetune.py` with its defaults;
-- the student from each teacher alone, and from both under each weighting (`equal`, `confidence`, `mtkd_rl`):
-  `examples/distill.py` with its defaults.
+- the student from each teacher alone, and from both under each weighting (`equal`, `confidence`, `mtkd_rl`, and
+  `mtkd_rl` with the authors' code's reward, `--reward loss`): `examples/distill.py` with its defaults.
 
 The scripts run in this process, as `main(argv)`, with `--seed S`. The tasks are the `--datasets` (bundled sets by
 default) and, unless `--no_geneactiv`, a GENEActiv-style protocol built from SYNTHETIC recordings
@@ -46,12 +46,13 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DATASETS = ("BasicMotions", "GunPoint", "PickupGestureWiimoteZ")
 RAW, TOPOLOGY = "MiniRocket (raw series)", "persistence images"
 ALONE = "student alone"
-STUDENTS = {  # method -> (teachers, weighting)
-    f"student from {RAW}": ((RAW,), "equal"),
-    f"student from {TOPOLOGY}": ((TOPOLOGY,), "equal"),
-    "student from both, equal": ((RAW, TOPOLOGY), "equal"),
-    "student from both, confidence": ((RAW, TOPOLOGY), "confidence"),
-    "student from both, mtkd_rl": ((RAW, TOPOLOGY), "mtkd_rl"),
+STUDENTS = {  # method -> (teachers, weighting options of distill.py)
+    f"student from {RAW}": ((RAW,), ["--weighting", "equal"]),
+    f"student from {TOPOLOGY}": ((TOPOLOGY,), ["--weighting", "equal"]),
+    "student from both, equal": ((RAW, TOPOLOGY), ["--weighting", "equal"]),
+    "student from both, confidence": ((RAW, TOPOLOGY), ["--weighting", "confidence"]),
+    "student from both, mtkd_rl": ((RAW, TOPOLOGY), ["--weighting", "mtkd_rl"]),
+    "student from both, mtkd_rl (loss reward)": ((RAW, TOPOLOGY), ["--weighting", "mtkd_rl", "--reward", "loss"]),
 }
 
 
@@ -80,7 +81,7 @@ def load_script(name: str):
 def raw_series_teacher(dataset: str, seed: int, folder: Path, length: int = 100):
     """MiniRocket features and a logistic regression, written as outputs files into `folder`: `raw-train.npz` holds
     out-of-fold logits (each TRAIN series scored by a model that never saw it, nor, for recordings' windows, any window
-    of its recording: `recordings`), `raw-test.npz` the logits of the model
+    of its recording: `ClassificationSplit.groups`), `raw-test.npz` the logits of the model
     fitted on all of TRAIN. Logits are its decision values (finite, where log-probabilities may be -inf), columns
     the sorted classes of TRAIN."""
     from aeon.transformations.collection.convolution_based import MiniRocket
@@ -96,7 +97,7 @@ def raw_series_teacher(dataset: str, seed: int, folder: Path, length: int = 100)
     transform = MiniRocket(random_state=seed).fit(resample_series(train.series, length))
     features = {name: transform.transform(resample_series(split.series, length)) for name, split in splits.items()}
     classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    groups = recordings(dataset)
+    groups = train.groups  # the recording of each window (GENEActiv windows), else None
     if groups is not None and len(set(groups)) < 2:  # one recording: nothing to hold out whole
         groups = None
     if groups is None:
@@ -111,18 +112,6 @@ def raw_series_teacher(dataset: str, seed: int, folder: Path, length: int = 100)
     save_teacher_outputs(folder / "raw-train.npz", train.sample_ids, class_logits(out_of_fold), label_names)
     save_teacher_outputs(folder / "raw-test.npz", test.sample_ids,
                          class_logits(classifier.decision_function(features["test"])), label_names)
-
-
-def recordings(dataset: str):
-    """The `recording` of every TRAIN window of a saved `DatasetDict` that has that column (GENEActiv windows from
-    `build_geneactiv_dataset`), else None."""
-    path = Path(dataset)
-    if not (path / "dataset_dict.json").exists():
-        return None
-    import datasets
-
-    train = datasets.load_from_disk(str(path))["train"]
-    return np.asarray(train["recording"]) if "recording" in train.column_names else None
 
 
 def class_logits(decision) -> np.ndarray:
@@ -216,9 +205,9 @@ def main(argv=None):
                 alone = run_script(finetune, ["--model_name_or_path", args.model_name_or_path, "--dataset",
                                               alone_dataset, *common, *args.script_args], folder / "alone")
                 rows.append(row(task, ALONE, seed, alone, seconds=alone["seconds"]))
-                for method, (names, weighting) in STUDENTS.items():
+                for method, (names, options) in STUDENTS.items():
                     argv = [*student, *(part for name in names for part in ("--teacher", teachers[name])),
-                            "--weighting", weighting, *args.script_args]
+                            *options, *args.script_args]
                     results = run_script(distill, argv, folder / "student")
                     rows.append(row(task, method, seed, results, seconds=results["seconds"]))
                 print(f"{task} seed {seed}: " + ", ".join(f"{entry['method']} {entry['accuracy']:.3f}"

@@ -4,19 +4,19 @@
         --teacher vqshape-basicmotions --teacher pi-basicmotions --weighting mtkd_rl --output_dir vqshape-distilled
 
 A teacher (`--teacher`, repeatable) is a saved classifier folder or Hub id that takes `past_values` (a VQShape
-classifier, the persistence-image teacher of `train_persistence_teacher.py`, ...) or an outputs file of the TRAIN
-split keyed by sample id, the row number of the series in TRAIN as read (`modeling_vqshape.tasks.teachers`); classes are
+classifier, the persistence-image teacher of `train_persistence_teacher.py`, ...) or an outputs file of the TRAIN split
+keyed by sample id, the row number of the series in TRAIN as read (`modeling_vqshape.tasks.teachers`); classes are
 matched by name. Classifiers run once over TRAIN before training. The student is built as `finetune.py` builds its
-classifier: a stratified `--validation_fraction` of TRAIN is held out, the first stage picks a linear head on frozen
-features, then the whole model trains on `alpha * CE + (1 - alpha) * sum_k w_k * KD_k` (`distillation.py`) with the
-teacher weights of `--weighting`: equal, confidence (CA-MKD) or mtkd_rl (a policy trained by REINFORCE on the
-student's improvement, its updates all-gathered so that every process keeps the same agent). `--label_map` (a JSON file
-or inline JSON {fine class: coarse label}) scores the student on coarse classes: the dataset's labels are mapped, and a
-teacher with the fine classes is merged onto the coarse ones (`teachers.label_alignment`); a map naming a class that
-neither the dataset nor any teacher has is refused. The validation rows pick the epoch, as in `finetune.py` (the
-probe, epoch 0, included); the test split is read once, at the end. Accuracy and macro-F1 go to `eval_results.json`
-with the teachers' mean weights and the seconds per training step, and the model card names the teachers and the
-weighting.
+classifier: a stratified `--validation_fraction` of TRAIN (whole recordings, as there) is held out, the first stage
+picks a linear head on frozen features, then the whole model trains on `alpha * CE + (1 - alpha) * sum_k w_k * KD_k`
+(`distillation.py`) with the teacher weights of `--weighting`: equal, confidence (CA-MKD) or mtkd_rl (a policy trained
+by REINFORCE on the student's improvement or, with `--reward loss`, on minus its training loss; its updates all-gathered
+so that every process keeps the same agent). `--label_map` (a JSON file or inline JSON {fine class: coarse label})
+scores the student on coarse classes: the dataset's labels are mapped, and a teacher with the fine classes is merged
+onto the coarse ones (`teachers.label_alignment`); a map naming a class that neither the dataset nor any teacher has is
+refused. The validation rows pick the epoch, as in `finetune.py` (the probe, epoch 0, included); the test split is read
+once, at the end. Accuracy and macro-F1 go to `eval_results.json` with the teachers' mean weights and the seconds per
+training step, and the model card names the teachers and the weighting.
 """
 
 import argparse
@@ -32,11 +32,13 @@ from tqdm.auto import tqdm
 from modeling_vqshape import VQShapeFeatureExtractor
 from modeling_vqshape.tasks.classification import dataset_name
 from modeling_vqshape.tasks.distillation import (
+    REWARDS,
     WEIGHTINGS,
     MTKDRLAgent,
     agent_state,
     agent_update,
     improvement_reward,
+    loss_reward,
     multi_teacher_kd_loss,
     per_sample_cross_entropy,
     random_state,
@@ -69,6 +71,9 @@ def parse_args(argv=None):
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.5, help="Weight of the cross-entropy on the labels.")
     parser.add_argument("--agent_learning_rate", type=float, default=1e-3, help="Of the MTKD-RL agent (Adam).")
+    parser.add_argument("--reward", choices=REWARDS, default=None,
+                        help="MTKD-RL's: the student's improvement over the step (default; one more forward pass) or "
+                             "minus its training loss (the authors' code; no extra pass).")
     parser.add_argument("--label_map", default=None,
                         help="JSON file or inline JSON {fine class: coarse label}: train and score on coarse classes.")
     parser.add_argument("--output_dir", default="vqshape-distilled")
@@ -79,6 +84,9 @@ def parse_args(argv=None):
         args.label_map = read_label_map(args.label_map)
     except ValueError as error:
         parser.error(str(error))
+    if args.reward is not None and args.weighting != "mtkd_rl":
+        parser.error(f"--reward is MTKD-RL's; --weighting {args.weighting} has no agent to reward.")
+    args.reward = args.reward or "improvement"
     check_hub_arguments(parser, args, "lab/vqshape-distilled")
     return args
 
@@ -121,7 +129,8 @@ def main(argv=None):
     for epoch in range(1, args.num_train_epochs + 1):
         for batch_values, batch_labels, batch_rows in train_dataloader:
             step_started = time.perf_counter()
-            draws = random_state(accelerator.device) if agent is not None else None  # reused after the step
+            paired = agent is not None and args.reward == "improvement"
+            draws = random_state(accelerator.device) if paired else None  # reused after the step
             answers = [teacher(batch_values, batch_rows) for teacher in teachers]
             teacher_logits = torch.stack([answer.logits for answer in answers], dim=1)  # (batch, teachers, labels)
             outputs = model(past_values=batch_values)
@@ -131,14 +140,15 @@ def main(argv=None):
                 actions, weights = agent.sample(state, generator)
             else:
                 weights = teacher_weights(args.weighting, teacher_logits, batch_labels)
-            loss = multi_teacher_kd_loss(outputs.logits, teacher_logits, weights, batch_labels, args.alpha,
-                                         args.temperature)
-            accelerator.backward(loss)
+            per_sample = multi_teacher_kd_loss(outputs.logits, teacher_logits, weights, batch_labels, args.alpha,
+                                               args.temperature, reduction="none")
+            accelerator.backward(per_sample.mean())
             optimizer.step()
             optimizer.zero_grad()
-            if agent is not None:  # rewarded by the student's improvement; every process takes the same update
+            if agent is not None:  # rewarded by --reward; every process takes the same update
                 rewards = improvement_reward(per_sample_cross_entropy(outputs.logits, batch_labels),
-                                             student_cross_entropy(student, batch_values, batch_labels, draws))
+                                             student_cross_entropy(student, batch_values, batch_labels, draws)
+                                             ) if paired else loss_reward(per_sample)
                 agent_update(agent, agent_optimizer, *accelerator.gather((state, actions, rewards)))
             gathered_weights = accelerator.gather(weights)
             weight_sum += gathered_weights.sum(0)
@@ -163,10 +173,10 @@ def main(argv=None):
             save_agent(agent, os.path.join(args.debug_agent_dir, f"agent.rank{accelerator.process_index}.safetensors"))
         if accelerator.is_main_process:
             save_agent(agent, os.path.join(args.output_dir, "mtkd_rl_agent.safetensors"))
-    name = dataset_name(args.dataset)
+    name, reward = dataset_name(args.dataset), args.reward if agent is not None else None
     training = {"base_model": args.student_model_name_or_path, "dataset": name, "labels": label_names,
                 "teachers": args.teacher, "weighting": args.weighting, "mean_teacher_weights": mean_weights,
-                "label_map": args.label_map, "temperature": args.temperature, "alpha": args.alpha,
+                "reward": reward, "label_map": args.label_map, "temperature": args.temperature, "alpha": args.alpha,
                 "classifier_features": head.classifier_features,
                 "epochs": args.num_train_epochs, "selected_epoch": best.epoch, "validation": best.metrics,
                 "learning_rate": args.learning_rate, "backbone_learning_rate": args.backbone_learning_rate,
@@ -178,7 +188,8 @@ def main(argv=None):
     finish(accelerator, model, args, {"dataset": name, "split": "test", **metrics, "selected_epoch": best.epoch,
                                       "validation": best.metrics, "teachers": args.teacher,
                                       "weighting": args.weighting, "mean_teacher_weights": mean_weights,
-                                      "label_map": args.label_map, "seconds_per_step": seconds_per_step},
+                                      "reward": reward, "label_map": args.label_map,
+                                      "seconds_per_step": seconds_per_step},
            results_file="eval_results.json", card=card,
            message=f"\nStudent saved to {os.path.abspath(args.output_dir)}.")
     return metrics

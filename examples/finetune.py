@@ -5,7 +5,8 @@
 
 The recipe (its defaults were chosen on validation splits of the bundled sets; docs/classification.md): the head reads
 `--classifier_features` standardised with statistics of the training rows (saved with the model); a stratified
-`--validation_fraction` of TRAIN is held out and picks the epoch whose weights are kept; the test split is read once,
+`--validation_fraction` of TRAIN (whole recordings, for windows of recordings: `--group_column`) is held out and picks
+the epoch whose weights are kept; the test split is read once,
 at the end. The whole model trains (the backbone at `--backbone_learning_rate`) unless `--freeze_backbone`. The
 dataset is any that `modeling_vqshape.tasks.classification.load_classification_dataset` reads (a bundled aeon set, a
 UEA/UCR folder, a saved DatasetDict with train/test splits); the channels and label names come from its training

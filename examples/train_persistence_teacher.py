@@ -4,11 +4,11 @@ label names, ready for `examples/distill.py --teacher`.
     pip install "vqshape[tda]"
     accelerate launch examples/train_persistence_teacher.py --dataset BasicMotions --output_dir pi-basicmotions
 
-Every channel of a series is resampled to `--input_length`, standardised, and turned into the persistence image of
-its sublevel-set filtration (0-dimensional persistence, GUDHI; `modeling_vqshape.persistence`); a small CNN reads the
+Every channel of a series is resampled to `--input_length`, standardised, and turned into the persistence image of its
+sublevel-set filtration (0-dimensional persistence, GUDHI; `modeling_vqshape.persistence`); a small CNN reads the
 images. The dataset is any that `finetune.py` accepts (`load_classification_dataset`). A stratified
-`--validation_fraction` of TRAIN picks the epoch whose weights are kept; the test split is read once, at the end.
-Test accuracy and macro-F1 go to `eval_results.json`.
+`--validation_fraction` of TRAIN (whole recordings where the dataset names them) picks the epoch whose weights are kept;
+the test split is read once, at the end. Test accuracy and macro-F1 go to `eval_results.json`.
 """
 
 import argparse
@@ -91,7 +91,7 @@ def get_dataloaders(args, config):
     `(past_values, labels)` (the model computes their images), and the label names."""
     train, test, label_names = labelled_splits(args)
     past_values, labels = labelled_tensors(train, label_names, args.input_length)
-    train_rows, validation_rows = validation_split(labels.numpy(), args.validation_fraction, args.seed)
+    train_rows, validation_rows = validation_split(labels.numpy(), args.validation_fraction, args.seed, train.groups)
     images = persistence_images(past_values[train_rows], **config.image_kwargs)
     train_dataloader = DataLoader(TensorDataset(images, labels[train_rows]), shuffle=True,
                                   batch_size=args.per_device_train_batch_size,

@@ -92,3 +92,4 @@ def test_distillation_benchmark_runs_every_teacher_and_student_on_a_bundled_set_
     assert equal == [[0.5, 0.5]] * 3
     markdown = (output / "results.md").read_text()
     assert "Time per training step" in markdown and "| mtkd_rl |" in markdown
+    assert "| mtkd_rl (loss reward) |" in markdown

@@ -1,7 +1,8 @@
 """The distillation scripts end to end (examples/train_persistence_teacher.py, examples/distill.py) on the tiny config
 and small subsets of BasicMotions: the persistence-image teacher trains and saves with its class names; the student
 distilled from a saved classifier and an outputs file saves and reloads with identical logits, reports its metrics and
-mean teacher weights; on two ranks the MTKD-RL agent stays identical on both; with `--label_map` a teacher of fine
+mean teacher weights; on two ranks the MTKD-RL agent stays identical on both; its loss reward runs no measuring
+pass; with `--label_map` a teacher of fine
 classes teaches a student trained and scored on coarse ones, and a map naming unknown classes is refused. Also the
 teachers precomputed over TRAIN (modeling_vqshape.tasks.teachers.training_teachers)."""
 
@@ -145,6 +146,45 @@ def test_two_rank_mtkd_rl_keeps_the_agent_identical_on_both_ranks(tiny_student, 
     assert first["score.1.weight"].abs().sum() > 0  # it did learn (the last layer starts at zero)
 
 
+def distill_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("distill_script", REPO_ROOT / "examples" / "distill.py")
+    distill = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(distill)
+    return distill
+
+
+def test_reward_is_refused_without_the_mtkd_rl_agent(capsys):
+    distill = distill_script()
+    common = ["--teacher", "a.npz", "--student_model_name_or_path", "tiny"]
+    with pytest.raises(SystemExit):
+        distill.parse_args([*common, "--weighting", "equal", "--reward", "loss"])
+    assert "--reward is MTKD-RL's" in capsys.readouterr().err
+    assert distill.parse_args([*common, "--weighting", "mtkd_rl"]).reward == "improvement"
+
+
+def test_mtkd_rl_with_the_loss_reward_takes_no_extra_forward_pass(tiny_student, tmp_path, monkeypatch):
+    distill = distill_script()
+
+    def measuring_pass(*args, **kwargs):
+        raise AssertionError("the loss reward must not run the measuring forward pass")
+
+    monkeypatch.setattr(distill, "student_cross_entropy", measuring_pass)
+    monkeypatch.setattr(distill, "random_state", measuring_pass)
+    distill.main([*SMALL_RUN, "--student_model_name_or_path", str(tiny_student), "--teacher",
+                  str(outputs_file(tmp_path / "a.npz")), "--teacher", str(outputs_file(tmp_path / "b.npz")),
+                  "--weighting", "mtkd_rl", "--reward", "loss", "--classifier_features", "tokens",
+                  "--num_train_epochs", "2", "--num_threads", "1", "--output_dir", str(tmp_path / "student"),
+                  "--debug_agent_dir", str(tmp_path / "agents")])
+    reported = json.loads((tmp_path / "student" / "eval_results.json").read_text())
+    assert reported["weighting"] == "mtkd_rl" and reported["reward"] == "loss"
+    assert '"reward": "loss"' in (tmp_path / "student" / "README.md").read_text()
+    from safetensors.torch import load_file
+
+    assert load_file(str(tmp_path / "agents" / "agent.rank0.safetensors"))["score.1.weight"].abs().sum() > 0
+
+
 @pytest.mark.slow
 def test_equal_weighting_reports_equal_mean_weights(tiny_student, tmp_path):
     run_script([sys.executable, str(REPO_ROOT / "examples" / "distill.py"), *SMALL_RUN, "--student_model_name_or_path",
@@ -153,6 +193,7 @@ def test_equal_weighting_reports_equal_mean_weights(tiny_student, tmp_path):
                 "tokens", "--num_train_epochs", "1", "--output_dir", str(tmp_path / "student")])
     reported = json.loads((tmp_path / "student" / "eval_results.json").read_text())
     assert reported["weighting"] == "equal" and reported["mean_teacher_weights"] == [0.5, 0.5]
+    assert reported["reward"] is None  # no agent
     assert not (tmp_path / "student" / "mtkd_rl_agent.safetensors").exists()
 
 

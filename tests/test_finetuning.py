@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining, VQShapeForTimeSeriesClassification
 from modeling_vqshape.tasks.finetuning import (
     BestEpoch,
+    classification_dataloaders,
     fit_feature_scaler,
     frozen_feature_parts,
     select_linear_head,
@@ -106,6 +107,67 @@ def test_validation_split_is_stratified_seeded_and_disjoint():
     again = validation_split(labels, 0.2, seed=3)
     assert all(np.array_equal(a, b) for a, b in zip((train, validation), again))
     assert not np.array_equal(validation, validation_split(labels, 0.2, seed=4)[1])
+
+
+def test_validation_split_with_groups_holds_whole_recordings_out():
+    labels = np.array(["a", "b", "c"] * 20)
+    groups = np.repeat([f"subject{i}" for i in range(6)], 10)  # six recordings, every class in each
+    train, validation = validation_split(labels, 0.2, seed=0, groups=groups)
+    assert not set(groups[train]) & set(groups[validation]) and len(train) + len(validation) == 60
+    assert len(set(groups[validation])) == 1 and set(labels[validation]) == {"a", "b", "c"}
+    assert any(not np.array_equal(validation, validation_split(labels, 0.2, seed=s, groups=groups)[1])
+               for s in range(1, 4))  # seeded
+    two = np.repeat(["first", "second"], 30)  # fewer recordings than folds: one of them is held out
+    assert len(set(two[validation_split(labels, 0.2, seed=0, groups=two)[1]])) == 1
+    one = np.full(60, "only")  # a single recording cannot be held out whole: rows are split as without groups
+    assert all(np.array_equal(a, b) for a, b in zip(validation_split(labels, 0.2, seed=0, groups=one),
+                                                    validation_split(labels, 0.2, seed=0)))
+    with pytest.raises(ValueError, match="one group per row"):
+        validation_split(labels, 0.2, groups=groups[:-1])
+
+
+def test_grouped_validation_holds_out_a_share_near_the_fraction_and_keeps_every_class_in_training():
+    labels = np.array(["a", "b"] * 240)
+    groups = np.array(["long"] * 400 + ["r1"] * 40 + ["r2"] * 40)  # one recording much longer than the others
+    for seed in range(5):
+        train, validation = validation_split(labels, 0.2, seed=seed, groups=groups)
+        assert set(groups[validation]) <= {"r1", "r2"} and len(validation) == 40
+    labels = np.array(list("aabbccd")).repeat(4)  # one recording per activity: class d lives in a single recording
+    groups = np.arange(7).repeat(4).astype(str)
+    for seed in range(5):
+        train, validation = validation_split(labels, 0.2, seed=seed, groups=groups)
+        assert set(labels[train]) == set("abcd") and not set(groups[train]) & set(groups[validation])
+    few = np.array(["a", "b", "a", "b"])  # two rows per class cannot fill five folds: two folds
+    train, validation = validation_split(few, 0.2, seed=0, groups=np.array(["1", "2", "3", "4"]))
+    assert len(train) == len(validation) == 2
+
+
+def test_the_classifier_scripts_hold_out_whole_recordings_of_a_windowed_dataset(tmp_path):
+    from types import SimpleNamespace
+
+    from datasets import Dataset, DatasetDict
+
+    rng = np.random.default_rng(0)
+
+    def split(num_recordings):
+        return Dataset.from_dict({"past_values": rng.normal(size=(num_recordings * 8, 2, 32)).tolist(),
+                                  "label": ["still", "moving"] * (num_recordings * 4),
+                                  "recording": np.repeat([f"r{i}" for i in range(num_recordings)], 8).tolist()})
+
+    DatasetDict(train=split(5), test=split(2)).save_to_disk(tmp_path / "windows")
+    args = SimpleNamespace(dataset=str(tmp_path / "windows"), series_column="past_values", label_column="label",
+                           group_column=None, validation_fraction=0.2, max_train_samples=None, max_eval_samples=None,
+                           seed=0, per_device_train_batch_size=4, per_device_eval_batch_size=4)
+    _, _, train, (_, _, (train_rows, validation_rows)) = classification_dataloaders(args, 32)
+    assert not set(train.groups[train_rows]) & set(train.groups[validation_rows])
+    assert len(validation_rows) == 8  # one whole recording of five
+    args.group_column = "none"  # opts out: split by series
+    _, _, train, (_, _, (train_rows, validation_rows)) = classification_dataloaders(args, 32)
+    assert train.groups is None and len(set(np.repeat(range(5), 8)[validation_rows].tolist())) > 1
+    args.group_column = None
+    for refused in ({"group_column": "subject"}, {"dataset": "BasicMotions", "group_column": "recording"}):
+        with pytest.raises(ValueError, match="subject|no 'recording' column"):
+            classification_dataloaders(SimpleNamespace(**{**vars(args), **refused}), 32)
 
 
 def test_best_epoch_keeps_the_best_accuracy_then_the_lower_loss():

@@ -7,10 +7,11 @@ For every dataset (a `TRAIN`/`TEST` pair):
    all flattened over channels, as the paper's linear probe does. The model runs once per split, in eval mode.
 2. `fit_scaler`: tokens and raw values are standardised, histograms min-max scaled; the scaler is fitted on the
    training rows only and then applied to the other rows.
-3. `select_and_evaluate`, for each seed: a stratified, seeded `validation_fraction` of TRAIN is held out; a linear
-   classifier with dropout on its input (`nn.Sequential(nn.Dropout(p), nn.Linear)`, AdamW) is trained on the rest for
-   every weight decay x dropout of the grid; the setting with the best validation accuracy (ties: lower validation
-   cross-entropy) is refitted on all of TRAIN (scaler refitted too) and scored on TEST.
+3. `select_and_evaluate`, for each seed: a stratified, seeded `validation_fraction` of TRAIN (whole recordings when the
+   split has `groups`) is held out; a linear classifier with dropout on its input (`nn.Sequential(nn.Dropout(p),
+   nn.Linear)`, AdamW) is trained on the rest for every weight decay x dropout of the grid; the setting with the best
+   validation accuracy (ties: lower validation cross-entropy) is refitted on all of TRAIN (scaler refitted too) and
+   scored on TEST.
 4. `run_protocol` repeats this over seeds, datasets and feature kinds, adds MiniRocket and 1-NN DTW on the same
    splits (`baseline_predictions`), and `write_results` writes per-seed and summary CSVs and a markdown table
    (mean +- sample standard deviation over seeds).
@@ -92,11 +93,13 @@ def classification_metrics(labels, predictions) -> dict:
 class ClassificationSplit:
     """`series`: a list of `(channels, time)` float arrays (lengths may differ); `labels`: `(num_series,)` strings;
     `ids`: `(num_series,)` strings naming each series, by default its row number in the split as read (a subset keeps
-    them: teacher outputs files are keyed by them)."""
+    them: teacher outputs files are keyed by them); `groups`: `(num_series,)` strings naming the recording each series
+    was cut from, or None (series that share one are held out together by `finetuning.validation_split`)."""
 
     series: list
     labels: np.ndarray
     ids: np.ndarray | None = None
+    groups: np.ndarray | None = None
 
     def __len__(self):
         return len(self.series)
@@ -120,7 +123,8 @@ class ClassificationSplit:
         except ValueError:  # fewer series than classes
             kept, _ = train_test_split(indices, train_size=max_series, random_state=seed)
         kept = np.sort(kept)
-        return ClassificationSplit([self.series[i] for i in kept], self.labels[kept], np.asarray(self.sample_ids)[kept])
+        return ClassificationSplit([self.series[i] for i in kept], self.labels[kept], np.asarray(self.sample_ids)[kept],
+                                   None if self.groups is None else self.groups[kept])
 
 
 def _read_labelled_ts(path) -> ClassificationSplit:
@@ -130,10 +134,11 @@ def _read_labelled_ts(path) -> ClassificationSplit:
     return ClassificationSplit([np.asarray(item, dtype=np.float64) for item in series], np.asarray(labels).astype(str))
 
 
-def _read_labelled_hf(split, series_column: str, label_column: str, name: str) -> ClassificationSplit:
+def _read_labelled_hf(split, series_column: str, label_column: str, name: str, group_column: str | None = None,
+                      require_group: bool = False) -> ClassificationSplit:
     """Rows of a `datasets.Dataset`: a series `(time,)` or `(channels, time)` and a label (names kept for
-    ClassLabel)."""
-    for column in (series_column, label_column):
+    ClassLabel), and the `group_column` when the dataset has it (required when `require_group`)."""
+    for column in (series_column, label_column, *([group_column] if require_group else [])):
         if column not in split.column_names:
             raise ValueError(f"dataset {name!r} has no column {column!r}; it has {split.column_names}.")
     labels = split[label_column]
@@ -149,15 +154,20 @@ def _read_labelled_hf(split, series_column: str, label_column: str, name: str) -
             raise ValueError(f"dataset {name!r} column {series_column!r} row {row}: expected a numeric (time,) or "
                              f"(channels, time) series, got shape {values.shape} and dtype {values.dtype}.")
         series.append(np.atleast_2d(values).astype(np.float64))
-    return ClassificationSplit(series, np.asarray(labels).astype(str))
+    groups = np.asarray(split[group_column]).astype(str) if group_column in split.column_names else None
+    return ClassificationSplit(series, np.asarray(labels).astype(str), groups=groups)
 
 
-def load_classification_dataset(spec: str, series_column: str = "past_values", label_column: str = "label") -> dict:
+def load_classification_dataset(spec: str, series_column: str = "past_values", label_column: str = "label",
+                                group_column: str | None = "recording", require_group: bool = False) -> dict:
     """Labelled train and test splits, `{"train": ClassificationSplit, "test": ClassificationSplit}`.
 
     `spec` is a bundled aeon set (`"BasicMotions"`; see `data.BUNDLED_DATASETS`), a folder holding `Name_TRAIN.ts` and
     `Name_TEST.ts` (the UEA/UCR layout), the path of a `Name_TRAIN.ts` file, or a `datasets.DatasetDict` saved with
-    `save_to_disk` whose `train` and `test` splits have a series column and a label column.
+    `save_to_disk` whose `train` and `test` splits have a series column and a label column. A `DatasetDict` with a
+    `group_column` (by default `recording`, which `build_geneactiv_dataset` writes; None reads none) gives each split
+    its `groups`; with `require_group` a dataset whose train split lacks that column is refused (the `.ts` layouts
+    have none).
     """
     from ..corpora.data import BUNDLED_DATASETS, bundled_data_dir
 
@@ -175,7 +185,8 @@ def load_classification_dataset(spec: str, series_column: str = "past_values", l
         missing = {"train", "test"} - set(splits)
         if missing:
             raise ValueError(f"dataset {spec!r} has no {sorted(missing)} split(s); it has {sorted(splits)}.")
-        return {name: _read_labelled_hf(splits[name], series_column, label_column, spec) for name in ("train", "test")}
+        return {name: _read_labelled_hf(splits[name], series_column, label_column, spec, group_column,
+                                        require_group and name == "train") for name in ("train", "test")}
     elif path.is_dir():
         files = {split: next(iter(sorted(path.glob(f"*_{split.upper()}.ts"))), None) for split in ("train", "test")}
     else:
@@ -186,6 +197,9 @@ def load_classification_dataset(spec: str, series_column: str = "past_values", l
     for split, file in files.items():
         if file is None or not Path(file).exists():
             raise ValueError(f"dataset {spec!r} has no {split.upper()} split (expected a *_{split.upper()}.ts file).")
+    if require_group:
+        raise ValueError(f"dataset {spec!r} is read from .ts files, which have no {group_column!r} column; groups "
+                         "come from a saved DatasetDict (build_geneactiv_dataset writes 'recording').")
     return {split: _read_labelled_ts(file) for split, file in files.items()}
 
 
@@ -376,20 +390,28 @@ def select_and_evaluate(
     weight_decays=WEIGHT_DECAYS,
     dropouts=DROPOUTS,
     validation_fraction: float = 0.2,
+    groups=None,
     **training,
 ) -> ProbeResult:
     """Select weight decay x dropout on a stratified, seeded validation share of TRAIN, refit on all of TRAIN, score
     on TEST. Scalers are fitted on the rows a classifier trains on (the validation and test rows are only
-    transformed). Labels are integer class indices; `training` goes to `train_linear_probes`."""
+    transformed). Labels are integer class indices; `training` goes to `train_linear_probes`. With `groups` (the
+    recording of each TRAIN series) the validation share holds whole recordings out (`finetuning.validation_split`).
+    """
     from sklearn.model_selection import train_test_split
+
+    from .finetuning import validation_split
 
     settings = list(itertools.product(weight_decays, dropouts))
     indices = np.arange(len(train_labels))
-    try:  # stratified when every class has enough series for both parts
-        fit_rows, validation_rows = train_test_split(indices, test_size=validation_fraction, stratify=train_labels,
-                                                     random_state=seed)
-    except ValueError:
-        fit_rows, validation_rows = train_test_split(indices, test_size=validation_fraction, random_state=seed)
+    if groups is not None:
+        fit_rows, validation_rows = validation_split(train_labels, validation_fraction, seed, groups)
+    else:
+        try:  # stratified when every class has enough series for both parts
+            fit_rows, validation_rows = train_test_split(indices, test_size=validation_fraction,
+                                                         stratify=train_labels, random_state=seed)
+        except ValueError:
+            fit_rows, validation_rows = train_test_split(indices, test_size=validation_fraction, random_state=seed)
     scaler = fit_scaler(kind, train_features[fit_rows])
     probes = train_linear_probes(scaler.transform(train_features[fit_rows]), train_labels[fit_rows], num_classes,
                                  settings, seed=seed, **training)
@@ -493,7 +515,7 @@ def run_protocol(
             for seed in seeds:
                 started = time.perf_counter()
                 result = select_and_evaluate(kind, features["train"][kind], train_targets, features["test"][kind],
-                                             test_targets, len(classes), seed, **probe)
+                                             test_targets, len(classes), seed, groups=train.groups, **probe)
                 rows.append({"dataset": name, "method": METHOD_NAMES[kind], "seed": seed, **result.metrics,
                              "weight_decay": result.weight_decay, "dropout": result.dropout,
                              "validation_accuracy": result.validation_accuracy,

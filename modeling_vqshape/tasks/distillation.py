@@ -15,8 +15,8 @@ by class name). Per-sample teacher weights `w` are `(batch_size, num_teachers)`,
     `softmax_k(-CE(t_k, y))`; one teacher gets weight 1.
   - `mtkd_rl`: Yang et al., "Multi-Teacher Knowledge Distillation with Reinforcement Learning for Visual Recognition"
     (AAAI 2025): `agent_state` builds the state, `MTKDRLAgent` maps it to weights, `reinforce_loss`/`agent_update`
-    train it by policy gradient with `improvement_reward`. What the paper leaves open and what we chose is written at
-    `MTKDRLAgent`.
+    train it by policy gradient with `improvement_reward` (or the authors' code's `loss_reward`). What the paper
+    leaves open and what we chose is written at `MTKDRLAgent`.
 
 A training step with `mtkd_rl` (the script all-gathers between the steps when it runs on several processes):
 
@@ -25,7 +25,8 @@ A training step with `mtkd_rl` (the script all-gathers between the steps when it
     loss = multi_teacher_kd_loss(student_logits, teacher_logits, weights, labels, alpha, temperature)
     ... backward, optimizer step of the student ...
     rewards = improvement_reward(ce_before, ce_after)               # CE of the student on these samples, per sample
-                                                                    # (after: the same dropout masks, random_state)
+                                                                    # (after: the same dropout masks, random_state);
+                                                                    # or loss_reward(per-sample loss), no extra pass
     state, actions, rewards = gather((state, actions, rewards))     # identical on every process
     agent_update(agent, agent_optimizer, state, actions, rewards)   # deterministic given its inputs
 """
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 WEIGHTINGS = ("equal", "confidence", "mtkd_rl")
+REWARDS = ("improvement", "loss")  # of `mtkd_rl`: `improvement_reward`, `loss_reward`
 
 
 # ---- losses ----------------------------------------------------------------------------------------------------------
@@ -234,10 +236,11 @@ class MTKDRLAgent(nn.Module):
     teachers gives a distribution per sample, which `multi_teacher_kd_loss` expects.
 
     The reward (paper: the student's performance; the authors' code: minus the student's per-sample training loss,
-    standardised over the batch and clipped to [0, 1]): we use the student's improvement, `improvement_reward`, the
-    drop in its cross-entropy on each sample over the step it took with the sampled weights (the training forward's
-    against a forward after the step with the same dropout masks), standardised over the (gathered) batch as the
-    baseline (`reinforce_loss`). The update is REINFORCE (Williams 1992), one step per batch.
+    standardised over the batch and clipped to [0, 1]): by default the student's improvement, `improvement_reward`,
+    the drop in its cross-entropy on each sample over the step it took with the sampled weights (the training
+    forward's against a forward after the step with the same dropout masks); or the code's, `loss_reward`, which
+    needs no extra forward pass. Either is standardised over the (gathered) batch as the baseline
+    (`reinforce_loss`). The update is REINFORCE (Williams 1992), one step per batch.
 
     Parameters are initialised from `seed` alone (not the global generator), so every process builds the same agent.
     """
@@ -365,6 +368,16 @@ def improvement_reward(loss_before: torch.Tensor, loss_after: torch.Tensor) -> t
     return (loss_before - loss_after).detach().float()
 
 
+def loss_reward(per_sample_loss: torch.Tensor) -> torch.Tensor:
+    """Minus the student's training loss on each sample, `(batch_size,)`: the reward of the MTKD-RL authors' code,
+    `-(CE + sum_k w_k KD_k)` from the training forward itself (`multi_teacher_kd_loss(..., reduction="none")` under the
+    sampled weights), so it needs no forward pass beyond training. The action enters through the KD mix: weight on a
+    teacher whose predictions are far from the student's lowers it. The cross-entropy does not depend on the action;
+    the batch standardisation of `reinforce_loss` removes its mean but not its spread. The authors' code also clamps
+    the standardised reward to [0, 1]; we keep the signed advantage, as for `improvement_reward`."""
+    return -per_sample_loss.detach().float()
+
+
 def standardised(rewards: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """`(r - mean(r)) / std(r)` over the batch: the advantage with the batch mean as baseline (0 when all equal)."""
     rewards = rewards.detach().float()
@@ -431,6 +444,7 @@ def mean_teacher_weights(weights: torch.Tensor) -> list:
 
 
 __all__ = [
+    "REWARDS",
     "WEIGHTINGS",
     "AgentState",
     "MTKDRLAgent",
@@ -441,6 +455,7 @@ __all__ = [
     "improvement_reward",
     "kd_divergence",
     "kd_loss",
+    "loss_reward",
     "mean_teacher_weights",
     "multi_teacher_kd_loss",
     "reinforce_loss",

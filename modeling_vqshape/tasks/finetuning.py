@@ -10,7 +10,8 @@
 - `classification_dataloaders`: their train, validation (carved from TRAIN) and test dataloaders.
 - `labelled_tensors`: a labelled split -> `(past_values, labels)` tensors, every series resampled to the model's
   `input_length` (the length rule: see docs/classification.md).
-- `validation_split`: a stratified, seeded share of TRAIN held out to pick the epoch; TEST is read once, at the end.
+- `validation_split`: a stratified, seeded share of TRAIN held out to pick the epoch (whole recordings, where the
+  dataset names them); TEST is read once, at the end.
 - `fit_feature_scaler`: the head's standardisation statistics from the training rows (model state, saved with the
   weights and used by the pipeline and the demo).
 - `parameter_groups`: AdamW groups with separate learning rates for the head and the backbone.
@@ -36,11 +37,15 @@ FEATURE_CANDIDATES = ("combined", "tokens+statistics", "embedding+statistics", "
 
 def add_dataset_arguments(parser):
     """The dataset options of the classifier scripts: `--dataset` (what `load_classification_dataset` reads), its
-    columns, `--validation_fraction` and the stratified subsets `--max_train_samples`, `--max_eval_samples`."""
+    columns, `--validation_fraction`, `--group_column` (the recording of each series, held out whole) and the
+    stratified subsets `--max_train_samples`, `--max_eval_samples`."""
     parser.add_argument("--dataset", default="BasicMotions")
     parser.add_argument("--series_column", default="past_values")
     parser.add_argument("--label_column", default="label")
     parser.add_argument("--validation_fraction", type=float, default=0.2, help="Stratified share of TRAIN.")
+    parser.add_argument("--group_column", default=None,
+                        help="Column naming the recording of each series (default: 'recording' when the dataset has "
+                             "it): the validation split holds whole recordings out; 'none' splits by series.")
     parser.add_argument("--max_train_samples", type=int, default=None, help="Stratified subset of TRAIN.")
     parser.add_argument("--max_eval_samples", type=int, default=None, help="Stratified subset of TEST.")
 
@@ -71,7 +76,11 @@ def labelled_splits(args, label_map: dict | None = None, known_classes=()) -> tu
     from .classification import load_classification_dataset
     from .teachers import check_label_map, map_labels
 
-    splits = load_classification_dataset(args.dataset, args.series_column, args.label_column)
+    group_column = getattr(args, "group_column", None)  # None: "recording" where the dataset has it
+    splits = load_classification_dataset(
+        args.dataset, args.series_column, args.label_column,
+        None if group_column == "none" else group_column or "recording",
+        require_group=group_column not in (None, "none"))
     if label_map:
         check_label_map(label_map, [*splits["train"].labels, *splits["test"].labels, *known_classes])
         splits = {name: replace(split, labels=map_labels(split.labels, label_map)) for name, split in splits.items()}
@@ -96,7 +105,7 @@ def classification_dataloaders(args, input_length: int, with_rows: bool = False,
 
     train, test, label_names = labelled_splits(args, label_map, known_classes)
     past_values, labels = labelled_tensors(train, label_names, input_length)
-    rows = validation_split(labels.numpy(), args.validation_fraction, args.seed)
+    rows = validation_split(labels.numpy(), args.validation_fraction, args.seed, groups=train.groups)
     train_rows, validation_rows = (torch.as_tensor(part) for part in rows)
     train_data = [past_values[train_rows], labels[train_rows]] + ([train_rows] if with_rows else [])
     train_dataloader = DataLoader(TensorDataset(*train_data), batch_size=args.per_device_train_batch_size,
@@ -119,16 +128,35 @@ def labelled_tensors(split, label_names, input_length: int) -> tuple:
     return past_values, labels
 
 
-def validation_split(labels, fraction: float, seed: int = 0) -> tuple:
+def validation_split(labels, fraction: float, seed: int = 0, groups=None) -> tuple:
     """Indices `(train, validation)` of a stratified, seeded `fraction` of `labels` (at least one row per class when
-    every class has two; a plain seeded split otherwise)."""
-    from sklearn.model_selection import train_test_split
+    every class has two; a plain seeded split otherwise).
+
+    With `groups` (the recording of each row: windows of one recording are near copies, and a validation row whose
+    recording also trains would flatter the model), whole groups are held out: the folds of a seeded
+    `StratifiedGroupKFold` with `round(1 / fraction)` folds (fewer when there are fewer groups, or a largest class
+    with fewer rows), of which the one that leaves every class in training and holds out the share nearest
+    `fraction` is the validation split (ties: the first, in the seeded order). With recordings of unequal length the
+    share is only near `fraction`. A single group cannot be held out whole; its rows are then split as without
+    groups."""
+    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
     labels = np.asarray(labels)
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"the validation fraction must lie in (0, 1), got {fraction}.")
-    indices = np.arange(len(labels))
+    if groups is not None and len(groups) != len(labels):
+        raise ValueError(f"{len(groups)} groups for {len(labels)} rows: give one group per row.")
     classes, counts = np.unique(labels, return_counts=True)
+    folds = min(max(2, int(round(1 / fraction))), len(set(groups)) if groups is not None else 0, counts.max())
+    if folds >= 2:
+        splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+        candidates = list(splitter.split(np.zeros(len(labels)), labels, np.asarray(groups)))
+        keeps_classes = [len(np.unique(labels[train])) == len(classes) for train, _ in candidates]
+        order = sorted(range(folds), key=lambda fold: (not keeps_classes[fold],
+                                                       abs(len(candidates[fold][1]) - fraction * len(labels)), fold))
+        train, validation = candidates[order[0]]
+        return np.sort(train), np.sort(validation)
+    indices = np.arange(len(labels))
     size = max(int(round(fraction * len(labels))), len(classes) if counts.min() >= 2 else 1)
     if size >= len(labels):
         raise ValueError(f"{len(labels)} training series are too few to hold out a validation split.")
