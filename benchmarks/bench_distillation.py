@@ -144,7 +144,7 @@ def row(task: str, method: str, seed: int, results: dict, **extra) -> dict:
             **{key: results[key] for key in ("accuracy", "balanced_accuracy", "macro_f1")},
             "seconds_per_step": results.get("seconds_per_step"),
             "mean_teacher_weights": json.dumps(results.get("mean_teacher_weights")),
-            "selected_epoch": results.get("selected_epoch"), **extra}
+            "selected_epoch": results.get("selected_epoch"), "probe_taught": results.get("probe_taught"), **extra}
 
 
 def tasks(args, folder: Path) -> list:

@@ -8,15 +8,16 @@ classifier, the persistence-image teacher of `train_persistence_teacher.py`, ...
 keyed by sample id, the row number of the series in TRAIN as read (`modeling_vqshape.tasks.teachers`); classes are
 matched by name. Classifiers run once over TRAIN before training. The student is built as `finetune.py` builds its
 classifier: a stratified `--validation_fraction` of TRAIN (whole recordings, as there) is held out, the first stage
-picks a linear head on frozen features, then the whole model trains on `alpha * CE + (1 - alpha) * sum_k w_k * KD_k`
-(`distillation.py`) with the teacher weights of `--weighting`: equal, confidence (CA-MKD) or mtkd_rl (a policy trained
-by REINFORCE on the student's improvement or, with `--reward loss`, on minus its training loss; its updates all-gathered
-so that every process keeps the same agent). `--label_map` (a JSON file or inline JSON {fine class: coarse label})
-scores the student on coarse classes: the dataset's labels are mapped, and a teacher with the fine classes is merged
-onto the coarse ones (`teachers.label_alignment`); a map naming a class that neither the dataset nor any teacher has is
-refused. The validation rows pick the epoch, as in `finetune.py` (the probe, epoch 0, included); the test split is read
-once, at the end. Accuracy and macro-F1 go to `eval_results.json` with the teachers' mean weights and the seconds per
-training step, and the model card names the teachers and the weighting.
+picks a linear head on frozen features, trained on the labels alone or on the loss below (`mtkd_rl`'s agent, which
+learns later, starting from equal weights), as the validation rows choose; then the whole model trains on
+`alpha * CE + (1 - alpha) * sum_k w_k * KD_k` (`distillation.py`) with the teacher weights of `--weighting`: equal,
+confidence (CA-MKD) or mtkd_rl (a policy trained by REINFORCE on the student's improvement or, with `--reward loss`, on
+minus its training loss; its updates all-gathered so that every process keeps the same agent). `--label_map` (a JSON
+file or inline JSON {fine class: coarse label}) scores the student on coarse classes: the dataset's labels are mapped,
+and a teacher with the fine classes is merged onto the coarse ones (`teachers.label_alignment`); a map naming a class
+that neither the dataset nor any teacher has is refused. The validation rows pick the epoch, as in `finetune.py` (the
+probe, epoch 0, included); the test split is read once, at the end. Accuracy and macro-F1 go to `eval_results.json` with
+the teachers' mean weights and the seconds per training step, and the model card names the teachers and the weighting.
 """
 
 import argparse
@@ -35,6 +36,7 @@ from modeling_vqshape.tasks.distillation import (
     REWARDS,
     WEIGHTINGS,
     MTKDRLAgent,
+    ProbeDistillation,
     agent_state,
     agent_update,
     improvement_reward,
@@ -103,10 +105,14 @@ def main(argv=None):
             args, input_length, with_rows=True, label_map=args.label_map, known_classes=known)
         teachers = training_teachers(args.teacher, train, label_names, input_length, args.per_device_eval_batch_size,
                                      label_map=args.label_map)
+    teaching = ProbeDistillation.from_teachers(torch.stack([teacher.logits for teacher in teachers], dim=1), labels,
+                                               args.weighting, args.alpha, args.temperature)  # every TRAIN row
     model, head = probe_initialised_classifier(args.student_model_name_or_path, past_values, labels, rows,
-                                               label_names, seed=args.seed, candidates=args.classifier_features)
+                                               label_names, seed=args.seed, candidates=args.classifier_features,
+                                               distillation=teaching)
     accelerator.print(f"{dataset_name(args.dataset)}: {len(label_names)} classes, teachers {args.teacher}, "
-                      f"weighting {args.weighting}; linear probe on {head.classifier_features}: validation accuracy "
+                      f"weighting {args.weighting}; linear probe on {head.classifier_features}"
+                      f"{' taught by the teachers' if head.taught else ''}: validation accuracy "
                       f"{head.validation_accuracy:.3f}")
     agent = None
     if args.weighting == "mtkd_rl":  # the same initial agent on every process (seeded), stepped on gathered inputs
@@ -177,7 +183,7 @@ def main(argv=None):
     training = {"base_model": args.student_model_name_or_path, "dataset": name, "labels": label_names,
                 "teachers": args.teacher, "weighting": args.weighting, "mean_teacher_weights": mean_weights,
                 "reward": reward, "label_map": args.label_map, "temperature": args.temperature, "alpha": args.alpha,
-                "classifier_features": head.classifier_features,
+                "classifier_features": head.classifier_features, "probe_taught": head.taught,
                 "epochs": args.num_train_epochs, "selected_epoch": best.epoch, "validation": best.metrics,
                 "learning_rate": args.learning_rate, "backbone_learning_rate": args.backbone_learning_rate,
                 "seed": args.seed}
@@ -188,7 +194,7 @@ def main(argv=None):
     finish(accelerator, model, args, {"dataset": name, "split": "test", **metrics, "selected_epoch": best.epoch,
                                       "validation": best.metrics, "teachers": args.teacher,
                                       "weighting": args.weighting, "mean_teacher_weights": mean_weights,
-                                      "reward": reward, "label_map": args.label_map,
+                                      "reward": reward, "label_map": args.label_map, "probe_taught": head.taught,
                                       "seconds_per_step": seconds_per_step},
            results_file="eval_results.json", card=card,
            message=f"\nStudent saved to {os.path.abspath(args.output_dir)}.")

@@ -9,12 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from modeling_vqshape import VQShapeConfig, VQShapeForTimeSeriesClassification
+from modeling_vqshape.tasks.classification import train_linear_probes
 from modeling_vqshape.tasks.distillation import (
     WEIGHTINGS,
     MTKDRLAgent,
+    ProbeDistillation,
     agent_state,
     agent_update,
     confidence_weights,
+    equal_weights,
     improvement_reward,
     kd_divergence,
     kd_loss,
@@ -26,6 +29,7 @@ from modeling_vqshape.tasks.distillation import (
     student_cross_entropy,
     teacher_weights,
 )
+from modeling_vqshape.tasks.finetuning import select_linear_head
 from modeling_vqshape.tasks.teachers import (
     ModelTeacher,
     load_teacher,
@@ -289,6 +293,75 @@ def test_the_paired_forward_leaves_the_codebook_as_it_was(codebook):
     assert paired.shape == training.shape and torch.isfinite(paired).all()
     model(past_values=past_values)  # the same forward in training mode does move them: the check above can fail
     assert not all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+
+
+# ---- the first stage taught by the teachers --------------------------------------------------------------------------
+
+
+def test_probes_taught_by_teachers_match_one_adamw_classifier_per_setting_on_the_kd_loss():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(30, 7)).astype(np.float32)
+    labels = torch.from_numpy(rng.integers(0, 3, 30))
+    teacher_logits = torch.from_numpy(3 * rng.normal(size=(30, 2, 3)).astype(np.float32))
+    teaching = ProbeDistillation.from_teachers(teacher_logits, labels, "confidence", alpha=0.3, temperature=2.0)
+    torch.testing.assert_close(teaching.weights, confidence_weights(teacher_logits, labels))
+    settings = [(0.0, 0.0), (0.1, 0.0), (10.0, 0.0)]
+    start = train_linear_probes(features, labels.numpy(), 3, settings, seed=1, epochs=0)
+    trained = train_linear_probes(features, labels.numpy(), 3, settings, seed=1, epochs=25, learning_rate=1e-2,
+                                  distillation=teaching)
+    untaught = train_linear_probes(features, labels.numpy(), 3, settings, seed=1, epochs=25, learning_rate=1e-2)
+    assert not torch.allclose(trained.weight, untaught.weight, atol=1e-3)
+    inputs = torch.from_numpy(features)
+    for index, (weight_decay, _) in enumerate(settings):
+        module = start.module(index)
+        optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2, weight_decay=weight_decay)
+        for _ in range(25):
+            optimizer.zero_grad()
+            multi_teacher_kd_loss(module(inputs), teacher_logits, teaching.weights, labels, 0.3, 2.0).backward()
+            optimizer.step()
+        torch.testing.assert_close(trained.logits(features)[index], module(inputs), rtol=1e-4, atol=1e-5)
+
+
+def test_a_probe_taught_with_alpha_one_is_the_label_probe_and_mtkd_rl_teaches_it_equally():
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(24, 5)).astype(np.float32)
+    labels = torch.from_numpy(rng.integers(0, 2, 24))
+    teacher_logits = torch.from_numpy(rng.normal(size=(24, 2, 2)).astype(np.float32))
+    teaching = ProbeDistillation.from_teachers(teacher_logits, labels, "mtkd_rl", alpha=1.0)
+    assert torch.equal(teaching.weights, equal_weights(teacher_logits))  # where the agent starts
+    settings = [(0.0, 0.0), (1.0, 0.5)]
+    taught = train_linear_probes(features, labels.numpy(), 2, settings, epochs=20, distillation=teaching)
+    plain = train_linear_probes(features, labels.numpy(), 2, settings, epochs=20)
+    torch.testing.assert_close(taught.weight, plain.weight)
+    with pytest.raises(ValueError, match="unknown weighting"):
+        ProbeDistillation.from_teachers(teacher_logits, labels, "average")
+
+
+def test_the_first_stage_learns_from_the_teachers_where_the_validation_labels_say_so():
+    """Training labels follow a wrong rule (feature 1), the teacher and the validation labels the right one (feature
+    0): the label probe learns the wrong rule, the probe taught by the teacher alone (alpha 0) the right one, and the
+    validation rows choose it. A teacher of the wrong rule is turned down."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(120, 1, 4, generator=generator)
+    truth = (features[:, 0, 0] > 0).long()
+    validation_rows = np.arange(90, 120)
+    labels = (features[:, 0, 1] > 0).long()
+    labels[validation_rows] = truth[validation_rows]
+    teacher_logits = 4.0 * F.one_hot(truth, 2).float()[:, None]  # one teacher, every row of TRAIN
+    teacher_logits[validation_rows] = 0.0  # the first stage must not learn from the validation rows' teachers
+    options = dict(num_classes=2, candidates=["tokens"], weight_decays=[0.0], dropouts=[0.0], epochs=100,
+                   learning_rate=1e-2)
+    rows = (np.arange(90), validation_rows)
+    plain = select_linear_head({"tokens": features}, labels, *rows, **options)
+    taught = select_linear_head({"tokens": features}, labels, *rows, **options,
+                                distillation=ProbeDistillation.from_teachers(teacher_logits, labels, "equal", 0.0))
+    assert plain.validation_accuracy < 0.75 and not plain.taught
+    assert taught.validation_accuracy >= 0.95 and taught.taught
+    labels[:90] = truth[:90]  # now the labels are right and the teacher teaches the wrong rule
+    wrong = 4.0 * F.one_hot((features[:, 0, 1] > 0).long(), 2).float()[:, None]
+    refused = select_linear_head({"tokens": features}, labels, *rows, **options,
+                                 distillation=ProbeDistillation.from_teachers(wrong, labels, "equal", 0.0))
+    assert refused.validation_accuracy >= 0.95 and not refused.taught
 
 
 # ---- teachers --------------------------------------------------------------------------------------------------------

@@ -187,13 +187,17 @@ def test_mtkd_rl_with_the_loss_reward_takes_no_extra_forward_pass(tiny_student, 
 
 @pytest.mark.slow
 def test_equal_weighting_reports_equal_mean_weights(tiny_student, tmp_path):
-    run_script([sys.executable, str(REPO_ROOT / "examples" / "distill.py"), *SMALL_RUN, "--student_model_name_or_path",
-                str(tiny_student), "--teacher", str(outputs_file(tmp_path / "a.npz")), "--teacher",
-                str(outputs_file(tmp_path / "b.safetensors")), "--weighting", "equal", "--classifier_features",
-                "tokens", "--num_train_epochs", "1", "--output_dir", str(tmp_path / "student")])
+    result = run_script([sys.executable, str(REPO_ROOT / "examples" / "distill.py"), *SMALL_RUN,
+                         "--student_model_name_or_path", str(tiny_student),
+                         "--teacher", str(outputs_file(tmp_path / "a.npz")),
+                         "--teacher", str(outputs_file(tmp_path / "b.safetensors")),
+                         "--weighting", "equal", "--classifier_features", "tokens", "--num_train_epochs", "1",
+                         "--output_dir", str(tmp_path / "student")])
     reported = json.loads((tmp_path / "student" / "eval_results.json").read_text())
     assert reported["weighting"] == "equal" and reported["mean_teacher_weights"] == [0.5, 0.5]
     assert reported["reward"] is None  # no agent
+    # whether the validation rows chose the first-stage head taught by the teachers, as the script said
+    assert reported["probe_taught"] is ("taught by the teachers" in result.stdout)
     assert not (tmp_path / "student" / "mtkd_rl_agent.safetensors").exists()
 
 

@@ -312,6 +312,7 @@ def train_linear_probes(
     epochs: int = 300,
     learning_rate: float = 1e-3,
     batch_size: int = 256,
+    distillation=None,
 ) -> LinearProbes:
     """Train `nn.Sequential(nn.Dropout(p), nn.Linear)` with `AdamW(lr, weight_decay)` for each `(weight_decay, p)` of
     `settings`, all at once.
@@ -325,6 +326,8 @@ def train_linear_probes(
     Args:
         features: `(num_series, num_features)`, already scaled.
         labels: `(num_series,)` integer class indices in `[0, num_classes)`.
+        distillation: None (cross-entropy on the labels) or a `distillation.ProbeDistillation` of the same rows:
+            every setting then trains on its loss, the labels' cross-entropy plus the teacher-weighted KD.
     """
     settings = [(float(weight_decay), float(dropout)) for weight_decay, dropout in settings]
     inputs = torch.as_tensor(features, dtype=torch.float32)
@@ -357,7 +360,11 @@ def train_linear_probes(
                 # (batch, num_features) x (settings, num_features, num_classes) -> (settings, batch, num_classes)
                 logits[indices] = torch.einsum("nd,gdk->gnk", dropped, weight[indices]) + bias[indices, None]
             # sum over settings of each setting's mean loss: every setting gets exactly its own gradient
-            loss = F.cross_entropy(logits.reshape(-1, num_classes), y.repeat(num_settings), reduction="sum") / len(y)
+            if distillation is None:
+                loss = F.cross_entropy(logits.reshape(-1, num_classes), y.repeat(num_settings), reduction="sum")
+            else:
+                loss = distillation.loss(logits, y, batch).sum()
+            loss = loss / len(y)
             optimizer.zero_grad()
             loss.backward()
             with torch.no_grad():  # AdamW's decoupled weight decay, one value per setting

@@ -33,6 +33,7 @@ A training step with `mtkd_rl` (the script all-gathers between the steps when it
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -443,11 +444,49 @@ def mean_teacher_weights(weights: torch.Tensor) -> list:
     return [round(value, 6) for value in weights.float().mean(0).tolist()]
 
 
+# ---- the first stage: a linear probe taught by the teachers ----------------------------------------------------------
+
+
+@dataclass
+class ProbeDistillation:
+    """The teachers of the first stage: their logits and per-sample weights on TRAIN's rows, the cross-entropy's share
+    `alpha` and the temperature. `classification.train_linear_probes` trains every setting of its grid on `loss`,
+    `multi_teacher_kd_loss` of the stacked logits."""
+
+    teacher_logits: torch.Tensor  # (num_series, num_teachers, num_labels)
+    weights: torch.Tensor  # (num_series, num_teachers)
+    alpha: float = 0.5
+    temperature: float = 4.0
+
+    @classmethod
+    def from_teachers(cls, teacher_logits: torch.Tensor, labels: torch.Tensor, weighting: str, alpha: float = 0.5,
+                      temperature: float = 4.0) -> "ProbeDistillation":
+        """The fixed weighting of `weighting` over every row; `mtkd_rl`'s agent learns from the student's training
+        steps, which come after the probe, so its probe is taught with `equal` weights, where its agent starts."""
+        fixed = "equal" if weighting == "mtkd_rl" else weighting
+        return cls(teacher_logits, teacher_weights(fixed, teacher_logits, labels), alpha, temperature)
+
+    def subset(self, rows) -> "ProbeDistillation":
+        rows = torch.as_tensor(rows).long()
+        return ProbeDistillation(self.teacher_logits[rows], self.weights[rows], self.alpha, self.temperature)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """`(num_settings, batch_size)`: the per-sample loss of stacked `logits` `(num_settings, batch_size,
+        num_labels)` on the probe's `rows` with their `labels`."""
+        num_settings, batch_size, num_labels = logits.shape
+        per_sample = multi_teacher_kd_loss(
+            logits.reshape(-1, num_labels), self.teacher_logits[rows].repeat(num_settings, 1, 1),
+            self.weights[rows].repeat(num_settings, 1), labels.repeat(num_settings), self.alpha, self.temperature,
+            reduction="none")
+        return per_sample.view(num_settings, batch_size)
+
+
 __all__ = [
     "REWARDS",
     "WEIGHTINGS",
     "AgentState",
     "MTKDRLAgent",
+    "ProbeDistillation",
     "agent_state",
     "agent_update",
     "confidence_weights",

@@ -206,6 +206,7 @@ class LinearHead:
     bias: torch.Tensor
     validation_accuracy: float
     validation_loss: float
+    taught: bool = False  # trained on the teachers' distillation loss as well as the labels
 
     @torch.no_grad()
     def apply(self, model):
@@ -218,20 +219,24 @@ class LinearHead:
 
 def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_classes: int, seed: int = 0,
                        candidates=FEATURE_CANDIDATES, weight_decays=WEIGHT_DECAYS, dropouts=DROPOUTS,
-                       **training) -> LinearHead:
+                       distillation=None, **training) -> LinearHead:
     """Train a linear head on the standardised `train_rows` of each candidate feature set, for every weight decay x
     dropout (`classification.train_linear_probes`, `training` its options), and keep the one with the best accuracy
-    on `validation_rows` (ties: lower cross-entropy, then the earlier candidate). `parts`: `frozen_feature_parts`."""
+    on `validation_rows` (ties: lower cross-entropy, then the earlier candidate). `parts`: `frozen_feature_parts`;
+    `distillation`: None, or a `distillation.ProbeDistillation` over every row of `parts`: each candidate is then also
+    trained on its loss over `train_rows`, and the validation labels choose between the heads taught by the teachers
+    and those of the labels alone (`LinearHead.taught`)."""
     labels = torch.as_tensor(np.asarray(labels)).long()
     settings = list(itertools.product(weight_decays, dropouts))
+    teachings = [None] if distillation is None else [None, distillation.subset(train_rows)]
     best = None
-    for candidate in candidates:
+    for candidate, teaching in itertools.product(candidates, teachings):
         # "series channels features -> series (channels features)", the head's layout
         features = torch.cat([parts[part] for part in classifier_feature_parts(candidate)], dim=-1).flatten(1)
         mean, std = standardise(features[train_rows])
         scaled = (features - mean) / std
         probes = train_linear_probes(scaled[train_rows].numpy(), labels[train_rows].numpy(), num_classes, settings,
-                                     seed=seed, **training)
+                                     seed=seed, distillation=teaching, **training)
         logits = probes.logits(scaled[validation_rows].numpy())
         targets = labels[validation_rows]
         for index, (weight_decay, dropout) in enumerate(settings):
@@ -239,20 +244,21 @@ def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_cla
             loss = F.cross_entropy(logits[index], targets).item()
             if best is None or (accuracy, -loss) > (best.validation_accuracy, -best.validation_loss):
                 best = LinearHead(candidate, weight_decay, dropout, mean, std, probes.weight[index].T.clone(),
-                                  probes.bias[index].clone(), accuracy, loss)
+                                  probes.bias[index].clone(), accuracy, loss, taught=teaching is not None)
     return best
 
 
 def probe_initialised_classifier(model_name_or_path, past_values, labels, rows, label_names, seed: int = 0,
-                                 candidates=FEATURE_CANDIDATES, **model_kwargs) -> tuple:
+                                 candidates=FEATURE_CANDIDATES, distillation=None, **model_kwargs) -> tuple:
     """`(model, head)`: the first stage (`select_linear_head` on the frozen features of `past_values`, `rows` =
-    (train rows, validation rows)) and a `VQShapeForTimeSeriesClassification` from `model_name_or_path` that reads
-    the chosen features with the label names `label_names` and starts from that head (`model_kwargs`: other config
-    values, e.g. `freeze_backbone`)."""
+    (train rows, validation rows), taught by `distillation` if given) and a `VQShapeForTimeSeriesClassification` from
+    `model_name_or_path` that reads the chosen features with the label names `label_names` and starts from that head
+    (`model_kwargs`: other config values, e.g. `freeze_backbone`)."""
     from ..modeling_vqshape import VQShapeForTimeSeriesClassification, VQShapeModel
 
     parts = frozen_feature_parts(VQShapeModel.from_pretrained(model_name_or_path), past_values)
-    head = select_linear_head(parts, labels, *rows, num_classes=len(label_names), seed=seed, candidates=candidates)
+    head = select_linear_head(parts, labels, *rows, num_classes=len(label_names), seed=seed, candidates=candidates,
+                              distillation=distillation)
     model = VQShapeForTimeSeriesClassification.from_pretrained(
         model_name_or_path, num_labels=len(label_names), num_input_channels=past_values.shape[-1],
         id2label=dict(enumerate(label_names)), label2id={name: index for index, name in enumerate(label_names)},
