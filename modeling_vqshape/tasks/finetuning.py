@@ -230,21 +230,23 @@ def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_cla
     settings = list(itertools.product(weight_decays, dropouts))
     teachings = [None] if distillation is None else [None, distillation.subset(train_rows)]
     best = None
-    for candidate, teaching in itertools.product(candidates, teachings):
+    targets = labels[validation_rows]
+    for candidate in candidates:
         # "series channels features -> series (channels features)", the head's layout
         features = torch.cat([parts[part] for part in classifier_feature_parts(candidate)], dim=-1).flatten(1)
         mean, std = standardise(features[train_rows])
         scaled = (features - mean) / std
-        probes = train_linear_probes(scaled[train_rows].numpy(), labels[train_rows].numpy(), num_classes, settings,
-                                     seed=seed, distillation=teaching, **training)
-        logits = probes.logits(scaled[validation_rows].numpy())
-        targets = labels[validation_rows]
-        for index, (weight_decay, dropout) in enumerate(settings):
-            accuracy = (logits[index].argmax(-1) == targets).float().mean().item()
-            loss = F.cross_entropy(logits[index], targets).item()
-            if best is None or (accuracy, -loss) > (best.validation_accuracy, -best.validation_loss):
-                best = LinearHead(candidate, weight_decay, dropout, mean, std, probes.weight[index].T.clone(),
-                                  probes.bias[index].clone(), accuracy, loss, taught=teaching is not None)
+        train_features, validation_features = scaled[train_rows].numpy(), scaled[validation_rows].numpy()
+        for teaching in teachings:
+            probes = train_linear_probes(train_features, labels[train_rows].numpy(), num_classes, settings, seed=seed,
+                                         distillation=teaching, **training)
+            logits = probes.logits(validation_features)
+            for index, (weight_decay, dropout) in enumerate(settings):
+                accuracy = (logits[index].argmax(-1) == targets).float().mean().item()
+                loss = F.cross_entropy(logits[index], targets).item()
+                if best is None or (accuracy, -loss) > (best.validation_accuracy, -best.validation_loss):
+                    best = LinearHead(candidate, weight_decay, dropout, mean, std, probes.weight[index].T.clone(),
+                                      probes.bias[index].clone(), accuracy, loss, taught=teaching is not None)
     return best
 
 
