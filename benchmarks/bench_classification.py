@@ -65,8 +65,10 @@ def finetuned_row(args, dataset: str, seed: int, folder: Path) -> dict:
             **{key: results[key] for key in ("accuracy", "balanced_accuracy", "macro_f1")},
             "weight_decay": None, "dropout": training["classifier_dropout"],
             "validation_accuracy": results["validation"]["accuracy"], "seconds": time.perf_counter() - started,
-            "mean_top_probability": results["mean_top_probability"], "selected_epoch": results["selected_epoch"],
-            "classifier_features": training["classifier_features"]}
+            "mean_top_probability": results["mean_top_probability"], "cross_entropy": results["cross_entropy"],
+            "selected_epoch": results["selected_epoch"],
+            "classifier_features": training["classifier_features"],
+            "temperature": (results.get("calibration") or {}).get("temperature")}
 
 
 def mean_over_datasets(rows, metric: str = "accuracy") -> str:
@@ -81,9 +83,10 @@ def mean_over_datasets(rows, metric: str = "accuracy") -> str:
 
 
 def finetuned_details(rows) -> str:
-    """Per dataset: mean top probability on TEST, and what validation chose (features, epoch), over seeds."""
-    lines = ["| dataset | mean top probability | features chosen | epoch kept | validation accuracy |",
-             "|---|---|---|---|---|"]
+    """Per dataset: mean top probability and cross-entropy on TEST, what TRAIN chose (features, epoch, temperature)
+    and the accuracy it was judged by (out of fold, or on the validation rows), over seeds."""
+    lines = ["| dataset | mean top probability | test cross-entropy | features chosen | epoch kept | temperature | "
+             "accuracy judged on TRAIN |", "|---|---|---|---|---|---|---|"]
     groups = {}
     for row in rows:
         if row["method"] == FINETUNED:
@@ -91,8 +94,11 @@ def finetuned_details(rows) -> str:
     for dataset, group in groups.items():
         features = ", ".join(sorted({row["classifier_features"] for row in group}))
         epochs = "/".join(str(row["selected_epoch"]) for row in group)
-        lines.append(f"| {dataset} | {np.mean([row['mean_top_probability'] for row in group]):.2f} | {features} | "
-                     f"{epochs} | {np.mean([row['validation_accuracy'] for row in group]):.3f} |")
+        temperatures = "/".join("none" if row.get("temperature") is None else f"{row['temperature']:.2f}"
+                                for row in group)
+        lines.append(f"| {dataset} | {np.mean([row['mean_top_probability'] for row in group]):.2f} | "
+                     f"{np.mean([row['cross_entropy'] for row in group]):.3f} | {features} | "
+                     f"{epochs} | {temperatures} | {np.mean([row['validation_accuracy'] for row in group]):.3f} |")
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ For each task and seed (5 by default), in one run:
 - two teachers: a raw-series teacher, MiniRocket features (aeon, 10,000 kernels) read by a logistic regression,
   whose TRAIN logits are out-of-fold (5-fold cross-fitting) and reach the student as an outputs file, as a teacher
   from another framework would; and the topology teacher, `examples/train_persistence_teacher.py` (a folder);
-- the student alone: `examples/finetune.py` with its defaults;
+- the student alone: `examples/finetune.py` with the students' two stages (`--num_train_epochs 10`, distill.py's);
 - the student from each teacher alone, and from both under each weighting (`equal`, `confidence`, `mtkd_rl`, and
   `mtkd_rl` with the authors' code's reward, `--reward loss`): `examples/distill.py` with its defaults.
 
@@ -202,8 +202,11 @@ def main(argv=None):
                 student = ["--student_model_name_or_path", args.model_name_or_path, "--dataset", dataset, *common]
                 if label_map_path:
                     student += ["--label_map", label_map_path]
+                # the students' recipe without teachers: two stages, distill.py's 10 epochs (finetune.py's default
+                # is the cross-validated probe alone)
                 alone = run_script(finetune, ["--model_name_or_path", args.model_name_or_path, "--dataset",
-                                              alone_dataset, *common, *args.script_args], folder / "alone")
+                                              alone_dataset, *common, "--num_train_epochs", "10", *args.script_args],
+                                   folder / "alone")
                 rows.append(row(task, ALONE, seed, alone, seconds=alone["seconds"]))
                 for method, (names, options) in STUDENTS.items():
                     argv = [*student, *(part for name in names for part in ("--teacher", teachers[name])),

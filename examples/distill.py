@@ -16,8 +16,9 @@ minus its training loss; its updates all-gathered so that every process keeps th
 file or inline JSON {fine class: coarse label}) scores the student on coarse classes: the dataset's labels are mapped,
 and a teacher with the fine classes is merged onto the coarse ones (`teachers.label_alignment`); a map naming a class
 that neither the dataset nor any teacher has is refused. The validation rows pick the epoch, as in `finetune.py` (the
-probe, epoch 0, included); the test split is read once, at the end. Accuracy and macro-F1 go to `eval_results.json` with
-the teachers' mean weights and the seconds per training step, and the model card names the teachers and the weighting.
+probe, epoch 0, included) and fit the temperature folded into the head (`--no-calibrate`: none); the test split is read
+once, at the end. Accuracy and macro-F1 go to `eval_results.json` with the teachers' mean weights and the seconds per
+training step, and the model card names the teachers and the weighting.
 """
 
 import argparse
@@ -31,6 +32,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 
 from modeling_vqshape import VQShapeFeatureExtractor
+from modeling_vqshape.tasks.calibration import calibrate_on_validation
 from modeling_vqshape.tasks.classification import dataset_name
 from modeling_vqshape.tasks.distillation import (
     REWARDS,
@@ -166,6 +168,7 @@ def main(argv=None):
             progress.set_postfix(best_epoch=epoch, validation_accuracy=f"{best.metrics['accuracy']:.3f}")
     progress.close()
     best.restore(student)
+    calibration = calibrate_on_validation(model, validation_dataloader, accelerator) if args.calibrate else None
     mean_weights = [round(value, 6) for value in (weight_sum / max(weight_count, 1)).tolist()]
     accelerator.print(f"mean teacher weights over training ({args.weighting}): "
                       + ", ".join(f"{name} {weight:.3f}" for name, weight in zip(args.teacher, mean_weights)))
@@ -186,7 +189,7 @@ def main(argv=None):
                 "classifier_features": head.classifier_features, "probe_taught": head.taught,
                 "epochs": args.num_train_epochs, "selected_epoch": best.epoch, "validation": best.metrics,
                 "learning_rate": args.learning_rate, "backbone_learning_rate": args.backbone_learning_rate,
-                "seed": args.seed}
+                "calibration": calibration, "seed": args.seed}
     card = dict(description=f"Distilled on {name} from {len(teachers)} teacher(s) ({', '.join(args.teacher)}) with "
                             f"the {args.weighting} weighting, by `examples/distill.py`.",
                 training=training, results={name: metrics}, dataset_names=[name],
@@ -195,7 +198,7 @@ def main(argv=None):
                                       "validation": best.metrics, "teachers": args.teacher,
                                       "weighting": args.weighting, "mean_teacher_weights": mean_weights,
                                       "reward": reward, "label_map": args.label_map, "probe_taught": head.taught,
-                                      "seconds_per_step": seconds_per_step},
+                                      "calibration": calibration, "seconds_per_step": seconds_per_step},
            results_file="eval_results.json", card=card,
            message=f"\nStudent saved to {os.path.abspath(args.output_dir)}.")
     return metrics

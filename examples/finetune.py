@@ -3,15 +3,18 @@
     accelerate launch examples/finetune.py --model_name_or_path vqshape-pretrained --dataset BasicMotions \
         --output_dir vqshape-basicmotions
 
-The recipe (its defaults were chosen on validation splits of the bundled sets; docs/classification.md): the head reads
-`--classifier_features` standardised with statistics of the training rows (saved with the model); a stratified
-`--validation_fraction` of TRAIN (whole recordings, for windows of recordings: `--group_column`) is held out and picks
-the epoch whose weights are kept; the test split is read once,
-at the end. The whole model trains (the backbone at `--backbone_learning_rate`) unless `--freeze_backbone`. The
-dataset is any that `modeling_vqshape.tasks.classification.load_classification_dataset` reads (a bundled aeon set, a
-UEA/UCR folder, a saved DatasetDict with train/test splits); the channels and label names come from its training
-split, and the saved `config.json` keeps them as `id2label`, so the folder (or its Hub repo, `--push_to_hub`)
-predicts named classes. Test accuracy, macro-F1 and the mean top probability are printed, written to
+The recipe (its defaults were chosen on the bundled sets, validated on TRAIN; docs/classification.md): the head reads
+`--classifier_features` standardised with statistics of its training rows (saved with the model). By default it is a
+linear probe on the frozen backbone: `--probe_folds`-fold cross-validation over TRAIN (by whole recordings, for windows
+of recordings: `--group_column`) chooses the features and regularisation, the choice is trained on all of TRAIN, and a
+temperature fitted on the out-of-fold logits calibrates its probabilities (`--no-calibrate`: none). With
+`--num_train_epochs N` a stratified `--validation_fraction` of TRAIN is held out instead: it chooses the probe, trained
+on the other rows, then the epoch of the whole model's fine-tuning (the backbone at `--backbone_learning_rate`;
+`--freeze_backbone`: the head alone) whose weights are kept, and the temperature. The test split is read once, at the
+end. The dataset is any that `modeling_vqshape.tasks.classification.load_classification_dataset` reads (a bundled aeon
+set, a UEA/UCR folder, a saved DatasetDict with train/test splits); the channels and label names come from its training
+split, and the saved `config.json` keeps them as `id2label`, so the folder (or its Hub repo, `--push_to_hub`) predicts
+named classes. Test accuracy, macro-F1, the mean top probability and the cross-entropy are printed, written to
 `eval_results.json` and put into the model card's `model-index`.
 """
 
@@ -25,6 +28,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 
 from modeling_vqshape import VQShapeFeatureExtractor
+from modeling_vqshape.tasks.calibration import calibrate, calibrate_on_validation
 from modeling_vqshape.tasks.classification import dataset_name
 from modeling_vqshape.tasks.finetuning import (
     BestEpoch,
@@ -52,12 +56,17 @@ def parse_args(argv=None):
     add_dataset_arguments(parser)
     add_training_arguments(parser)
     parser.add_argument("--freeze_backbone", action="store_true", help="Train the classifier head alone.")
+    parser.add_argument("--probe_folds", type=int, default=10,
+                        help="Without a second stage (--num_train_epochs 0, the default): the head is chosen by this "
+                             "many folds of cross-validation over TRAIN, then trained on all of it; 0: by the "
+                             "validation rows, trained on the others.")
     parser.add_argument("--output_dir", default="vqshape-classifier")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--lr_scheduler_type", default="constant")
     parser.add_argument("--num_warmup_steps", type=int, default=0)
     parser.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
     add_hub_arguments(parser)
+    parser.set_defaults(num_train_epochs=0)  # the validated default: the cross-validated head alone
     args = parser.parse_args(argv)
     check_hub_arguments(parser, args, "lab/vqshape-basicmotions")
     return args
@@ -72,15 +81,18 @@ def main(argv=None):
     set_seed(args.seed)
     input_length = VQShapeFeatureExtractor.from_pretrained(args.model_name_or_path).input_length
     with accelerator.main_process_first():
-        dataloaders, label_names, _, (past_values, labels, rows) = classification_dataloaders(args, input_length)
-    # first stage, the same on every process: a linear head on frozen features, chosen by the validation rows
+        dataloaders, label_names, train, (past_values, labels, rows) = classification_dataloaders(args, input_length)
+    # first stage, the same on every process: a linear head on frozen features, chosen by the validation rows or,
+    # without a second stage, by cross-validation over TRAIN and then trained on all of it
     model, head = probe_initialised_classifier(args.model_name_or_path, past_values, labels, rows, label_names,
                                                seed=args.seed, candidates=args.classifier_features,
-                                               freeze_backbone=args.freeze_backbone)
+                                               folds=0 if args.num_train_epochs else args.probe_folds,
+                                               groups=train.groups,
+                                               freeze_backbone=args.freeze_backbone or not args.num_train_epochs)
+    judged = f"{head.folds}-fold cross-validation" if head.folds else "validation"
     accelerator.print(f"{dataset_name(args.dataset)}: {len(label_names)} classes {label_names}, "
                       f"{past_values.shape[-1]} channel(s); linear probe on {head.classifier_features} (weight decay "
-                      f"{head.weight_decay}, dropout {head.dropout}): validation accuracy "
-                      f"{head.validation_accuracy:.3f}")
+                      f"{head.weight_decay}, dropout {head.dropout}): {judged} accuracy {head.validation_accuracy:.3f}")
 
     # second stage: fine-tune from the probe; the validation rows pick the epoch (0: the probe itself)
     optimizer = torch.optim.AdamW(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
@@ -93,8 +105,9 @@ def main(argv=None):
     model, optimizer, train_dataloader, validation_dataloader, test_dataloader, scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, validation_dataloader, test_dataloader, scheduler
     )
-    best = BestEpoch()
-    best.update(0, evaluate_classifier(model, validation_dataloader, accelerator), accelerator.unwrap_model(model))
+    best = BestEpoch()  # epoch 0, the probe: judged by the validation rows, or out of fold if all of TRAIN trained it
+    best.update(0, head.scores if head.folds else evaluate_classifier(model, validation_dataloader, accelerator),
+                accelerator.unwrap_model(model))
     progress = tqdm(range(max_train_steps), disable=not accelerator.is_local_main_process)
     model.train()
     for epoch in range(1, args.num_train_epochs + 1):
@@ -113,22 +126,30 @@ def main(argv=None):
             progress.set_postfix(best_epoch=epoch, validation_accuracy=f"{best.metrics['accuracy']:.3f}")
     progress.close()
     best.restore(accelerator.unwrap_model(model))
+    calibration = None
+    if args.calibrate:  # the temperature from the rows that judged the model kept
+        calibration = (calibrate(accelerator.unwrap_model(model), head.held_out_logits, head.held_out_labels)
+                       if head.folds else calibrate_on_validation(model, validation_dataloader, accelerator))
+    if calibration:
+        accelerator.print(f"temperature {calibration['temperature']:.3f} (validation cross-entropy "
+                          f"{calibration['validation_loss_before']:.3f} -> {calibration['validation_loss_after']:.3f})")
 
     metrics = split_metrics(model, test_dataloader, accelerator)
-    accelerator.print(f"epoch {best.epoch} kept (validation accuracy {best.metrics['accuracy']:.3f}); test: "
+    accelerator.print(f"epoch {best.epoch} kept ({judged} accuracy {best.metrics['accuracy']:.3f}); test: "
                       f"{json.dumps(metrics)}")
     name = dataset_name(args.dataset)
     training = {"base_model": args.model_name_or_path, "dataset": name, "labels": label_names,
                 "classifier_features": head.classifier_features, "head_weight_decay": head.weight_decay,
-                "classifier_dropout": head.dropout, "freeze_backbone": args.freeze_backbone,
+                "classifier_dropout": head.dropout, "probe_folds": head.folds,
+                "freeze_backbone": args.freeze_backbone or not args.num_train_epochs,
                 "epochs": args.num_train_epochs, "selected_epoch": best.epoch, "validation": best.metrics,
                 "learning_rate": args.learning_rate, "backbone_learning_rate": args.backbone_learning_rate,
-                "seed": args.seed}
+                "calibration": calibration, "seed": args.seed}
     card = dict(description=f"Fine-tuned on {name} with `examples/finetune.py`.", training=training,
                 results={name: metrics}, dataset_names=[name],
                 results_description="Test split of the fine-tuned classifier (`examples/finetune.py`).")
     finish(accelerator, model, args, {"dataset": name, "split": "test", **metrics, "selected_epoch": best.epoch,
-                                      "validation": best.metrics},
+                                      "validation": best.metrics, "calibration": calibration},
            results_file="eval_results.json", card=card,
            message=f"\nModel saved to {os.path.abspath(args.output_dir)}. Predict named classes with:\n"
                    f"  import modeling_vqshape\n  from transformers import AutoFeatureExtractor, "

@@ -264,8 +264,10 @@ def test_classification_head_round_trip_keeps_label_names_and_logits(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", [(), TWO_CPU_RANKS], ids=["one_process", "two_ranks"])
-def test_finetune_script_saves_a_head_that_reloads_with_named_classes(tiny_checkpoint, tmp_path, launcher):
+@pytest.mark.parametrize(("launcher", "stages"), [((), []), (TWO_CPU_RANKS, []),
+                                                  (TWO_CPU_RANKS, ["--num_train_epochs", "1"])],
+                         ids=["one_process", "two_ranks", "two_ranks_two_stages"])
+def test_finetune_script_saves_a_head_that_reloads_with_named_classes(tiny_checkpoint, tmp_path, launcher, stages):
     from transformers import AutoFeatureExtractor, AutoModelForSequenceClassification
 
     output_dir = tmp_path / "finetuned"
@@ -273,7 +275,7 @@ def test_finetune_script_saves_a_head_that_reloads_with_named_classes(tiny_check
     command = [sys.executable, *launcher, str(REPO_ROOT / "examples" / "finetune.py"), "--model_name_or_path",
                str(tiny_checkpoint), "--dataset", "BasicMotions", "--max_train_samples", "12",
                "--max_eval_samples", "8",
-               "--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "3",
+               *stages, "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "3",
                "--classifier_features", "tokens", "--output_dir", str(output_dir)]
     result = run_script(command)
     assert "Model saved to" in result.stdout
@@ -286,9 +288,13 @@ def test_finetune_script_saves_a_head_that_reloads_with_named_classes(tiny_check
     test = load_classification_dataset("BasicMotions")["test"].subset(8, seed=0)
     inputs = AutoFeatureExtractor.from_pretrained(output_dir)(test.series)
     with torch.no_grad():
-        predicted = [model.config.id2label[i] for i in model(**inputs).logits.argmax(-1).tolist()]
+        probabilities = model(**inputs).logits.softmax(-1)
+    predicted = [model.config.id2label[i] for i in probabilities.argmax(-1).tolist()]
     reported = json.loads((output_dir / "eval_results.json").read_text())
     assert reported["dataset"] == "BasicMotions"
+    # the saved head carries the temperature: its probabilities are the ones the script reported
+    assert reported["calibration"]["temperature"] > 0
+    assert reported["mean_top_probability"] == pytest.approx(probabilities.max(-1).values.mean().item(), rel=1e-5)
     for metric, value in classification_metrics(test.labels, predicted).items():
         assert reported[metric] == pytest.approx(value)
     card = (output_dir / "README.md").read_text()

@@ -176,9 +176,10 @@ def test_mtkd_rl_with_the_loss_reward_takes_no_extra_forward_pass(tiny_student, 
                   str(outputs_file(tmp_path / "a.npz")), "--teacher", str(outputs_file(tmp_path / "b.npz")),
                   "--weighting", "mtkd_rl", "--reward", "loss", "--classifier_features", "tokens",
                   "--num_train_epochs", "2", "--num_threads", "1", "--output_dir", str(tmp_path / "student"),
-                  "--debug_agent_dir", str(tmp_path / "agents")])
+                  "--debug_agent_dir", str(tmp_path / "agents"), "--no-calibrate"])
     reported = json.loads((tmp_path / "student" / "eval_results.json").read_text())
     assert reported["weighting"] == "mtkd_rl" and reported["reward"] == "loss"
+    assert reported["calibration"] is None  # --no-calibrate
     assert '"reward": "loss"' in (tmp_path / "student" / "README.md").read_text()
     from safetensors.torch import load_file
 
@@ -198,6 +199,7 @@ def test_equal_weighting_reports_equal_mean_weights(tiny_student, tmp_path):
     assert reported["reward"] is None  # no agent
     # whether the validation rows chose the first-stage head taught by the teachers, as the script said
     assert reported["probe_taught"] is ("taught by the teachers" in result.stdout)
+    assert reported["calibration"]["temperature"] > 0  # fitted on the validation rows, folded into the head
     assert not (tmp_path / "student" / "mtkd_rl_agent.safetensors").exists()
 
 

@@ -17,6 +17,7 @@ from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining, VQShapeForTim
 from modeling_vqshape.tasks.finetuning import (
     BestEpoch,
     classification_dataloaders,
+    cross_validation_folds,
     fit_feature_scaler,
     frozen_feature_parts,
     select_linear_head,
@@ -182,15 +183,23 @@ def test_best_epoch_keeps_the_best_accuracy_then_the_lower_loss():
     assert torch.equal(model.classifier.bias, torch.full((2,), 2.0))
 
 
-def test_first_stage_picks_the_informative_features_and_gives_the_probe_to_the_model():
+FIRST_STAGE = dict(num_classes=2, candidates=["tokens", "statistics"], weight_decays=[0.0, 0.1], dropouts=[0.0],
+                   epochs=50)
+
+
+def informative_statistics():
+    """`(past_values, labels, parts, rows)` of the toy problem, whose statistics carry the classes while its token
+    features are replaced by noise, and a validation split of its rows."""
     model = classifier(classifier_features="combined").eval()
     past_values, labels = toy_problem()
     parts = frozen_feature_parts(model.vqshape, past_values, batch_size=16)
-    # the statistics carry the classes; replacing the token features by noise makes them useless
     parts["tokens"] = torch.randn(parts["tokens"].shape, generator=torch.Generator().manual_seed(0))
-    rows = validation_split(labels.numpy(), 0.25, seed=0)
-    head = select_linear_head(parts, labels, *rows, num_classes=2, candidates=["tokens", "statistics"],
-                              weight_decays=[0.0, 0.1], dropouts=[0.0], epochs=50)
+    return past_values, labels, parts, validation_split(labels.numpy(), 0.25, seed=0)
+
+
+def test_first_stage_picks_the_informative_features_and_gives_the_probe_to_the_model():
+    past_values, labels, parts, rows = informative_statistics()
+    head = select_linear_head(parts, labels, *rows, **FIRST_STAGE)
     assert head.classifier_features == "statistics" and head.validation_accuracy == 1.0
     chosen = classifier(classifier_features="statistics", classifier_dropout=head.dropout).eval()
     head.apply(chosen)
@@ -199,6 +208,45 @@ def test_first_stage_picks_the_informative_features_and_gives_the_probe_to_the_m
     expected = ((parts["statistics"].flatten(1) - head.mean) / head.std) @ head.weight.T + head.bias
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
     assert (logits[rows[1]].argmax(-1) == labels[rows[1]]).all()
+
+
+def test_cross_validation_folds_are_stratified_disjoint_and_hold_recordings_out_whole():
+    labels = np.repeat([0, 1, 2], [6, 9, 12])
+    folds = cross_validation_folds(labels, 10, seed=0)
+    assert len(folds) == 6  # the smallest class has 6 rows
+    held_out = np.concatenate([part for _, part in folds])
+    assert sorted(held_out) == list(range(len(labels)))  # every row scored exactly once
+    for train, part in folds:
+        assert not set(train) & set(part) and len(train) + len(part) == len(labels)
+        assert len(np.unique(labels[part])) == 3  # stratified: every class in every fold
+    groups = np.repeat(np.arange(9), 3)  # 9 recordings of 3 windows
+    grouped = cross_validation_folds(labels, 5, seed=0, groups=groups)
+    assert len(grouped) == 5
+    for train, part in grouped:
+        assert not set(groups[train]) & set(groups[part])
+    assert cross_validation_folds(np.array([0, 0, 0, 1]), 10) == []  # a class of one row: no fold fits
+
+
+def test_cross_validated_first_stage_scores_every_row_out_of_fold_and_refits_on_all_of_them():
+    from modeling_vqshape.tasks.classification import train_linear_probes
+    from modeling_vqshape.tasks.finetuning import standardise
+
+    _, labels, parts, rows = informative_statistics()
+    head = select_linear_head(parts, labels, *rows, folds=4, **FIRST_STAGE)
+    assert head.folds == 4 and head.classifier_features == "statistics"
+    # every TRAIN row judged once, by heads that never saw it
+    assert len(head.held_out_logits) == len(labels) and sorted(head.held_out_labels.tolist()) == sorted(labels.tolist())
+    assert head.validation_accuracy == (head.held_out_logits.argmax(-1) == head.held_out_labels).float().mean().item()
+    # the chosen setting refitted on every row, standardised with all their statistics
+    features = parts["statistics"].flatten(1)
+    mean, std = standardise(features)
+    refit = train_linear_probes(((features - mean) / std).numpy(), labels.numpy(), 2,
+                                [(head.weight_decay, head.dropout)], seed=0, epochs=50)
+    torch.testing.assert_close(head.weight, refit.weight[0].T)
+    torch.testing.assert_close(head.mean, mean)
+    single = select_linear_head(parts, labels, *rows, **FIRST_STAGE)  # one validation split: trained on its rows
+    assert single.folds == 0 and len(single.held_out_labels) == len(rows[1])
+    assert not torch.allclose(single.mean, mean)
 
 
 def test_trainer_finetunes_the_head(tmp_path):
@@ -277,8 +325,10 @@ def test_feature_scaler_survives_the_hub_with_identical_logits(hub, tmp_path, mo
 
 
 @pytest.mark.slow
-def test_test_labels_cannot_change_what_is_selected(tmp_path):
-    """The same run with the TEST labels shuffled keeps the same features, epoch and weights."""
+@pytest.mark.parametrize("stages", [[], ["--num_train_epochs", "3"]], ids=["cross-validated head", "two stages"])
+def test_test_labels_cannot_change_what_is_selected(tmp_path, stages):
+    """The same run with the TEST labels shuffled keeps the same features, epoch, temperature and weights: with the
+    defaults (the head chosen by cross-validation over TRAIN, no second stage) and with a second stage."""
     from datasets import ClassLabel, Dataset, DatasetDict, Features, List, Value
 
     past_values, labels = toy_problem(48)
@@ -297,18 +347,26 @@ def test_test_labels_cannot_change_what_is_selected(tmp_path):
         DatasetDict(train=split(past_values, labels), test=split(test_values, targets)).save_to_disk(tmp_path / name)
         output_dir = tmp_path / f"classifier-{name}"
         run_script([sys.executable, str(REPO_ROOT / "examples" / "finetune.py"), "--model_name_or_path",
-                    str(tmp_path / "tiny"), "--dataset", str(tmp_path / name), "--num_train_epochs", "3",
+                    str(tmp_path / "tiny"), "--dataset", str(tmp_path / name), *stages,
                     "--per_device_train_batch_size", "8", "--output_dir", str(output_dir)])
         results[name] = (json.loads((output_dir / "eval_results.json").read_text()),
                          json.loads((output_dir / "config.json").read_text()),
                          load_file(str(output_dir / "model.safetensors")))
     (true, true_config, true_weights), (other, other_config, other_weights) = results["true"], results["shuffled"]
     assert true["selected_epoch"] == other["selected_epoch"] and true["validation"] == other["validation"]
+    # the temperature folded into the head comes from the validation rows too
+    assert true["calibration"] == other["calibration"] and true["calibration"]["temperature"] > 0
+    assert true["calibration"]["validation_loss_after"] <= true["calibration"]["validation_loss_before"]
     assert true_config["classifier_features"] == other_config["classifier_features"]
     assert true_weights.keys() == other_weights.keys()
     for key, tensor in true_weights.items():
         assert torch.equal(tensor, other_weights[key]), key
     assert true["accuracy"] != other["accuracy"]  # the test split itself did change
+    card = (tmp_path / "classifier-true" / "README.md").read_text()
+    if stages:
+        assert '"probe_folds": 0' in card and '"freeze_backbone": false' in card
+    else:  # every TRAIN row judged out of fold (48 rows, 2 classes: 10 folds), the probe kept with a frozen backbone
+        assert true["selected_epoch"] == 0 and '"probe_folds": 10' in card and true_config["freeze_backbone"]
 
 
 def load_benchmark():
@@ -347,11 +405,13 @@ def test_classification_benchmark_runs_every_method_and_reports_the_fine_tuned_r
     finetuned = rows[0]
     assert finetuned["classifier_features"] in ("combined", "tokens+statistics", "embedding+statistics", "statistics")
     assert int(finetuned["selected_epoch"]) in (0, 1)
+    assert float(finetuned["temperature"]) > 0  # calibrated on its validation rows, reported per seed
     # 10 test series: every accuracy is a multiple of 0.1
     for row in rows:
         assert float(row["accuracy"]) * 10 == pytest.approx(round(float(row["accuracy"]) * 10))
     markdown = (output / "results.md").read_text()
     assert "mean over datasets" in markdown
+    assert f"| {float(finetuned['temperature']):.2f} |" in markdown
     assert f"| fine-tuned (defaults) | {float(finetuned['accuracy']):.3f} |" in markdown
 
 

@@ -2,7 +2,9 @@
 
 - `select_linear_head`: the first stage (a linear probe, as in "linear probing then fine-tuning", Kumar et al.,
   ICLR 2022): on frozen features of the training rows, every candidate feature set x weight decay x dropout is
-  trained (`classification.train_linear_probes`) and the validation rows pick one; the classifier starts from it.
+  trained (`classification.train_linear_probes`) and the validation rows pick one, or k-fold cross-validation over
+  all of TRAIN does (`cross_validation_folds`) and the choice is refitted on all of it; the classifier starts from
+  it.
 - `add_dataset_arguments`, `labelled_splits`: the dataset options the classifier scripts share, and their TRAIN
   and TEST splits (subsets, sorted label names).
 - `probe_initialised_classifier`: a `VQShapeForTimeSeriesClassification` with its label names, started from the
@@ -19,6 +21,7 @@
 - `BestEpoch`: keeps the weights of the epoch with the best validation accuracy (ties: lower cross-entropy).
 """
 
+import argparse
 import copy
 import itertools
 from dataclasses import dataclass
@@ -52,7 +55,7 @@ def add_dataset_arguments(parser):
 
 def add_training_arguments(parser):
     """The training options `finetune.py` and `distill.py` share: batch sizes, learning rates (head, backbone), weight
-    decay, epochs after the first stage, candidate feature sets of the first stage, threads and seed."""
+    decay, epochs after the first stage, candidate feature sets of the first stage, calibration, threads and seed."""
     parser.add_argument("--classifier_features", nargs="+", default=list(FEATURE_CANDIDATES),
                         help="Candidate feature sets for the validation to choose from: tokens, histogram, embedding, "
                              "statistics joined by '+', or combined (all four).")
@@ -62,6 +65,9 @@ def add_training_arguments(parser):
     parser.add_argument("--backbone_learning_rate", type=float, default=1e-4)
     parser.add_argument("--weight_decay", type=float, default=0.01, help="The backbone's (the head's is chosen).")
     parser.add_argument("--num_train_epochs", type=int, default=10, help="After the probe; 0: the probe alone.")
+    parser.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                        help="Fit a temperature to the validation rows and fold it into the head (calibration.py); "
+                             "predictions do not change, probabilities do.")
     parser.add_argument("--num_threads", type=int, default=None, help="CPU threads per process (default: cores).")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -195,7 +201,8 @@ def standardise(features: torch.Tensor) -> tuple:
 
 @dataclass
 class LinearHead:
-    """The first stage's choice: what the head reads, its regularisation, scaler statistics and weights."""
+    """The first stage's choice: what the head reads, its regularisation, scaler statistics and weights, and the
+    logits of the chosen setting on the rows it was judged on (the validation rows, or every row out of fold)."""
 
     classifier_features: str
     weight_decay: float
@@ -207,6 +214,16 @@ class LinearHead:
     validation_accuracy: float
     validation_loss: float
     taught: bool = False  # trained on the teachers' distillation loss as well as the labels
+    held_out_logits: torch.Tensor | None = None  # (num_held_out_rows, num_labels): what calibration is fitted on
+    held_out_labels: torch.Tensor | None = None  # (num_held_out_rows,)
+    folds: int = 0  # 0: one validation split chose; k: k-fold cross-validation chose, and the head saw every row
+
+    @property
+    def scores(self) -> dict:
+        """`{"accuracy", "macro_f1", "loss"}` of the chosen setting on the rows it was judged on (`BestEpoch`'s)."""
+        predictions = self.held_out_logits.argmax(-1).numpy()
+        return {"accuracy": self.validation_accuracy, "loss": self.validation_loss,
+                "macro_f1": classification_metrics(self.held_out_labels.numpy(), predictions)["macro_f1"]}
 
     @torch.no_grad()
     def apply(self, model):
@@ -217,50 +234,104 @@ class LinearHead:
         model.classifier.bias.copy_(self.bias)
 
 
+def cross_validation_folds(labels, folds: int, seed: int = 0, groups=None) -> list:
+    """`[(train, held out), ...]` index arrays of a seeded stratified k-fold split of `labels` (`StratifiedGroupKFold`
+    with `groups`, the recording of each row: a recording is held out whole), with k = `folds`, or fewer where the
+    smallest class (without groups) or the number of recordings is smaller. An empty list where not even 2 folds fit."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    labels = np.asarray(labels)
+    if groups is not None:
+        k = min(folds, len(set(groups)))
+        splitter, split_groups = StratifiedGroupKFold(k, shuffle=True, random_state=seed), np.asarray(groups)
+    else:
+        k = min(folds, int(np.unique(labels, return_counts=True)[1].min()))
+        splitter, split_groups = StratifiedKFold(max(k, 2), shuffle=True, random_state=seed), None
+    if k < 2:
+        return []
+    return [(np.sort(train), np.sort(held_out))
+            for train, held_out in splitter.split(np.zeros(len(labels)), labels, split_groups)]
+
+
 def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_classes: int, seed: int = 0,
                        candidates=FEATURE_CANDIDATES, weight_decays=WEIGHT_DECAYS, dropouts=DROPOUTS,
-                       distillation=None, **training) -> LinearHead:
+                       distillation=None, folds: int = 0, groups=None, **training) -> LinearHead:
     """Train a linear head on the standardised `train_rows` of each candidate feature set, for every weight decay x
     dropout (`classification.train_linear_probes`, `training` its options), and keep the one with the best accuracy
     on `validation_rows` (ties: lower cross-entropy, then the earlier candidate). `parts`: `frozen_feature_parts`;
     `distillation`: None, or a `distillation.ProbeDistillation` over every row of `parts`: each candidate is then also
     trained on its loss over `train_rows`, and the validation labels choose between the heads taught by the teachers
-    and those of the labels alone (`LinearHead.taught`)."""
+    and those of the labels alone (`LinearHead.taught`).
+
+    With `folds` k >= 2 the choice is made by k-fold cross-validation over `train_rows` and `validation_rows` together
+    (`cross_validation_folds`, by recording with `groups`, one per row of `parts`): every row is scored once, by the
+    heads trained without its fold (standardised with their own rows' statistics), and the out-of-fold accuracy
+    chooses (ties: cross-entropy); the chosen setting is then trained on all those rows. Where not even 2 folds fit
+    (a class with one row), the validation rows choose as without `folds`."""
     labels = torch.as_tensor(np.asarray(labels)).long()
     settings = list(itertools.product(weight_decays, dropouts))
-    teachings = [None] if distillation is None else [None, distillation.subset(train_rows)]
+    teachings = [None] if distillation is None else [None, distillation]
+    rows = np.sort(np.concatenate([np.asarray(train_rows), np.asarray(validation_rows)]))
+    splits = cross_validation_folds(labels[rows].numpy(), folds, seed,
+                                    None if groups is None else np.asarray(groups)[rows]) if folds >= 2 else []
+    # (train, held out) rows of each split: the folds, or the one validation split
+    splits = [(rows[train], rows[held_out]) for train, held_out in splits] or [(np.asarray(train_rows),
+                                                                               np.asarray(validation_rows))]
+    held_out = np.concatenate([part for _, part in splits])
+    targets = labels[held_out]
     best = None
-    targets = labels[validation_rows]
     for candidate in candidates:
         # "series channels features -> series (channels features)", the head's layout
         features = torch.cat([parts[part] for part in classifier_feature_parts(candidate)], dim=-1).flatten(1)
-        mean, std = standardise(features[train_rows])
-        scaled = (features - mean) / std
-        train_features, validation_features = scaled[train_rows].numpy(), scaled[validation_rows].numpy()
         for teaching in teachings:
-            probes = train_linear_probes(train_features, labels[train_rows].numpy(), num_classes, settings, seed=seed,
-                                         distillation=teaching, **training)
-            logits = probes.logits(validation_features)
+            logits, last = [], None
+            for fit_rows, scored_rows in splits:
+                last = _trained_grid(features, labels, fit_rows, num_classes, settings, seed, teaching, training)
+                probes, mean, std = last
+                logits.append(probes.logits(((features[scored_rows] - mean) / std).numpy()))
+            logits = torch.cat(logits, dim=1)  # (settings, held-out rows, labels)
             for index, (weight_decay, dropout) in enumerate(settings):
                 accuracy = (logits[index].argmax(-1) == targets).float().mean().item()
                 loss = F.cross_entropy(logits[index], targets).item()
-                if best is None or (accuracy, -loss) > (best.validation_accuracy, -best.validation_loss):
-                    best = LinearHead(candidate, weight_decay, dropout, mean, std, probes.weight[index].T.clone(),
-                                      probes.bias[index].clone(), accuracy, loss, taught=teaching is not None)
-    return best
+                if best is None or (accuracy, -loss) > (best[0].validation_accuracy, -best[0].validation_loss):
+                    probes, mean, std = last
+                    best = (LinearHead(candidate, weight_decay, dropout, mean, std, probes.weight[index].T.clone(),
+                                       probes.bias[index].clone(), accuracy, loss, taught=teaching is not None,
+                                       held_out_logits=logits[index].clone(), held_out_labels=targets.clone(),
+                                       folds=len(splits) if len(splits) > 1 else 0), teaching)
+    head, teaching = best
+    if head.folds:  # refit the chosen setting on every row
+        features = torch.cat([parts[part] for part in classifier_feature_parts(head.classifier_features)],
+                             dim=-1).flatten(1)
+        probes, head.mean, head.std = _trained_grid(features, labels, rows, num_classes,
+                                                    [(head.weight_decay, head.dropout)], seed, teaching, training)
+        head.weight, head.bias = probes.weight[0].T.clone(), probes.bias[0].clone()
+    return head
+
+
+def _trained_grid(features, labels, rows, num_classes, settings, seed, teaching, training) -> tuple:
+    """`(probes, mean, std)`: every setting trained on `rows` of `features`, standardised with those rows'
+    statistics (and taught on them by `teaching`, a `ProbeDistillation` over all rows, if given)."""
+    mean, std = standardise(features[rows])
+    probes = train_linear_probes(((features[rows] - mean) / std).numpy(), labels[rows].numpy(), num_classes, settings,
+                                 seed=seed, distillation=None if teaching is None else teaching.subset(rows),
+                                 **training)
+    return probes, mean, std
 
 
 def probe_initialised_classifier(model_name_or_path, past_values, labels, rows, label_names, seed: int = 0,
-                                 candidates=FEATURE_CANDIDATES, distillation=None, **model_kwargs) -> tuple:
+                                 candidates=FEATURE_CANDIDATES, distillation=None, folds: int = 0, groups=None,
+                                 **model_kwargs) -> tuple:
     """`(model, head)`: the first stage (`select_linear_head` on the frozen features of `past_values`, `rows` =
-    (train rows, validation rows), taught by `distillation` if given) and a `VQShapeForTimeSeriesClassification` from
-    `model_name_or_path` that reads the chosen features with the label names `label_names` and starts from that head
-    (`model_kwargs`: other config values, e.g. `freeze_backbone`)."""
+    (train rows, validation rows), taught by `distillation` if given, chosen by `folds`-fold cross-validation over
+    both and refitted on both if `folds` >= 2, `groups` the recording of each row) and a
+    `VQShapeForTimeSeriesClassification` from `model_name_or_path` that reads the chosen features with the label names
+    `label_names` and starts from that head (`model_kwargs`: other config values, e.g. `freeze_backbone`)."""
     from ..modeling_vqshape import VQShapeForTimeSeriesClassification, VQShapeModel
 
     parts = frozen_feature_parts(VQShapeModel.from_pretrained(model_name_or_path), past_values)
     head = select_linear_head(parts, labels, *rows, num_classes=len(label_names), seed=seed, candidates=candidates,
-                              distillation=distillation)
+                              distillation=distillation, folds=folds, groups=groups)
     model = VQShapeForTimeSeriesClassification.from_pretrained(
         model_name_or_path, num_labels=len(label_names), num_input_channels=past_values.shape[-1],
         id2label=dict(enumerate(label_names)), label2id={name: index for index, name in enumerate(label_names)},
@@ -308,8 +379,8 @@ def parameter_groups(model, learning_rate: float, backbone_learning_rate: float 
 
 @torch.no_grad()
 def evaluate_classifier(model, dataloader, accelerator) -> dict:
-    """`{"accuracy", "balanced_accuracy", "macro_f1", "loss", "mean_top_probability", "predictions", "labels"}` over
-    every process's rows
+    """`{"accuracy", "balanced_accuracy", "macro_f1", "loss", "mean_top_probability", "predictions", "labels",
+    "logits"}` over every process's rows
     (`gather_for_metrics`: no duplicated padding rows), in eval mode; the model's mode is restored."""
     was_training = model.training
     model.eval()
@@ -326,15 +397,16 @@ def evaluate_classifier(model, dataloader, accelerator) -> dict:
     return {**classification_metrics(labels.numpy(), predictions.numpy()),
             "loss": F.cross_entropy(logits, labels).item(),
             "mean_top_probability": probabilities.max(-1).values.mean().item(),
-            "predictions": predictions.numpy(), "labels": labels.numpy()}
+            "predictions": predictions.numpy(), "labels": labels.numpy(), "logits": logits}
 
 
 def split_metrics(model, dataloader, accelerator) -> dict:
     """Accuracy, balanced accuracy and macro-F1 (`classification_metrics`; the same on class indices as on their
-    names) and the mean top probability of a classifier on `dataloader` (the TEST split, read once at the end), over
-    every process's rows."""
+    names), the mean top probability and the cross-entropy (how well the probabilities fit the labels) of a classifier
+    on `dataloader` (the TEST split, read once at the end), over every process's rows."""
     scores = evaluate_classifier(model, dataloader, accelerator)
-    return {key: scores[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "mean_top_probability")}
+    return {**{key: scores[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "mean_top_probability")},
+            "cross_entropy": scores["loss"]}
 
 
 class BestEpoch:
@@ -361,6 +433,7 @@ __all__ = [
     "BestEpoch",
     "LinearHead",
     "classification_dataloaders",
+    "cross_validation_folds",
     "add_dataset_arguments",
     "add_training_arguments",
     "frozen_feature_parts",
