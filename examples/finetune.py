@@ -59,7 +59,7 @@ def parse_args(argv=None):
     parser.add_argument("--probe_folds", type=int, default=10,
                         help="Without a second stage (--num_train_epochs 0, the default): the head is chosen by this "
                              "many folds of cross-validation over TRAIN, then trained on all of it; 0: by the "
-                             "validation rows, trained on the others.")
+                             "validation rows, trained on the others (also where a class has a single row).")
     parser.add_argument("--output_dir", default="vqshape-classifier")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--lr_scheduler_type", default="constant")
@@ -131,7 +131,7 @@ def main(argv=None):
         calibration = (calibrate(accelerator.unwrap_model(model), head.held_out_logits, head.held_out_labels)
                        if head.folds else calibrate_on_validation(model, validation_dataloader, accelerator))
     if calibration:
-        accelerator.print(f"temperature {calibration['temperature']:.3f} (validation cross-entropy "
+        accelerator.print(f"temperature {calibration['temperature']:.3f} ({judged} cross-entropy "
                           f"{calibration['validation_loss_before']:.3f} -> {calibration['validation_loss_after']:.3f})")
 
     metrics = split_metrics(model, test_dataloader, accelerator)

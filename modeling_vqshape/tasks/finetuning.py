@@ -66,8 +66,8 @@ def add_training_arguments(parser):
     parser.add_argument("--weight_decay", type=float, default=0.01, help="The backbone's (the head's is chosen).")
     parser.add_argument("--num_train_epochs", type=int, default=10, help="After the probe; 0: the probe alone.")
     parser.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
-                        help="Fit a temperature to the validation rows and fold it into the head (calibration.py); "
-                             "predictions do not change, probabilities do.")
+                        help="Fit a temperature to the held-out rows (out of fold, or the validation rows) and fold "
+                             "it into the head (calibration.py); predictions do not change, probabilities do.")
     parser.add_argument("--num_threads", type=int, default=None, help="CPU threads per process (default: cores).")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -236,21 +236,23 @@ class LinearHead:
 
 def cross_validation_folds(labels, folds: int, seed: int = 0, groups=None) -> list:
     """`[(train, held out), ...]` index arrays of a seeded stratified k-fold split of `labels` (`StratifiedGroupKFold`
-    with `groups`, the recording of each row: a recording is held out whole), with k = `folds`, or fewer where the
-    smallest class (without groups) or the number of recordings is smaller. An empty list where not even 2 folds fit."""
+    with `groups`, the recording of each row: a recording is held out whole), with k = `folds`, or fewer where a class
+    has fewer rows (or, with groups, lies in fewer recordings), so that every class can stay in every fold's training
+    rows. An empty list where not even 2 folds fit (a class with one row, or in one recording)."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     labels = np.asarray(labels)
+    classes = np.unique(labels)
     if groups is not None:
-        k = min(folds, len(set(groups)))
-        splitter, split_groups = StratifiedGroupKFold(k, shuffle=True, random_state=seed), np.asarray(groups)
+        groups = np.asarray(groups)
+        k = min([folds] + [len(set(groups[labels == label])) for label in classes])
     else:
-        k = min(folds, int(np.unique(labels, return_counts=True)[1].min()))
-        splitter, split_groups = StratifiedKFold(max(k, 2), shuffle=True, random_state=seed), None
+        k = min([folds] + [int((labels == label).sum()) for label in classes])
     if k < 2:
         return []
+    splitter = (StratifiedGroupKFold if groups is not None else StratifiedKFold)(k, shuffle=True, random_state=seed)
     return [(np.sort(train), np.sort(held_out))
-            for train, held_out in splitter.split(np.zeros(len(labels)), labels, split_groups)]
+            for train, held_out in splitter.split(np.zeros(len(labels)), labels, groups)]
 
 
 def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_classes: int, seed: int = 0,
