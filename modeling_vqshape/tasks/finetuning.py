@@ -285,40 +285,37 @@ def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_cla
     for candidate in candidates:
         # "series channels features -> series (channels features)", the head's layout
         features = torch.cat([parts[part] for part in classifier_feature_parts(candidate)], dim=-1).flatten(1)
+        scalers = [standardise(features[fit_rows]) for fit_rows, _ in splits]  # shared by both teachings
         for teaching in teachings:
-            logits, last = [], None
-            for fit_rows, scored_rows in splits:
-                last = _trained_grid(features, labels, fit_rows, num_classes, settings, seed, teaching, training)
-                probes, mean, std = last
+            logits = []
+            for (fit_rows, scored_rows), (mean, std) in zip(splits, scalers):
+                probes = _trained_grid(features, labels, fit_rows, mean, std, num_classes, settings, seed, teaching,
+                                       training)
                 logits.append(probes.logits(((features[scored_rows] - mean) / std).numpy()))
             logits = torch.cat(logits, dim=1)  # (settings, held-out rows, labels)
             for index, (weight_decay, dropout) in enumerate(settings):
                 accuracy = (logits[index].argmax(-1) == targets).float().mean().item()
                 loss = F.cross_entropy(logits[index], targets).item()
                 if best is None or (accuracy, -loss) > (best[0].validation_accuracy, -best[0].validation_loss):
-                    probes, mean, std = last
+                    # the weights of the last split: the only one, or a fold's, replaced by the refit below
                     best = (LinearHead(candidate, weight_decay, dropout, mean, std, probes.weight[index].T.clone(),
                                        probes.bias[index].clone(), accuracy, loss, taught=teaching is not None,
                                        held_out_logits=logits[index].clone(), held_out_labels=targets.clone(),
-                                       folds=len(splits) if len(splits) > 1 else 0), teaching)
-    head, teaching = best
+                                       folds=len(splits) if len(splits) > 1 else 0), teaching, features)
+    head, teaching, features = best
     if head.folds:  # refit the chosen setting on every row
-        features = torch.cat([parts[part] for part in classifier_feature_parts(head.classifier_features)],
-                             dim=-1).flatten(1)
-        probes, head.mean, head.std = _trained_grid(features, labels, rows, num_classes,
-                                                    [(head.weight_decay, head.dropout)], seed, teaching, training)
+        head.mean, head.std = standardise(features[rows])
+        probes = _trained_grid(features, labels, rows, head.mean, head.std, num_classes,
+                               [(head.weight_decay, head.dropout)], seed, teaching, training)
         head.weight, head.bias = probes.weight[0].T.clone(), probes.bias[0].clone()
     return head
 
 
-def _trained_grid(features, labels, rows, num_classes, settings, seed, teaching, training) -> tuple:
-    """`(probes, mean, std)`: every setting trained on `rows` of `features`, standardised with those rows'
-    statistics (and taught on them by `teaching`, a `ProbeDistillation` over all rows, if given)."""
-    mean, std = standardise(features[rows])
-    probes = train_linear_probes(((features[rows] - mean) / std).numpy(), labels[rows].numpy(), num_classes, settings,
-                                 seed=seed, distillation=None if teaching is None else teaching.subset(rows),
-                                 **training)
-    return probes, mean, std
+def _trained_grid(features, labels, rows, mean, std, num_classes, settings, seed, teaching, training):
+    """Every setting trained on `rows` of `features` standardised by `mean`, `std` (and taught on them by `teaching`,
+    a `ProbeDistillation` over all rows, if given): a `classification.LinearProbes`."""
+    return train_linear_probes(((features[rows] - mean) / std).numpy(), labels[rows].numpy(), num_classes, settings,
+                               seed=seed, distillation=None if teaching is None else teaching.subset(rows), **training)
 
 
 def probe_initialised_classifier(model_name_or_path, past_values, labels, rows, label_names, seed: int = 0,
