@@ -11,14 +11,16 @@ CODEBOOK_CHOICES = {
 # The codebook options that `examples/pretrain.py` gives the models it creates (`benchmarks/bench_codebook.py` compares
 # them with the original recipe and with each option alone). VQShapeConfig's own defaults stay the original's.
 # what a classification head can read per channel, in the order it concatenates them
-CLASSIFIER_FEATURE_PARTS = ("tokens", "histogram", "embedding", "statistics")
+CLASSIFIER_FEATURE_PARTS = ("tokens", "histogram", "embedding", "statistics", "reconstruction")
+# what "combined" names: the four parts it has named since it existed, so that saved heads keep their size
+COMBINED_FEATURE_PARTS = ("tokens", "histogram", "embedding", "statistics")
 
 
 def classifier_feature_parts(features: str) -> tuple:
-    """`"tokens+statistics"` -> `("tokens", "statistics")`, in `CLASSIFIER_FEATURE_PARTS` order; `"combined"`: all."""
-    if features == "combined":
-        return CLASSIFIER_FEATURE_PARTS
+    """`"tokens+statistics"` -> `("tokens", "statistics")`, in `CLASSIFIER_FEATURE_PARTS` order; `"combined"` stands
+    for `COMBINED_FEATURE_PARTS`, alone or joined (`"combined+reconstruction"`)."""
     parts = [part.strip() for part in str(features).split("+")]
+    parts = [name for part in parts for name in (COMBINED_FEATURE_PARTS if part == "combined" else [part])]
     unknown = [part for part in parts if part not in CLASSIFIER_FEATURE_PARTS]
     if unknown:
         raise ValueError(
@@ -118,9 +120,12 @@ class VQShapeConfig(PretrainedConfig):
         classifier_features (`str`, defaults to `"tokens"`):
             What the classification head reads, per channel: one part or several joined by `"+"`, of `"tokens"`
             (every token's [code, start, length, offset, scale]), `"histogram"` (code frequencies), `"embedding"`
-            (the tokenizer's output averaged over tokens) and `"statistics"` (the mean and log-scale that instance
-            normalisation takes out of each channel); `"combined"` is all four. Parts are always concatenated in
-            that order.
+            (the tokenizer's output averaged over tokens), `"statistics"` (the mean and log-scale that instance
+            normalisation takes out of each channel) and `"reconstruction"` (the series as the patch decoder rebuilds
+            it from the tokens, in the input's scale, averaged over `classifier_reconstruction_steps` equal
+            stretches); `"combined"` is the first four. Parts are always concatenated in that order.
+        classifier_reconstruction_steps (`int`, defaults to 32):
+            Values per channel of the `"reconstruction"` part; must divide `input_length`.
         classifier_dropout (`float`, defaults to 0.1):
             Dropout on the classification head's input.
         freeze_backbone (`bool`, defaults to `False`):
@@ -196,6 +201,7 @@ class VQShapeConfig(PretrainedConfig):
         classifier_features: str = "tokens",
         classifier_dropout: float = 0.1,
         freeze_backbone: bool = False,
+        classifier_reconstruction_steps: int = 32,
         codebook_init: str = "uniform",
         kmeans_iterations: int = 10,
         code_lookup: str = "euclidean",
@@ -240,6 +246,7 @@ class VQShapeConfig(PretrainedConfig):
         self.classifier_features = classifier_features
         self.classifier_dropout = classifier_dropout
         self.freeze_backbone = freeze_backbone
+        self.classifier_reconstruction_steps = classifier_reconstruction_steps
         self.codebook_init = codebook_init
         self.kmeans_iterations = kmeans_iterations
         self.code_lookup = code_lookup
@@ -272,7 +279,7 @@ class VQShapeConfig(PretrainedConfig):
     def classifier_feature_sizes(self) -> dict:
         """Features per channel of each part the classification head reads, in order."""
         sizes = {"tokens": self.num_tokens * self.token_dim, "histogram": self.num_codes, "embedding": self.d_model,
-                 "statistics": 2}
+                 "statistics": 2, "reconstruction": self.classifier_reconstruction_steps}
         return {part: sizes[part] for part in self.classifier_feature_parts}
 
     @property
@@ -285,7 +292,7 @@ class VQShapeConfig(PretrainedConfig):
             "input_length", "num_patches", "patch_length", "d_model", "num_encoder_layers", "num_encoder_heads",
             "num_tokenizer_layers", "num_tokenizer_heads", "num_decoder_layers", "num_decoder_heads", "ffn_dim",
             "num_tokens", "num_codes", "code_dim", "shape_length", "shape_smoothing", "num_input_channels",
-            "kmeans_iterations",
+            "kmeans_iterations", "classifier_reconstruction_steps",
         )
         for name in positive:
             value = getattr(self, name)
@@ -307,6 +314,11 @@ class VQShapeConfig(PretrainedConfig):
             raise ValueError(
                 f"VQShapeConfig: `input_length` ({self.input_length}) must be divisible by `num_tokens` "
                 f"({self.num_tokens}): each token reconstructs input_length // num_tokens samples."
+            )
+        if self.input_length % self.classifier_reconstruction_steps:
+            raise ValueError(
+                f"VQShapeConfig: `classifier_reconstruction_steps` ({self.classifier_reconstruction_steps}) must "
+                f"divide `input_length` ({self.input_length}): each value averages an equal stretch of the series."
             )
         if self.shape_length % 16:
             raise ValueError(

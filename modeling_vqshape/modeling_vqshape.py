@@ -1122,8 +1122,8 @@ class VQShapeFeatureScaler(nn.Module):
 class VQShapeForTimeSeriesClassification(VQShapePreTrainedModel):
     """A linear classifier on VQShape's features, flattened over channels (the paper's linear probe), standardised by
     `feature_scaler` and with dropout on its input. `config.classifier_features` names what it reads (tokens,
-    histogram, pooled embedding, instance statistics, or all of them); set `config.freeze_backbone` to train the
-    classifier alone."""
+    histogram, pooled embedding, instance statistics, the series rebuilt from the tokens, or several of them); set
+    `config.freeze_backbone` to train the classifier alone."""
 
     def __init__(self, config: VQShapeConfig):
         super().__init__(config)
@@ -1147,9 +1147,10 @@ class VQShapeForTimeSeriesClassification(VQShapePreTrainedModel):
         return self
 
     @staticmethod
-    def feature_parts(outputs: VQShapeModelOutput, parts) -> torch.Tensor:
-        """What a head reads per channel: the `parts` (of `CLASSIFIER_FEATURE_PARTS`) of the backbone's `outputs`,
-        concatenated, `(batch_size, num_channels, features per channel)`."""
+    def feature_parts(outputs: VQShapeModelOutput, parts, reconstruction_steps: int = 32) -> torch.Tensor:
+        """What a head reads per channel: the `parts` (of `CLASSIFIER_FEATURE_PARTS`) of the backbone's `outputs`
+        (with `reconstruction` for that part, averaged over `reconstruction_steps` equal stretches), concatenated,
+        `(batch_size, num_channels, features per channel)`."""
         num_tokens = outputs.code_indices.shape[-1]
         values = {
             "tokens": lambda: outputs.token_features.flatten(start_dim=2),  # "batch channels tokens dim -> ..."
@@ -1157,12 +1158,22 @@ class VQShapeForTimeSeriesClassification(VQShapePreTrainedModel):
             "histogram": lambda: outputs.histogram.to(outputs.token_features.dtype) / num_tokens,
             "embedding": lambda: outputs.last_hidden_state.mean(dim=2),
             "statistics": lambda: torch.stack([outputs.loc, outputs.scale.log()], dim=-1),
+            # "batch time channels -> batch channels steps (time / steps)", averaged over each stretch
+            "reconstruction": lambda: outputs.reconstruction.transpose(1, 2).unflatten(
+                -1, (reconstruction_steps, -1)).mean(dim=-1),
         }
         return torch.cat([values[part]() for part in parts], dim=-1)
 
+    def backbone_outputs(self, past_values: torch.Tensor) -> VQShapeModelOutput:
+        """The backbone's outputs for `past_values`, with the reconstruction when the head reads it."""
+        return self.vqshape(past_values, return_dict=True,
+                            output_reconstruction="reconstruction" in self.config.classifier_feature_parts)
+
     def features(self, outputs: VQShapeModelOutput) -> torch.Tensor:
-        """The head's unscaled input, `(batch_size, num_channels * features per channel)`."""
-        per_channel = self.feature_parts(outputs, self.config.classifier_feature_parts)
+        """The head's unscaled input, `(batch_size, num_channels * features per channel)` (`outputs`:
+        `backbone_outputs`)."""
+        per_channel = self.feature_parts(outputs, self.config.classifier_feature_parts,
+                                         self.config.classifier_reconstruction_steps)
         return per_channel.flatten(start_dim=1)  # "batch channels features -> batch (channels features)"
 
     def forward(
@@ -1182,7 +1193,7 @@ class VQShapeForTimeSeriesClassification(VQShapePreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
-            outputs = self.vqshape(past_values, return_dict=True)
+            outputs = self.backbone_outputs(past_values)
         num_channels = outputs.token_features.shape[1]
         if num_channels != self.config.num_input_channels:
             raise ValueError(

@@ -46,28 +46,44 @@ def classifier(**overrides):
     return VQShapeForTimeSeriesClassification(config)
 
 
-@pytest.mark.parametrize("features", ["tokens", "histogram", "embedding", "statistics", "combined",
-                                      "statistics+tokens"])
+@pytest.mark.parametrize("features", ["tokens", "histogram", "embedding", "statistics", "reconstruction",
+                                      "combined", "statistics+tokens", "combined+reconstruction"])
 def test_features_are_the_named_parts_per_channel(features):
-    model = classifier(classifier_features=features).eval()
+    model = classifier(classifier_features=features, classifier_reconstruction_steps=8).eval()
     past_values, _ = toy_problem(4)
     with torch.no_grad():
         output = model(past_values)
-        base = model.vqshape(past_values)
+        base = model.vqshape(past_values, output_reconstruction=True)
     sizes = {"tokens": TINY["num_tokens"] * (TINY["code_dim"] + 4), "histogram": TINY["num_codes"],
-             "embedding": TINY["d_model"], "statistics": 2}
+             "embedding": TINY["d_model"], "statistics": 2, "reconstruction": 8}
     parts = model.config.classifier_feature_parts
     assert output.features.shape == (4, 2 * sum(sizes[part] for part in parts))
     per_channel = output.features.reshape(4, 2, -1)
+    stretch = TINY["input_length"] // 8
+    # the series rebuilt from the tokens, each of 8 equal stretches averaged: "batch time channels -> batch channels 8"
+    rebuilt = torch.stack([base.reconstruction[:, i * stretch:(i + 1) * stretch].mean(1) for i in range(8)], -1)
     expected = {"tokens": base.token_features.flatten(2), "histogram": base.histogram / TINY["num_tokens"],
                 "embedding": base.last_hidden_state.mean(2),
-                "statistics": torch.stack([base.loc, base.scale.log()], -1)}
+                "statistics": torch.stack([base.loc, base.scale.log()], -1), "reconstruction": rebuilt}
     torch.testing.assert_close(per_channel, torch.cat([expected[part].float() for part in parts], -1))
+
+
+def test_combined_keeps_the_four_parts_it_has_always_named():
+    """Heads saved as "combined" before the reconstruction part existed keep their size."""
+    config = VQShapeConfig(**TINY, classifier_features="combined")
+    assert config.classifier_feature_parts == ("tokens", "histogram", "embedding", "statistics")
+    assert VQShapeConfig(**TINY, classifier_features="reconstruction+combined").classifier_feature_parts == (
+        "tokens", "histogram", "embedding", "statistics", "reconstruction")
 
 
 def test_unknown_feature_part_is_refused():
     with pytest.raises(ValueError, match="classifier_features"):
         VQShapeConfig(**TINY, classifier_features="tokens+colour")
+
+
+def test_reconstruction_steps_must_divide_the_input_length():
+    with pytest.raises(ValueError, match="classifier_reconstruction_steps.*divide"):
+        VQShapeConfig(**{**TINY, "classifier_reconstruction_steps": TINY["input_length"] - 1})
 
 
 def test_the_head_learns_a_toy_problem_within_a_few_steps():
@@ -279,7 +295,7 @@ def test_trainer_finetunes_the_head(tmp_path):
 def test_feature_scaler_survives_save_and_reload_with_identical_logits(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    model = classifier(classifier_features="combined").eval()
+    model = classifier(classifier_features="combined+reconstruction").eval()
     past_values, labels = toy_problem()
     mean, std = fit_feature_scaler(model, [(past_values, labels)])
     model.save_pretrained(tmp_path / "saved")
@@ -309,7 +325,7 @@ HUB_LOADER = PACKAGE_OR_REMOTE + textwrap.dedent(
 def test_feature_scaler_survives_the_hub_with_identical_logits(hub, tmp_path, mode):  # noqa: F811
     from modeling_vqshape.sharing.hub import publish
 
-    model = classifier(classifier_features="combined").eval()
+    model = classifier(classifier_features="combined+reconstruction").eval()
     past_values, labels = toy_problem()
     fit_feature_scaler(model, [(past_values, labels)])
     publish(model, f"lab/vqshape-scaled-{mode}", endpoint=hub.endpoint, token="hf_stand_in")
@@ -360,7 +376,10 @@ def test_test_labels_cannot_change_what_is_selected(tmp_path, stages):
     assert true["selected_epoch"] == other["selected_epoch"] and true["validation"] == other["validation"]
     # the temperature folded into the head comes from the validation rows too
     assert true["calibration"] == other["calibration"] and true["calibration"]["temperature"] > 0
-    assert true["calibration"]["validation_loss_after"] <= true["calibration"]["validation_loss_before"]
+    # the fit lowers the held-out cross-entropy, except where every held-out row is right: there the smoothed targets
+    # it is fitted to keep the temperature finite, which costs a little of that (tiny) cross-entropy
+    assert (true["calibration"]["validation_loss_after"] <= true["calibration"]["validation_loss_before"]
+            or true["validation"]["accuracy"] == 1.0)
     assert true_config["classifier_features"] == other_config["classifier_features"]
     assert true_weights.keys() == other_weights.keys()
     for key, tensor in true_weights.items():

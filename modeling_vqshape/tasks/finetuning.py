@@ -35,7 +35,7 @@ from ..processing_vqshape import VQShapeFeatureExtractor
 from .classification import DROPOUTS, WEIGHT_DECAYS, classification_metrics, train_linear_probes
 
 # the feature sets the first stage chooses from, in order of preference on ties
-FEATURE_CANDIDATES = ("combined", "tokens+statistics", "embedding+statistics", "statistics")
+FEATURE_CANDIDATES = ("combined", "tokens+statistics", "embedding+statistics", "statistics", "reconstruction")
 
 
 def add_dataset_arguments(parser):
@@ -58,7 +58,7 @@ def add_training_arguments(parser):
     decay, epochs after the first stage, candidate feature sets of the first stage, calibration, threads and seed."""
     parser.add_argument("--classifier_features", nargs="+", default=list(FEATURE_CANDIDATES),
                         help="Candidate feature sets for the validation to choose from: tokens, histogram, embedding, "
-                             "statistics joined by '+', or combined (all four).")
+                             "statistics, reconstruction joined by '+', or combined (the first four).")
     parser.add_argument("--per_device_train_batch_size", type=int, default=16)
     parser.add_argument("--per_device_eval_batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=1e-4, help="The head's, after the linear probe.")
@@ -183,9 +183,10 @@ def frozen_feature_parts(backbone, past_values: torch.Tensor, batch_size: int = 
     parts = {part: [] for part in CLASSIFIER_FEATURE_PARTS}
     try:
         for batch in past_values.split(batch_size):
-            outputs = backbone(batch.to(device), return_dict=True)
+            outputs = backbone(batch.to(device), output_reconstruction=True, return_dict=True)
             for part in CLASSIFIER_FEATURE_PARTS:
-                parts[part].append(VQShapeForTimeSeriesClassification.feature_parts(outputs, [part]).float().cpu())
+                parts[part].append(VQShapeForTimeSeriesClassification.feature_parts(
+                    outputs, [part], backbone.config.classifier_reconstruction_steps).float().cpu())
     finally:
         backbone.train(was_training)
     return {part: torch.cat(values) for part, values in parts.items()}
@@ -351,7 +352,7 @@ def fit_feature_scaler(model, dataloader, accelerator=None) -> tuple:
     rows = []
     try:
         for past_values, _ in dataloader:
-            features = unwrapped.features(unwrapped.vqshape(past_values, return_dict=True))
+            features = unwrapped.features(unwrapped.backbone_outputs(past_values))
             rows.append(accelerator.gather_for_metrics(features) if accelerator is not None else features)
     finally:
         unwrapped.train(was_training)
