@@ -35,6 +35,16 @@ TINY = dict(
 )
 
 
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """Scripts run in-process (`main([... "--num_threads", "1"])`) set torch's thread count for the whole process;
+    give it back after each test, so that later tests compute with the default threads, as the fresh processes they
+    compare against do (on some CPUs a different thread count changes float results in the last bits)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_config():
     from modeling_vqshape import VQShapeConfig
