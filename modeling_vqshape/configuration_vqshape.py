@@ -10,10 +10,10 @@ CODEBOOK_CHOICES = {
 
 # The codebook options that `examples/pretrain.py` gives the models it creates (`benchmarks/bench_codebook.py` compares
 # them with the original recipe and with each option alone). VQShapeConfig's own defaults stay the original's.
-# what a classification head can read per channel, in the order it concatenates them
-CLASSIFIER_FEATURE_PARTS = ("tokens", "histogram", "embedding", "statistics", "reconstruction")
 # what "combined" names: the four parts it has named since it existed, so that saved heads keep their size
 COMBINED_FEATURE_PARTS = ("tokens", "histogram", "embedding", "statistics")
+# what a classification head can read per channel, in the order it concatenates them
+CLASSIFIER_FEATURE_PARTS = COMBINED_FEATURE_PARTS + ("reconstruction",)
 
 
 def classifier_feature_parts(features: str) -> tuple:
