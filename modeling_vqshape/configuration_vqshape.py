@@ -13,7 +13,7 @@ CODEBOOK_CHOICES = {
 # what "combined" names: the four parts it has named since it existed, so that saved heads keep their size
 COMBINED_FEATURE_PARTS = ("tokens", "histogram", "embedding", "statistics")
 # what a classification head can read per channel, in the order it concatenates them
-CLASSIFIER_FEATURE_PARTS = COMBINED_FEATURE_PARTS + ("reconstruction",)
+CLASSIFIER_FEATURE_PARTS = COMBINED_FEATURE_PARTS + ("reconstruction", "windows")
 
 
 def classifier_feature_parts(features: str) -> tuple:
@@ -123,9 +123,15 @@ class VQShapeConfig(PretrainedConfig):
             (the tokenizer's output averaged over tokens), `"statistics"` (the mean and log-scale that instance
             normalisation takes out of each channel) and `"reconstruction"` (the series as the patch decoder rebuilds
             it from the tokens, in the input's scale, averaged over `classifier_reconstruction_steps` equal
-            stretches); `"combined"` is the first four. Parts are always concatenated in that order.
+            stretches) and `"windows"` (the embedding of shorter windows of the series, each stretched to
+            `input_length` and tokenized, averaged per scale of `classifier_window_scales`); `"combined"` is the first
+            four. Parts are always concatenated in that order.
         classifier_reconstruction_steps (`int`, defaults to 32):
             Values per channel of the `"reconstruction"` part; must divide `input_length`.
+        classifier_window_scales (`list[int]`, defaults to `[2, 4]`):
+            The scales of the `"windows"` part: scale k cuts the series into windows of `input_length // k` steps
+            that overlap by half (2k - 1 of them where 2k divides `input_length`); each scale gives `d_model` values
+            per channel.
         classifier_dropout (`float`, defaults to 0.1):
             Dropout on the classification head's input.
         freeze_backbone (`bool`, defaults to `False`):
@@ -202,6 +208,7 @@ class VQShapeConfig(PretrainedConfig):
         classifier_dropout: float = 0.1,
         freeze_backbone: bool = False,
         classifier_reconstruction_steps: int = 32,
+        classifier_window_scales: tuple = (2, 4),
         codebook_init: str = "uniform",
         kmeans_iterations: int = 10,
         code_lookup: str = "euclidean",
@@ -247,6 +254,9 @@ class VQShapeConfig(PretrainedConfig):
         self.classifier_dropout = classifier_dropout
         self.freeze_backbone = freeze_backbone
         self.classifier_reconstruction_steps = classifier_reconstruction_steps
+        self.classifier_window_scales = (list(classifier_window_scales)
+                                         if isinstance(classifier_window_scales, (list, tuple))
+                                         else classifier_window_scales)
         self.codebook_init = codebook_init
         self.kmeans_iterations = kmeans_iterations
         self.code_lookup = code_lookup
@@ -279,7 +289,8 @@ class VQShapeConfig(PretrainedConfig):
     def classifier_feature_sizes(self) -> dict:
         """Features per channel of each part the classification head reads, in order."""
         sizes = {"tokens": self.num_tokens * self.token_dim, "histogram": self.num_codes, "embedding": self.d_model,
-                 "statistics": 2, "reconstruction": self.classifier_reconstruction_steps}
+                 "statistics": 2, "reconstruction": self.classifier_reconstruction_steps,
+                 "windows": self.d_model * len(self.classifier_window_scales)}
         return {part: sizes[part] for part in self.classifier_feature_parts}
 
     @property
@@ -319,6 +330,14 @@ class VQShapeConfig(PretrainedConfig):
             raise ValueError(
                 f"VQShapeConfig: `classifier_reconstruction_steps` ({self.classifier_reconstruction_steps}) must "
                 f"divide `input_length` ({self.input_length}): each value averages an equal stretch of the series."
+            )
+        scales = self.classifier_window_scales
+        usable = [isinstance(k, int) and not isinstance(k, bool) and 2 <= k <= self.input_length // 2
+                  for k in scales] if isinstance(scales, list) else []
+        if not usable or not all(usable) or len(set(scales)) < len(scales):
+            raise ValueError(
+                f"VQShapeConfig: `classifier_window_scales` must be distinct integers from 2 to input_length // 2 = "
+                f"{self.input_length // 2} (scale k: windows of input_length // k steps), got {scales!r}."
             )
         if self.shape_length % 16:
             raise ValueError(

@@ -970,6 +970,33 @@ class VQShapeModel(VQShapePreTrainedModel):
         assert reconstruction.shape == (embeddings.shape[0], self.config.input_length)
         return reconstruction * scale + loc
 
+    def window_embedding(self, past_values: torch.Tensor, scales) -> torch.Tensor:
+        """The tokenizer's output for shorter windows of the series, averaged over tokens and over the windows of each
+        scale, `(batch_size, num_channels, len(scales) * d_model)`. Scale k cuts the series into windows of
+        `input_length // k` steps that overlap by half (2k - 1 of them at scale 2 or 4); each window is stretched
+        linearly to `input_length` and tokenized as a series of its own, so that its tokens describe a k-th of the
+        series at k times the grain.
+
+        Args:
+            past_values: `(batch_size, input_length)` or `(batch_size, input_length, num_channels)`.
+        """
+        self._flatten_channels(past_values)  # the checks of the whole series
+        values = past_values.unsqueeze(-1) if past_values.dim() == 2 else past_values
+        values = values if values.is_floating_point() else values.to(self.dtype)
+        length = self.config.input_length
+        pooled = []
+        for scale in scales:
+            size = length // scale
+            windows = values.unfold(1, size, max(1, size // 2))  # (batch, windows, channels, size)
+            batch_size, num_windows, num_channels, _ = windows.shape
+            # "batch windows channels size -> (batch windows) channels length -> (batch windows) length channels"
+            zoomed = F.interpolate(windows.reshape(-1, num_channels, size), size=length, mode="linear",
+                                   align_corners=True).transpose(1, 2)
+            encoded = self.encode(zoomed)
+            hidden = encoded.per_channel(encoded.tokens.hidden_states).mean(dim=2)  # (batch windows) channels d
+            pooled.append(hidden.reshape(batch_size, num_windows, num_channels, -1).mean(dim=1))
+        return torch.cat(pooled, dim=-1)
+
     def decode_shapes(self, tokens: _Tokens, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Each token's decoded shape, `(batch_size, num_tokens, shape_length)` in the input's scale."""
         shapes = self.shape_decoder(tokens.codes) * tokens.scale + tokens.offset
@@ -1147,9 +1174,11 @@ class VQShapeForTimeSeriesClassification(VQShapePreTrainedModel):
         return self
 
     @staticmethod
-    def feature_parts(outputs: VQShapeModelOutput, parts, reconstruction_steps: int = 32) -> torch.Tensor:
+    def feature_parts(outputs: VQShapeModelOutput, parts, reconstruction_steps: int = 32,
+                      window_embedding: torch.Tensor | None = None) -> torch.Tensor:
         """What a head reads per channel: the `parts` (of `CLASSIFIER_FEATURE_PARTS`) of the backbone's `outputs`
-        (with `reconstruction` for that part, averaged over `reconstruction_steps` equal stretches), concatenated,
+        (with `reconstruction` for that part, averaged over `reconstruction_steps` equal stretches; the `windows`
+        part is `window_embedding`, `VQShapeModel.window_embedding`), concatenated,
         `(batch_size, num_channels, features per channel)`."""
         num_tokens = outputs.code_indices.shape[-1]
         values = {
@@ -1161,19 +1190,24 @@ class VQShapeForTimeSeriesClassification(VQShapePreTrainedModel):
             # "batch time channels -> batch channels steps (time / steps)", averaged over each stretch
             "reconstruction": lambda: outputs.reconstruction.transpose(1, 2).unflatten(
                 -1, (reconstruction_steps, -1)).mean(dim=-1),
+            "windows": lambda: window_embedding,
         }
         return torch.cat([values[part]() for part in parts], dim=-1)
 
-    def backbone_outputs(self, past_values: torch.Tensor) -> VQShapeModelOutput:
-        """The backbone's outputs for `past_values`, with the reconstruction when the head reads it."""
-        return self.vqshape(past_values, return_dict=True,
-                            output_reconstruction="reconstruction" in self.config.classifier_feature_parts)
-
-    def features(self, outputs: VQShapeModelOutput) -> torch.Tensor:
-        """The head's unscaled input, `(batch_size, num_channels * features per channel)` (`outputs`:
-        `backbone_outputs`)."""
-        per_channel = self.feature_parts(outputs, self.config.classifier_feature_parts,
-                                         self.config.classifier_reconstruction_steps)
+    def head_input(self, past_values: torch.Tensor) -> torch.Tensor:
+        """The head's unscaled input for `past_values`, `(batch_size, num_channels * features per channel)`: the
+        backbone runs the patch decoder, and tokenizes the windows, only when the head reads them."""
+        parts = self.config.classifier_feature_parts
+        outputs = self.vqshape(past_values, return_dict=True, output_reconstruction="reconstruction" in parts)
+        num_channels = outputs.token_features.shape[1]
+        if num_channels != self.config.num_input_channels:
+            raise ValueError(
+                f"past_values has {num_channels} channels but this classifier was built for "
+                f"config.num_input_channels={self.config.num_input_channels}."
+            )
+        windows = (self.vqshape.window_embedding(past_values, self.config.classifier_window_scales)
+                   if "windows" in parts else None)
+        per_channel = self.feature_parts(outputs, parts, self.config.classifier_reconstruction_steps, windows)
         return per_channel.flatten(start_dim=1)  # "batch channels features -> batch (channels features)"
 
     def forward(
@@ -1193,14 +1227,7 @@ class VQShapeForTimeSeriesClassification(VQShapePreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
-            outputs = self.backbone_outputs(past_values)
-        num_channels = outputs.token_features.shape[1]
-        if num_channels != self.config.num_input_channels:
-            raise ValueError(
-                f"past_values has {num_channels} channels but this classifier was built for "
-                f"config.num_input_channels={self.config.num_input_channels}."
-            )
-        features = self.features(outputs)
+            features = self.head_input(past_values)
         logits = self.classifier(self.dropout(self.feature_scaler(features)))
         loss = None
         if labels is not None:

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from modeling_vqshape import VQShapeConfig, VQShapeForPreTraining, VQShapeForTimeSeriesClassification
 from modeling_vqshape.tasks.finetuning import (
+    FEATURE_CANDIDATES,
     BestEpoch,
     classification_dataloaders,
     cross_validation_folds,
@@ -46,16 +47,38 @@ def classifier(**overrides):
     return VQShapeForTimeSeriesClassification(config)
 
 
-@pytest.mark.parametrize("features", ["tokens", "histogram", "embedding", "statistics", "reconstruction",
-                                      "combined", "statistics+tokens", "combined+reconstruction"])
+def zoomed_window_embedding(backbone, past_values, scales):
+    """The `windows` part written out: for each scale k, every window of input_length / k steps starting at a
+    multiple of half that, stretched to input_length, tokenized alone; hidden states averaged over tokens and
+    windows."""
+    length = past_values.shape[1]
+    per_scale = []
+    for scale in scales:
+        size = length // scale
+        starts = range(0, length - size + 1, size // 2)
+        assert len(starts) == 2 * scale - 1
+        embeddings = []
+        for start in starts:
+            window = past_values[:, start:start + size].transpose(1, 2)  # batch channels size
+            stretched = torch.nn.functional.interpolate(window, size=length, mode="linear", align_corners=True)
+            embeddings.append(backbone(stretched.transpose(1, 2)).last_hidden_state.mean(2))
+        per_scale.append(torch.stack(embeddings).mean(0))
+    return torch.cat(per_scale, -1)
+
+
+@pytest.mark.parametrize("features", ["tokens", "histogram", "embedding", "statistics", "reconstruction", "windows",
+                                      "combined", "statistics+tokens", "combined+reconstruction",
+                                      "embedding+windows+statistics"])
 def test_features_are_the_named_parts_per_channel(features):
-    model = classifier(classifier_features=features, classifier_reconstruction_steps=8).eval()
+    model = classifier(classifier_features=features, classifier_reconstruction_steps=8,
+                       classifier_window_scales=[2, 4]).eval()
     past_values, _ = toy_problem(4)
     with torch.no_grad():
         output = model(past_values)
         base = model.vqshape(past_values, output_reconstruction=True)
+        windows = zoomed_window_embedding(model.vqshape, past_values, [2, 4])
     sizes = {"tokens": TINY["num_tokens"] * (TINY["code_dim"] + 4), "histogram": TINY["num_codes"],
-             "embedding": TINY["d_model"], "statistics": 2, "reconstruction": 8}
+             "embedding": TINY["d_model"], "statistics": 2, "reconstruction": 8, "windows": 2 * TINY["d_model"]}
     parts = model.config.classifier_feature_parts
     assert output.features.shape == (4, 2 * sum(sizes[part] for part in parts))
     per_channel = output.features.reshape(4, 2, -1)
@@ -64,7 +87,8 @@ def test_features_are_the_named_parts_per_channel(features):
     rebuilt = torch.stack([base.reconstruction[:, i * stretch:(i + 1) * stretch].mean(1) for i in range(8)], -1)
     expected = {"tokens": base.token_features.flatten(2), "histogram": base.histogram / TINY["num_tokens"],
                 "embedding": base.last_hidden_state.mean(2),
-                "statistics": torch.stack([base.loc, base.scale.log()], -1), "reconstruction": rebuilt}
+                "statistics": torch.stack([base.loc, base.scale.log()], -1), "reconstruction": rebuilt,
+                "windows": windows}
     torch.testing.assert_close(per_channel, torch.cat([expected[part].float() for part in parts], -1))
 
 
@@ -84,6 +108,19 @@ def test_unknown_feature_part_is_refused():
 def test_reconstruction_steps_must_divide_the_input_length():
     with pytest.raises(ValueError, match="classifier_reconstruction_steps.*divide"):
         VQShapeConfig(**{**TINY, "classifier_reconstruction_steps": TINY["input_length"] - 1})
+
+
+@pytest.mark.parametrize("scales", [[], [1], [2, 2], [TINY["input_length"]], 2, [2.0]])
+def test_window_scales_must_be_distinct_integers_that_cut_the_series(scales):
+    with pytest.raises(ValueError, match="classifier_window_scales"):
+        VQShapeConfig(**TINY, classifier_window_scales=scales)
+
+
+def test_window_scales_survive_the_config_round_trip(tmp_path):
+    VQShapeConfig(**TINY, classifier_features="windows", classifier_window_scales=(3, 8)).save_pretrained(tmp_path)
+    config = VQShapeConfig.from_pretrained(tmp_path)
+    assert config.classifier_window_scales == [3, 8]
+    assert config.classifier_feature_sizes == {"windows": 2 * TINY["d_model"]}
 
 
 def test_the_head_learns_a_toy_problem_within_a_few_steps():
@@ -203,6 +240,23 @@ FIRST_STAGE = dict(num_classes=2, candidates=["tokens", "statistics"], weight_de
                    epochs=50)
 
 
+def test_frozen_feature_parts_computes_only_the_parts_asked_for(monkeypatch):
+    model = classifier().eval()
+    past_values, _ = toy_problem(8)
+    every = frozen_feature_parts(model.vqshape, past_values, batch_size=4)
+    assert list(every) == ["tokens", "histogram", "embedding", "statistics", "reconstruction", "windows"]
+    torch.testing.assert_close(every["windows"], zoomed_window_embedding(model.vqshape, past_values, [2, 4]))
+
+    def no_windows(*args, **kwargs):
+        raise AssertionError("the windows were tokenized for a part nobody asked for")
+
+    monkeypatch.setattr(model.vqshape, "window_embedding", no_windows)
+    some = frozen_feature_parts(model.vqshape, past_values, batch_size=4, parts=["tokens", "statistics"])
+    assert list(some) == ["tokens", "statistics"]
+    for part, values in some.items():
+        assert torch.equal(values, every[part]), part
+
+
 def informative_statistics():
     """`(past_values, labels, parts, rows)` of the toy problem, whose statistics carry the classes while its token
     features are replaced by noise, and a validation split of its rows."""
@@ -295,7 +349,7 @@ def test_trainer_finetunes_the_head(tmp_path):
 def test_feature_scaler_survives_save_and_reload_with_identical_logits(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    model = classifier(classifier_features="combined+reconstruction").eval()
+    model = classifier(classifier_features="combined+reconstruction+windows").eval()
     past_values, labels = toy_problem()
     mean, std = fit_feature_scaler(model, [(past_values, labels)])
     model.save_pretrained(tmp_path / "saved")
@@ -325,7 +379,7 @@ HUB_LOADER = PACKAGE_OR_REMOTE + textwrap.dedent(
 def test_feature_scaler_survives_the_hub_with_identical_logits(hub, tmp_path, mode):  # noqa: F811
     from modeling_vqshape.sharing.hub import publish
 
-    model = classifier(classifier_features="combined+reconstruction").eval()
+    model = classifier(classifier_features="combined+reconstruction+windows").eval()
     past_values, labels = toy_problem()
     fit_feature_scaler(model, [(past_values, labels)])
     publish(model, f"lab/vqshape-scaled-{mode}", endpoint=hub.endpoint, token="hf_stand_in")
@@ -426,7 +480,7 @@ def test_classification_benchmark_runs_every_method_and_reports_the_fine_tuned_r
     assert [row["method"] for row in rows] == ["fine-tuned (defaults)", "VQShape tokens", "VQShape histogram",
                                                "raw values", "MiniRocket", "1-NN DTW"]
     finetuned = rows[0]
-    assert finetuned["classifier_features"] in ("combined", "tokens+statistics", "embedding+statistics", "statistics")
+    assert finetuned["classifier_features"] in FEATURE_CANDIDATES
     assert int(finetuned["selected_epoch"]) in (0, 1)
     assert float(finetuned["temperature"]) > 0  # calibrated (a number, not "none"), reported per seed
     # 10 test series: every accuracy is a multiple of 0.1

@@ -35,7 +35,8 @@ from ..processing_vqshape import VQShapeFeatureExtractor
 from .classification import DROPOUTS, WEIGHT_DECAYS, classification_metrics, train_linear_probes
 
 # the feature sets the first stage chooses from, in order of preference on ties
-FEATURE_CANDIDATES = ("combined", "tokens+statistics", "embedding+statistics", "statistics", "reconstruction")
+FEATURE_CANDIDATES = ("combined", "tokens+statistics", "embedding+statistics", "statistics", "reconstruction",
+                      "embedding+windows+statistics")
 
 
 def add_dataset_arguments(parser):
@@ -58,7 +59,7 @@ def add_training_arguments(parser):
     decay, epochs after the first stage, candidate feature sets of the first stage, calibration, threads and seed."""
     parser.add_argument("--classifier_features", nargs="+", default=list(FEATURE_CANDIDATES),
                         help="Candidate feature sets for the validation to choose from: tokens, histogram, embedding, "
-                             "statistics, reconstruction joined by '+', or combined (the first four).")
+                             "statistics, reconstruction, windows joined by '+', or combined (the first four).")
     parser.add_argument("--per_device_train_batch_size", type=int, default=16)
     parser.add_argument("--per_device_eval_batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=1e-4, help="The head's, after the linear probe.")
@@ -172,24 +173,29 @@ def validation_split(labels, fraction: float, seed: int = 0, groups=None) -> tup
 
 
 @torch.no_grad()
-def frozen_feature_parts(backbone, past_values: torch.Tensor, batch_size: int = 64) -> dict:
-    """Every part a head can read (`CLASSIFIER_FEATURE_PARTS`) of `past_values`, from the `VQShapeModel` `backbone`
-    in eval mode: `{part: (num_series, num_channels, size)}` float32 tensors on the CPU."""
+def frozen_feature_parts(backbone, past_values: torch.Tensor, batch_size: int = 64,
+                         parts=CLASSIFIER_FEATURE_PARTS) -> dict:
+    """The `parts` (default: every part a head can read, `CLASSIFIER_FEATURE_PARTS`) of `past_values`, from the
+    `VQShapeModel` `backbone` in eval mode: `{part: (num_series, num_channels, size)}` float32 tensors on the CPU. The
+    patch decoder runs, and the windows are tokenized, only for the parts that need them."""
     from ..modeling_vqshape import VQShapeForTimeSeriesClassification
 
+    config = backbone.config
     was_training = backbone.training
     backbone.eval()
     device = next(backbone.parameters()).device
-    parts = {part: [] for part in CLASSIFIER_FEATURE_PARTS}
+    values = {part: [] for part in parts}
     try:
         for batch in past_values.split(batch_size):
-            outputs = backbone(batch.to(device), output_reconstruction=True, return_dict=True)
-            for part in CLASSIFIER_FEATURE_PARTS:
-                parts[part].append(VQShapeForTimeSeriesClassification.feature_parts(
-                    outputs, [part], backbone.config.classifier_reconstruction_steps).float().cpu())
+            batch = batch.to(device)
+            outputs = backbone(batch, output_reconstruction="reconstruction" in parts, return_dict=True)
+            windows = backbone.window_embedding(batch, config.classifier_window_scales) if "windows" in parts else None
+            for part in parts:
+                values[part].append(VQShapeForTimeSeriesClassification.feature_parts(
+                    outputs, [part], config.classifier_reconstruction_steps, windows).float().cpu())
     finally:
         backbone.train(was_training)
-    return {part: torch.cat(values) for part, values in parts.items()}
+    return {part: torch.cat(tensors) for part, tensors in values.items()}
 
 
 def standardise(features: torch.Tensor) -> tuple:
@@ -329,7 +335,9 @@ def probe_initialised_classifier(model_name_or_path, past_values, labels, rows, 
     `label_names` and starts from that head (`model_kwargs`: other config values, e.g. `freeze_backbone`)."""
     from ..modeling_vqshape import VQShapeForTimeSeriesClassification, VQShapeModel
 
-    parts = frozen_feature_parts(VQShapeModel.from_pretrained(model_name_or_path), past_values)
+    needed = {part for candidate in candidates for part in classifier_feature_parts(candidate)}
+    parts = frozen_feature_parts(VQShapeModel.from_pretrained(model_name_or_path), past_values,
+                                 parts=[part for part in CLASSIFIER_FEATURE_PARTS if part in needed])
     head = select_linear_head(parts, labels, *rows, num_classes=len(label_names), seed=seed, candidates=candidates,
                               distillation=distillation, folds=folds, groups=groups)
     model = VQShapeForTimeSeriesClassification.from_pretrained(
@@ -352,7 +360,7 @@ def fit_feature_scaler(model, dataloader, accelerator=None) -> tuple:
     rows = []
     try:
         for past_values, _ in dataloader:
-            features = unwrapped.features(unwrapped.backbone_outputs(past_values))
+            features = unwrapped.head_input(past_values)
             rows.append(accelerator.gather_for_metrics(features) if accelerator is not None else features)
     finally:
         unwrapped.train(was_training)
