@@ -332,12 +332,15 @@ class VQShapeConfig(PretrainedConfig):
                 f"divide `input_length` ({self.input_length}): each value averages an equal stretch of the series."
             )
         scales = self.classifier_window_scales
-        usable = [isinstance(k, int) and not isinstance(k, bool) and 2 <= k <= self.input_length // 2
-                  for k in scales] if isinstance(scales, list) else []
+        # the upper bound only where a head reads the windows: the default [2, 4] must not refuse short models
+        largest = self.input_length // 2 if "windows" in classifier_feature_parts(self.classifier_features) else None
+        usable = [isinstance(k, int) and not isinstance(k, bool) and 2 <= k <= (largest or k)
+                  for k in scales] if isinstance(scales, (list, tuple)) else []
         if not usable or not all(usable) or len(set(scales)) < len(scales):
             raise ValueError(
-                f"VQShapeConfig: `classifier_window_scales` must be distinct integers from 2 to input_length // 2 = "
-                f"{self.input_length // 2} (scale k: windows of input_length // k steps), got {scales!r}."
+                f"VQShapeConfig: `classifier_window_scales` must be distinct integers of at least 2 (scale k: windows "
+                f"of input_length // k steps){f', at most input_length // 2 = {largest}' if largest else ''}, got "
+                f"{scales!r} (the default is [2, 4])."
             )
         if self.shape_length % 16:
             raise ValueError(

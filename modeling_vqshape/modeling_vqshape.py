@@ -973,28 +973,36 @@ class VQShapeModel(VQShapePreTrainedModel):
     def window_embedding(self, past_values: torch.Tensor, scales) -> torch.Tensor:
         """The tokenizer's output for shorter windows of the series, averaged over tokens and over the windows of each
         scale, `(batch_size, num_channels, len(scales) * d_model)`. Scale k cuts the series into windows of
-        `input_length // k` steps that overlap by half (2k - 1 of them at scale 2 or 4); each window is stretched
-        linearly to `input_length` and tokenized as a series of its own, so that its tokens describe a k-th of the
-        series at k times the grain.
+        `input_length // k` steps, one starting every half window (2k - 1 of them where 2k divides `input_length`; the
+        last steps may fall outside every window otherwise); each window is stretched linearly to `input_length` and
+        tokenized as a series of its own, so that its tokens describe a k-th of the series at k times the grain. Only
+        the patch encoder and the tokenizer run: no code lookup, so the codebook learns nothing from the windows, even
+        in training mode.
 
         Args:
             past_values: `(batch_size, input_length)` or `(batch_size, input_length, num_channels)`.
+            scales: integers from 2 to `input_length // 2` (`config.classifier_window_scales`).
         """
+        length = self.config.input_length
+        if any(isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= length // 2 for k in scales):
+            raise ValueError(f"window scales must be integers from 2 to input_length // 2 = {length // 2}, got "
+                             f"{list(scales)!r}.")
         self._flatten_channels(past_values)  # the checks of the whole series
         values = past_values.unsqueeze(-1) if past_values.dim() == 2 else past_values
         values = values if values.is_floating_point() else values.to(self.dtype)
-        length = self.config.input_length
         pooled = []
         for scale in scales:
             size = length // scale
             windows = values.unfold(1, size, max(1, size // 2))  # (batch, windows, channels, size)
             batch_size, num_windows, num_channels, _ = windows.shape
-            # "batch windows channels size -> (batch windows) channels length -> (batch windows) length channels"
+            # "batch windows channels size -> (batch windows channels) length": every channel of every window a series
             zoomed = F.interpolate(windows.reshape(-1, num_channels, size), size=length, mode="linear",
-                                   align_corners=True).transpose(1, 2)
-            encoded = self.encode(zoomed)
-            hidden = encoded.per_channel(encoded.tokens.hidden_states).mean(dim=2)  # (batch windows) channels d
-            pooled.append(hidden.reshape(batch_size, num_windows, num_channels, -1).mean(dim=1))
+                                   align_corners=True).flatten(end_dim=1)
+            scaled, _, _ = instance_normalize(zoomed)
+            hidden_states = self.tokenizer(self.patch_encoder(self.patch_encoder.embed(scaled)))
+            # "(batch windows channels) tokens d -> batch windows channels d", averaged over tokens, then windows
+            embedding = hidden_states.mean(dim=1).reshape(batch_size, num_windows, num_channels, -1)
+            pooled.append(embedding.mean(dim=1))
         return torch.cat(pooled, dim=-1)
 
     def decode_shapes(self, tokens: _Tokens, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -1149,7 +1157,8 @@ class VQShapeFeatureScaler(nn.Module):
 class VQShapeForTimeSeriesClassification(VQShapePreTrainedModel):
     """A linear classifier on VQShape's features, flattened over channels (the paper's linear probe), standardised by
     `feature_scaler` and with dropout on its input. `config.classifier_features` names what it reads (tokens,
-    histogram, pooled embedding, instance statistics, the series rebuilt from the tokens, or several of them); set
+    histogram, pooled embedding, instance statistics, the series rebuilt from the tokens, the pooled embedding of
+    shorter windows, or several of them); set
     `config.freeze_backbone` to train the classifier alone."""
 
     def __init__(self, config: VQShapeConfig):
@@ -1192,6 +1201,9 @@ class VQShapeForTimeSeriesClassification(VQShapePreTrainedModel):
                 -1, (reconstruction_steps, -1)).mean(dim=-1),
             "windows": lambda: window_embedding,
         }
+        if "windows" in parts and window_embedding is None:
+            raise ValueError("the `windows` part needs `window_embedding` (VQShapeModel.window_embedding of the same "
+                             "past_values).")
         return torch.cat([values[part]() for part in parts], dim=-1)
 
     def head_input(self, past_values: torch.Tensor) -> torch.Tensor:

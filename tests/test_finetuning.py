@@ -113,7 +113,28 @@ def test_reconstruction_steps_must_divide_the_input_length():
 @pytest.mark.parametrize("scales", [[], [1], [2, 2], [TINY["input_length"]], 2, [2.0]])
 def test_window_scales_must_be_distinct_integers_that_cut_the_series(scales):
     with pytest.raises(ValueError, match="classifier_window_scales"):
-        VQShapeConfig(**TINY, classifier_window_scales=scales)
+        VQShapeConfig(**TINY, classifier_features="embedding+windows", classifier_window_scales=scales)
+
+
+def test_default_window_scales_do_not_refuse_a_short_model_that_never_reads_them():
+    short = dict(input_length=4, num_patches=1, patch_length=4, num_tokens=1, classifier_reconstruction_steps=1)
+    assert VQShapeConfig(**short).classifier_window_scales == [2, 4]
+    with pytest.raises(ValueError, match="at most input_length // 2 = 2"):
+        VQShapeConfig(**short, classifier_features="windows")
+
+
+def test_window_tokenization_leaves_the_codebook_alone_in_training_mode():
+    """The windows run the encoder and tokenizer only: a training-mode pass over them (the whole model fine-tuned)
+    neither counts their codes nor re-seeds dead codes from them."""
+    model = classifier(classifier_features="windows", codebook_update="ema", dead_code_threshold=0.5).train()
+    past_values, _ = toy_problem(8)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    windows = model.vqshape.window_embedding(past_values, [2, 4])
+    assert windows.requires_grad  # trained with the rest of the model
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+    model(past_values)  # the whole series' forward does update the codebook's statistics
+    assert any(not torch.equal(tensor, before[name]) for name, tensor in model.state_dict().items())
 
 
 def test_window_scales_survive_the_config_round_trip(tmp_path):

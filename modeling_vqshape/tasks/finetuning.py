@@ -177,7 +177,8 @@ def frozen_feature_parts(backbone, past_values: torch.Tensor, batch_size: int = 
                          parts=CLASSIFIER_FEATURE_PARTS) -> dict:
     """The `parts` (default: every part a head can read, `CLASSIFIER_FEATURE_PARTS`) of `past_values`, from the
     `VQShapeModel` `backbone` in eval mode: `{part: (num_series, num_channels, size)}` float32 tensors on the CPU. The
-    patch decoder runs, and the windows are tokenized, only for the parts that need them."""
+    patch decoder runs, and the windows are tokenized (10 more passes of the encoder at scales 2 and 4), only for the
+    parts that need them."""
     from ..modeling_vqshape import VQShapeForTimeSeriesClassification
 
     config = backbone.config
