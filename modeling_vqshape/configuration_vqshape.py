@@ -30,6 +30,19 @@ def classifier_feature_parts(features: str) -> tuple:
     return tuple(part for part in CLASSIFIER_FEATURE_PARTS if part in parts)
 
 
+def check_window_scales(scales, largest: int | None = None):
+    """Raise a ValueError unless `scales` (of the `windows` part) are distinct integers of at least 2, and at most
+    `largest` (`input_length // 2`, where windows are cut) if given."""
+    usable = [isinstance(k, int) and not isinstance(k, bool) and 2 <= k <= (largest or k)
+              for k in scales] if isinstance(scales, (list, tuple)) else []
+    if not usable or not all(usable) or len(set(scales)) < len(scales):
+        raise ValueError(
+            f"`classifier_window_scales` must be distinct integers of at least 2 (scale k: windows of "
+            f"input_length // k steps){f', at most input_length // 2 = {largest}' if largest else ''}, got {scales!r} "
+            "(the default is [2, 4])."
+        )
+
+
 DIVERSE_CODEBOOK = {
     "codebook_init": "kmeans",
     "code_lookup": "cosine",
@@ -331,17 +344,9 @@ class VQShapeConfig(PretrainedConfig):
                 f"VQShapeConfig: `classifier_reconstruction_steps` ({self.classifier_reconstruction_steps}) must "
                 f"divide `input_length` ({self.input_length}): each value averages an equal stretch of the series."
             )
-        scales = self.classifier_window_scales
         # the upper bound only where a head reads the windows: the default [2, 4] must not refuse short models
-        largest = self.input_length // 2 if "windows" in classifier_feature_parts(self.classifier_features) else None
-        usable = [isinstance(k, int) and not isinstance(k, bool) and 2 <= k <= (largest or k)
-                  for k in scales] if isinstance(scales, (list, tuple)) else []
-        if not usable or not all(usable) or len(set(scales)) < len(scales):
-            raise ValueError(
-                f"VQShapeConfig: `classifier_window_scales` must be distinct integers of at least 2 (scale k: windows "
-                f"of input_length // k steps){f', at most input_length // 2 = {largest}' if largest else ''}, got "
-                f"{scales!r} (the default is [2, 4])."
-            )
+        check_window_scales(self.classifier_window_scales, self.input_length // 2
+                            if "windows" in classifier_feature_parts(self.classifier_features) else None)
         if self.shape_length % 16:
             raise ValueError(
                 f"VQShapeConfig: `shape_length` ({self.shape_length}) must be a multiple of 16: the shape decoder "

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_vqshape import VQShapeConfig
+from .configuration_vqshape import VQShapeConfig, check_window_scales
 from .saving_vqshape import CompletedFolderMixin
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -984,25 +984,21 @@ class VQShapeModel(VQShapePreTrainedModel):
             scales: integers from 2 to `input_length // 2` (`config.classifier_window_scales`).
         """
         length = self.config.input_length
-        if any(isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= length // 2 for k in scales):
-            raise ValueError(f"window scales must be integers from 2 to input_length // 2 = {length // 2}, got "
-                             f"{list(scales)!r}.")
-        self._flatten_channels(past_values)  # the checks of the whole series
-        values = past_values.unsqueeze(-1) if past_values.dim() == 2 else past_values
-        values = values if values.is_floating_point() else values.to(self.dtype)
+        check_window_scales(scales, length // 2)
+        series, batch_size, num_channels = self._flatten_channels(past_values)  # (batch channels) length
         pooled = []
         for scale in scales:
             size = length // scale
-            windows = values.unfold(1, size, max(1, size // 2))  # (batch, windows, channels, size)
-            batch_size, num_windows, num_channels, _ = windows.shape
-            # "batch windows channels size -> (batch windows channels) length": every channel of every window a series
-            zoomed = F.interpolate(windows.reshape(-1, num_channels, size), size=length, mode="linear",
+            windows = series.unfold(1, size, max(1, size // 2))  # (batch channels) windows size
+            num_windows = windows.shape[1]
+            # "(batch channels) windows size -> (batch channels windows) length": every window a series of its own
+            zoomed = F.interpolate(windows.reshape(-1, 1, size), size=length, mode="linear",
                                    align_corners=True).flatten(end_dim=1)
             scaled, _, _ = instance_normalize(zoomed)
             hidden_states = self.tokenizer(self.patch_encoder(self.patch_encoder.embed(scaled)))
-            # "(batch windows channels) tokens d -> batch windows channels d", averaged over tokens, then windows
-            embedding = hidden_states.mean(dim=1).reshape(batch_size, num_windows, num_channels, -1)
-            pooled.append(embedding.mean(dim=1))
+            # "(batch channels windows) tokens d -> batch channels windows d", averaged over tokens, then windows
+            embedding = hidden_states.mean(dim=1).reshape(batch_size, num_channels, num_windows, -1)
+            pooled.append(embedding.mean(dim=2))
         return torch.cat(pooled, dim=-1)
 
     def decode_shapes(self, tokens: _Tokens, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -116,6 +116,14 @@ def test_window_scales_must_be_distinct_integers_that_cut_the_series(scales):
         VQShapeConfig(**TINY, classifier_features="embedding+windows", classifier_window_scales=scales)
 
 
+@pytest.mark.parametrize("scales", [[1], [TINY["input_length"]], [2, 2]])
+def test_window_embedding_refuses_scales_that_cut_no_window(scales):
+    model = classifier().eval()
+    past_values, _ = toy_problem(2)
+    with pytest.raises(ValueError, match="classifier_window_scales"):
+        model.vqshape.window_embedding(past_values, scales)
+
+
 def test_default_window_scales_do_not_refuse_a_short_model_that_never_reads_them():
     short = dict(input_length=4, num_patches=1, patch_length=4, num_tokens=1, classifier_reconstruction_steps=1)
     assert VQShapeConfig(**short).classifier_window_scales == [2, 4]
