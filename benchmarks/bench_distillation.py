@@ -8,8 +8,9 @@ For each task and seed (5 by default), in one run:
   whose TRAIN logits are out-of-fold (5-fold cross-fitting) and reach the student as an outputs file, as a teacher
   from another framework would; and the topology teacher, `examples/train_persistence_teacher.py` (a folder);
 - the student alone: `examples/finetune.py` with the students' two stages (`--num_train_epochs 10`, distill.py's);
-- the student from each teacher alone, and from both under each weighting (`equal`, `confidence`, `mtkd_rl`, and
-  `mtkd_rl` with the authors' code's reward, `--reward loss`): `examples/distill.py` with its defaults.
+- the student from each teacher alone, and from both under each weighting (`equal`, `confidence`, `mtkd_rl` with
+  its default reward, the improvement of the student's head, with the whole student's, `--reward improvement`, and
+  with the authors' code's, `--reward loss`): `examples/distill.py` with its defaults.
 
 The scripts run in this process, as `main(argv)`, with `--seed S`. The tasks are the `--datasets` (bundled sets by
 default) and, unless `--no_geneactiv`, a GENEActiv-style protocol built from SYNTHETIC recordings
@@ -52,6 +53,8 @@ STUDENTS = {  # method -> (teachers, weighting options of distill.py)
     "student from both, equal": ((RAW, TOPOLOGY), ["--weighting", "equal"]),
     "student from both, confidence": ((RAW, TOPOLOGY), ["--weighting", "confidence"]),
     "student from both, mtkd_rl": ((RAW, TOPOLOGY), ["--weighting", "mtkd_rl"]),
+    "student from both, mtkd_rl (whole-student reward)": ((RAW, TOPOLOGY),
+                                                          ["--weighting", "mtkd_rl", "--reward", "improvement"]),
     "student from both, mtkd_rl (loss reward)": ((RAW, TOPOLOGY), ["--weighting", "mtkd_rl", "--reward", "loss"]),
 }
 
@@ -144,7 +147,8 @@ def row(task: str, method: str, seed: int, results: dict, **extra) -> dict:
             **{key: results[key] for key in ("accuracy", "balanced_accuracy", "macro_f1")},
             "seconds_per_step": results.get("seconds_per_step"),
             "mean_teacher_weights": json.dumps(results.get("mean_teacher_weights")),
-            "selected_epoch": results.get("selected_epoch"), "probe_taught": results.get("probe_taught"), **extra}
+            "selected_epoch": results.get("selected_epoch"), "probe_taught": results.get("probe_taught"),
+            "validation_accuracy": (results.get("validation") or {}).get("accuracy"), **extra}
 
 
 def tasks(args, folder: Path) -> list:

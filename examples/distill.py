@@ -11,8 +11,9 @@ classifier: a stratified `--validation_fraction` of TRAIN (whole recordings, as 
 picks a linear head on frozen features, trained on the labels alone or on the loss below (`mtkd_rl`'s agent, which
 learns later, starting from equal weights), as the validation rows choose; then the whole model trains on
 `alpha * CE + (1 - alpha) * sum_k w_k * KD_k` (`distillation.py`) with the teacher weights of `--weighting`: equal,
-confidence (CA-MKD) or mtkd_rl (a policy trained by REINFORCE on the student's improvement or, with `--reward loss`, on
-minus its training loss; its updates all-gathered so that every process keeps the same agent). `--label_map` (a JSON
+confidence (CA-MKD) or mtkd_rl (a policy trained by REINFORCE on the improvement of the student's head over each step,
+of the whole student with `--reward improvement`, or minus its training loss with `--reward loss`; its updates
+all-gathered so that every process keeps the same agent). `--label_map` (a JSON
 file or inline JSON {fine class: coarse label}) scores the student on coarse classes: the dataset's labels are mapped,
 and a teacher with the fine classes is merged onto the coarse ones (`teachers.label_alignment`); a map naming a class
 that neither the dataset nor any teacher has is refused. The validation rows pick the epoch, as in `finetune.py` (the
@@ -41,6 +42,7 @@ from modeling_vqshape.tasks.distillation import (
     ProbeDistillation,
     agent_state,
     agent_update,
+    head_cross_entropy,
     improvement_reward,
     loss_reward,
     multi_teacher_kd_loss,
@@ -76,8 +78,9 @@ def parse_args(argv=None):
     parser.add_argument("--alpha", type=float, default=0.5, help="Weight of the cross-entropy on the labels.")
     parser.add_argument("--agent_learning_rate", type=float, default=1e-3, help="Of the MTKD-RL agent (Adam).")
     parser.add_argument("--reward", choices=REWARDS, default=None,
-                        help="MTKD-RL's: the student's improvement over the step (default; one more forward pass) or "
-                             "minus its training loss (the authors' code; no extra pass).")
+                        help="MTKD-RL's: the improvement over the step of the student's head on the training "
+                             "forward's features (head_improvement, default), of the whole student (improvement; one "
+                             "more forward pass), or minus its training loss (loss; the authors' code).")
     parser.add_argument("--label_map", default=None,
                         help="JSON file or inline JSON {fine class: coarse label}: train and score on coarse classes.")
     parser.add_argument("--output_dir", default="vqshape-distilled")
@@ -90,7 +93,7 @@ def parse_args(argv=None):
         parser.error(str(error))
     if args.reward is not None and args.weighting != "mtkd_rl":
         parser.error(f"--reward is MTKD-RL's; --weighting {args.weighting} has no agent to reward.")
-    args.reward = args.reward or "improvement"
+    args.reward = args.reward or "head_improvement"
     check_hub_arguments(parser, args, "lab/vqshape-distilled")
     return args
 
@@ -151,12 +154,19 @@ def main(argv=None):
             per_sample = multi_teacher_kd_loss(outputs.logits, teacher_logits, weights, batch_labels, args.alpha,
                                                args.temperature, reduction="none")
             accelerator.backward(per_sample.mean())
+            head_before = (head_cross_entropy(student, outputs.features, batch_labels)
+                           if agent is not None and args.reward == "head_improvement" else None)
             optimizer.step()
             optimizer.zero_grad()
             if agent is not None:  # rewarded by --reward; every process takes the same update
-                rewards = improvement_reward(per_sample_cross_entropy(outputs.logits, batch_labels),
-                                             student_cross_entropy(student, batch_values, batch_labels, draws)
-                                             ) if paired else loss_reward(per_sample)
+                if paired:
+                    rewards = improvement_reward(per_sample_cross_entropy(outputs.logits, batch_labels),
+                                                 student_cross_entropy(student, batch_values, batch_labels, draws))
+                elif head_before is not None:
+                    rewards = improvement_reward(head_before,
+                                                 head_cross_entropy(student, outputs.features, batch_labels))
+                else:
+                    rewards = loss_reward(per_sample)
                 agent_update(agent, agent_optimizer, *accelerator.gather((state, actions, rewards)))
             gathered_weights = accelerator.gather(weights)
             weight_sum += gathered_weights.sum(0)

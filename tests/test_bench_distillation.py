@@ -93,3 +93,6 @@ def test_distillation_benchmark_runs_every_teacher_and_student_on_a_bundled_set_
     markdown = (output / "results.md").read_text()
     assert "Time per training step" in markdown and "| mtkd_rl |" in markdown
     assert "| mtkd_rl (loss reward) |" in markdown
+    assert "| mtkd_rl (whole-student reward) |" in markdown
+    students = [row for row in rows if row["method"] != bench_distillation.ALONE and "teacher:" not in row["method"]]
+    assert all(0.0 <= float(row["validation_accuracy"]) <= 1.0 for row in students)

@@ -1,9 +1,9 @@
 """The distillation scripts end to end (examples/train_persistence_teacher.py, examples/distill.py) on the tiny config
 and small subsets of BasicMotions: the persistence-image teacher trains and saves with its class names; the student
 distilled from a saved classifier and an outputs file saves and reloads with identical logits, reports its metrics and
-mean teacher weights; on two ranks the MTKD-RL agent stays identical on both; its loss reward runs no measuring
-pass; with `--label_map` a teacher of fine
-classes teaches a student trained and scored on coarse ones, and a map naming unknown classes is refused. Also the
+mean teacher weights; on two ranks the MTKD-RL agent stays identical on both; its head and loss rewards run no
+measuring pass; with `--label_map` a teacher of fine classes teaches a student trained and scored on coarse ones, and a
+map naming unknown classes is refused. Also the
 teachers precomputed over TRAIN (modeling_vqshape.tasks.teachers.training_teachers)."""
 
 import json
@@ -98,11 +98,12 @@ def test_persistence_teacher_and_mtkd_rl_student_end_to_end(tiny_student, tmp_pa
     result = run_script([sys.executable, str(REPO_ROOT / "examples" / "distill.py"), *SMALL_RUN,
                          "--student_model_name_or_path", str(tiny_student), "--teacher", str(teacher_dir),
                          "--teacher", str(outputs_file(tmp_path / "raw.npz")), "--weighting", "mtkd_rl",
-                         "--classifier_features", "tokens", "--num_train_epochs", "2", "--output_dir",
-                         str(student_dir)])
+                         "--reward", "improvement", "--classifier_features", "tokens", "--num_train_epochs", "2",
+                         "--output_dir", str(student_dir)])
     assert "mean teacher weights over training (mtkd_rl)" in result.stdout
     reported = json.loads((student_dir / "eval_results.json").read_text())
     assert {"accuracy", "macro_f1"} <= reported.keys() and reported["weighting"] == "mtkd_rl"
+    assert reported["reward"] == "improvement"  # the whole student's, measured by one more forward pass
     weights = reported["mean_teacher_weights"]
     assert len(weights) == 2 and sum(weights) == pytest.approx(1, abs=1e-5)
     card = (student_dir / "README.md").read_text()
@@ -161,26 +162,28 @@ def test_reward_is_refused_without_the_mtkd_rl_agent(capsys):
     with pytest.raises(SystemExit):
         distill.parse_args([*common, "--weighting", "equal", "--reward", "loss"])
     assert "--reward is MTKD-RL's" in capsys.readouterr().err
-    assert distill.parse_args([*common, "--weighting", "mtkd_rl"]).reward == "improvement"
+    assert distill.parse_args([*common, "--weighting", "mtkd_rl"]).reward == "head_improvement"
 
 
-def test_mtkd_rl_with_the_loss_reward_takes_no_extra_forward_pass(tiny_student, tmp_path, monkeypatch):
+@pytest.mark.parametrize("reward", ["head_improvement", "loss"])
+def test_mtkd_rl_with_the_head_or_loss_reward_takes_no_extra_forward_pass(reward, tiny_student, tmp_path,
+                                                                         monkeypatch):
     distill = distill_script()
 
     def measuring_pass(*args, **kwargs):
-        raise AssertionError("the loss reward must not run the measuring forward pass")
+        raise AssertionError(f"the {reward} reward must not run the measuring forward pass")
 
     monkeypatch.setattr(distill, "student_cross_entropy", measuring_pass)
     monkeypatch.setattr(distill, "random_state", measuring_pass)
     distill.main([*SMALL_RUN, "--student_model_name_or_path", str(tiny_student), "--teacher",
                   str(outputs_file(tmp_path / "a.npz")), "--teacher", str(outputs_file(tmp_path / "b.npz")),
-                  "--weighting", "mtkd_rl", "--reward", "loss", "--classifier_features", "tokens",
+                  "--weighting", "mtkd_rl", "--reward", reward, "--classifier_features", "tokens",
                   "--num_train_epochs", "2", "--num_threads", "1", "--output_dir", str(tmp_path / "student"),
                   "--debug_agent_dir", str(tmp_path / "agents"), "--no-calibrate"])
     reported = json.loads((tmp_path / "student" / "eval_results.json").read_text())
-    assert reported["weighting"] == "mtkd_rl" and reported["reward"] == "loss"
+    assert reported["weighting"] == "mtkd_rl" and reported["reward"] == reward
     assert reported["calibration"] is None  # --no-calibrate
-    assert '"reward": "loss"' in (tmp_path / "student" / "README.md").read_text()
+    assert f'"reward": "{reward}"' in (tmp_path / "student" / "README.md").read_text()
     from safetensors.torch import load_file
 
     assert load_file(str(tmp_path / "agents" / "agent.rank0.safetensors"))["score.1.weight"].abs().sum() > 0

@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 WEIGHTINGS = ("equal", "confidence", "mtkd_rl")
-REWARDS = ("improvement", "loss")  # of `mtkd_rl`: `improvement_reward`, `loss_reward`
+REWARDS = ("improvement", "head_improvement", "loss")  # of `mtkd_rl`: `improvement_reward` (of the whole student or
+# of its head alone, `head_cross_entropy`), `loss_reward`
 
 
 # ---- losses ----------------------------------------------------------------------------------------------------------
@@ -360,11 +361,23 @@ def student_cross_entropy(model, past_values: torch.Tensor, labels: torch.Tensor
     return per_sample_cross_entropy(logits, labels)
 
 
+@torch.no_grad()
+def head_cross_entropy(model, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The per-sample cross-entropy, `(batch_size,)`, of the classifier's head alone (`feature_scaler`, then
+    `classifier`, without dropout) on a forward's head input `features` (`outputs.features`), without gradient; call
+    it on the unwrapped model. Taken before and after the optimizer step on the same features, the pair gives the
+    `head_improvement` reward: the part of the step's improvement that the head's update makes, at the cost of one
+    linear layer instead of a forward pass. The backbone's part of the step is left out; where the backbone is frozen
+    (or the student is linear) it is the whole improvement."""
+    return per_sample_cross_entropy(model.classifier(model.feature_scaler(features.detach())), labels)
+
+
 def improvement_reward(loss_before: torch.Tensor, loss_after: torch.Tensor) -> torch.Tensor:
     """The student's improvement on each sample, `loss_before - loss_after`, `(batch_size,)`: its cross-entropy on the
     label in the training forward and after the optimizer step it took with the sampled weights
-    (`student_cross_entropy` with the training forward's `random_state`: one more forward pass without gradient,
-    about a third of a training step; teachers cost nothing more)."""
+    (`student_cross_entropy` with the training forward's `random_state`: one more forward pass without gradient; teachers
+    cost nothing more), or of the head alone on the training forward's features (`head_cross_entropy` before and after
+    the step: two linear layers)."""
     assert loss_before.shape == loss_after.shape, (loss_before.shape, loss_after.shape)
     return (loss_before - loss_after).detach().float()
 
@@ -491,6 +504,7 @@ __all__ = [
     "agent_update",
     "confidence_weights",
     "equal_weights",
+    "head_cross_entropy",
     "improvement_reward",
     "kd_divergence",
     "kd_loss",
