@@ -13,10 +13,10 @@ learns later, starting from equal weights), as the validation rows choose; then 
 `alpha * CE + (1 - alpha) * sum_k w_k * KD_k` (`distillation.py`) with the teacher weights of `--weighting`: equal,
 confidence (CA-MKD) or mtkd_rl (a policy trained by REINFORCE on the improvement of the student's head over each step,
 of the whole student with `--reward improvement`, or minus its training loss with `--reward loss`; its updates
-all-gathered so that every process keeps the same agent). `--label_map` (a JSON
-file or inline JSON {fine class: coarse label}) scores the student on coarse classes: the dataset's labels are mapped,
-and a teacher with the fine classes is merged onto the coarse ones (`teachers.label_alignment`); a map naming a class
-that neither the dataset nor any teacher has is refused. The validation rows pick the epoch, as in `finetune.py` (the
+all-gathered so that every process keeps the same agent). `--label_map` (a JSON file or inline JSON {fine class:
+coarse label}) scores the student on coarse classes: the dataset's labels are mapped, and a teacher with the fine
+classes is merged onto the coarse ones (`teachers.label_alignment`); a map naming a class that neither the dataset nor
+any teacher has is refused. The validation rows pick the epoch, as in `finetune.py` (the
 probe, epoch 0, included) and fit the temperature folded into the head (`--no-calibrate`: none); the test split is read
 once, at the end. Accuracy and macro-F1 go to `eval_results.json` with the teachers' mean weights and the seconds per
 training step, and the model card names the teachers and the weighting.

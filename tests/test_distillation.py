@@ -245,8 +245,8 @@ def test_confidence_and_mtkd_rl_move_weight_to_the_right_teacher_and_equal_does_
 
 def test_the_head_reward_reads_the_classifiers_head_alone():
     """`head_cross_entropy` on a forward's features is the classifier's own cross-entropy where the forward has no
-    dropout (eval mode), and after a step that moves the backbone only it does not change: it sees the head's part of
-    the step alone."""
+    dropout (eval mode), is the same in training mode (it leaves dropout out), and does not change after a step that
+    moves the backbone only: it sees the head's part of the step alone."""
     config = VQShapeConfig(**{**TINY, "num_labels": 3, "classifier_dropout": 0.3})
     torch.manual_seed(0)
     model = VQShapeForTimeSeriesClassification(config).eval()
@@ -258,6 +258,9 @@ def test_the_head_reward_reads_the_classifiers_head_alone():
     outputs = model(past_values=past_values)
     head = head_cross_entropy(model, outputs.features, labels)
     torch.testing.assert_close(head, per_sample_cross_entropy(outputs.logits, labels))
+    model.train()  # the head's dropout (0.3) is left out in training mode too
+    assert torch.equal(head_cross_entropy(model, outputs.features, labels), head)
+    model.eval()
     with torch.no_grad():
         for parameter in model.vqshape.parameters():
             parameter.add_(0.1)
@@ -292,8 +295,8 @@ def test_agent_update_is_deterministic():
 
 def test_the_loss_reward_is_minus_the_training_loss_and_prefers_the_teacher_near_the_student():
     """The authors' code's reward: it favours weight on the teacher whose predictions are closer to the student's,
-    right or not (on `toy_problem` it does not find the right teacher in 600 steps; the
-    improvement reward does in 150, which is why it is the default)."""
+    right or not (on `toy_problem`, with a linear student, it does not find the right teacher in 600 steps; the
+    improvement rewards, of the head or of the whole student, do in 150)."""
     student = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
     near, far = student + 0.1, student.flip(-1) * 3
     teacher_logits, labels = torch.stack([near, far], dim=1), torch.tensor([0, 1])

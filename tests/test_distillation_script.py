@@ -1,10 +1,10 @@
 """The distillation scripts end to end (examples/train_persistence_teacher.py, examples/distill.py) on the tiny config
 and small subsets of BasicMotions: the persistence-image teacher trains and saves with its class names; the student
 distilled from a saved classifier and an outputs file saves and reloads with identical logits, reports its metrics and
-mean teacher weights; on two ranks the MTKD-RL agent stays identical on both; its head and loss rewards run no
-measuring pass; with `--label_map` a teacher of fine classes teaches a student trained and scored on coarse ones, and a
-map naming unknown classes is refused. Also the
-teachers precomputed over TRAIN (modeling_vqshape.tasks.teachers.training_teachers)."""
+mean teacher weights; on two ranks the MTKD-RL agent stays identical on both; each of its rewards measures what it
+says (the head twice, or one measuring pass, or neither); with `--label_map` a teacher of fine classes teaches a
+student trained and scored on coarse ones, and a map naming unknown classes is refused. Also the teachers precomputed
+over TRAIN (modeling_vqshape.tasks.teachers.training_teachers)."""
 
 import json
 import os
@@ -165,21 +165,32 @@ def test_reward_is_refused_without_the_mtkd_rl_agent(capsys):
     assert distill.parse_args([*common, "--weighting", "mtkd_rl"]).reward == "head_improvement"
 
 
-@pytest.mark.parametrize("reward", ["head_improvement", "loss"])
-def test_mtkd_rl_with_the_head_or_loss_reward_takes_no_extra_forward_pass(reward, tiny_student, tmp_path,
-                                                                         monkeypatch):
+@pytest.mark.parametrize("reward", ["head_improvement", "loss", "improvement"])
+def test_each_mtkd_rl_reward_is_measured_as_it_says(reward, tiny_student, tmp_path, monkeypatch):
+    """Per agent update: the head reward evaluates the head twice (before and after the step) and runs no measuring
+    forward pass; the loss reward neither; the whole student's reward one measuring pass with the training forward's
+    random state."""
     distill = distill_script()
+    calls = {"head": 0, "measuring pass": 0, "agent updates": 0}
 
-    def measuring_pass(*args, **kwargs):
-        raise AssertionError(f"the {reward} reward must not run the measuring forward pass")
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
 
-    monkeypatch.setattr(distill, "student_cross_entropy", measuring_pass)
-    monkeypatch.setattr(distill, "random_state", measuring_pass)
+    monkeypatch.setattr(distill, "head_cross_entropy", counted("head", distill.head_cross_entropy))
+    monkeypatch.setattr(distill, "student_cross_entropy", counted("measuring pass", distill.student_cross_entropy))
+    monkeypatch.setattr(distill, "agent_update", counted("agent updates", distill.agent_update))
     distill.main([*SMALL_RUN, "--student_model_name_or_path", str(tiny_student), "--teacher",
                   str(outputs_file(tmp_path / "a.npz")), "--teacher", str(outputs_file(tmp_path / "b.npz")),
                   "--weighting", "mtkd_rl", "--reward", reward, "--classifier_features", "tokens",
                   "--num_train_epochs", "2", "--num_threads", "1", "--output_dir", str(tmp_path / "student"),
                   "--debug_agent_dir", str(tmp_path / "agents"), "--no-calibrate"])
+    steps = calls["agent updates"]
+    assert steps > 0
+    assert calls["head"] == {"head_improvement": 2 * steps}.get(reward, 0)
+    assert calls["measuring pass"] == {"improvement": steps}.get(reward, 0)
     reported = json.loads((tmp_path / "student" / "eval_results.json").read_text())
     assert reported["weighting"] == "mtkd_rl" and reported["reward"] == reward
     assert reported["calibration"] is None  # --no-calibrate

@@ -15,18 +15,20 @@ by class name). Per-sample teacher weights `w` are `(batch_size, num_teachers)`,
     `softmax_k(-CE(t_k, y))`; one teacher gets weight 1.
   - `mtkd_rl`: Yang et al., "Multi-Teacher Knowledge Distillation with Reinforcement Learning for Visual Recognition"
     (AAAI 2025): `agent_state` builds the state, `MTKDRLAgent` maps it to weights, `reinforce_loss`/`agent_update`
-    train it by policy gradient with `improvement_reward` (or the authors' code's `loss_reward`). What the paper
-    leaves open and what we chose is written at `MTKDRLAgent`.
+    train it by policy gradient with `improvement_reward` (of the student's head, `head_cross_entropy`, or of the
+    whole student, `student_cross_entropy`) or the authors' code's `loss_reward`. What the paper leaves open and what we
+    chose is written at `MTKDRLAgent`.
 
 A training step with `mtkd_rl` (the script all-gathers between the steps when it runs on several processes):
 
     state = agent_state(student_logits, student_features, teacher_logits, teacher_features, labels, temperature)
     actions, weights = agent.sample(state, generator)               # exploration; the student trains with `weights`
     loss = multi_teacher_kd_loss(student_logits, teacher_logits, weights, labels, alpha, temperature)
+    ce_before = head_cross_entropy(student, student_features, labels)  # the head alone, before the step
     ... backward, optimizer step of the student ...
-    rewards = improvement_reward(ce_before, ce_after)               # CE of the student on these samples, per sample
-                                                                    # (after: the same dropout masks, random_state);
-                                                                    # or loss_reward(per-sample loss), no extra pass
+    rewards = improvement_reward(ce_before, head_cross_entropy(student, student_features, labels))  # per sample
+    # or: the whole student's CE in the training forward and after the step (student_cross_entropy, one more forward
+    # pass with the same dropout masks, random_state); or loss_reward(per-sample loss)
     state, actions, rewards = gather((state, actions, rewards))     # identical on every process
     agent_update(agent, agent_optimizer, state, actions, rewards)   # deterministic given its inputs
 """
@@ -238,10 +240,12 @@ class MTKDRLAgent(nn.Module):
     teachers gives a distribution per sample, which `multi_teacher_kd_loss` expects.
 
     The reward (paper: the student's performance; the authors' code: minus the student's per-sample training loss,
-    standardised over the batch and clipped to [0, 1]): by default the student's improvement, `improvement_reward`,
-    the drop in its cross-entropy on each sample over the step it took with the sampled weights (the training
-    forward's against a forward after the step with the same dropout masks); or the code's, `loss_reward`, which
-    needs no extra forward pass. Either is standardised over the (gathered) batch as the baseline
+    standardised over the batch and clipped to [0, 1]): by default the improvement of the student's head,
+    `improvement_reward` of `head_cross_entropy`, the drop in the head's cross-entropy on each sample, on the training
+    forward's features, over the step it took with the sampled weights (the head evaluated twice; the backbone's part
+    of the step is left out); or the whole student's (the training forward's cross-entropy against a forward after the
+    step with the same dropout masks, `student_cross_entropy`: one more forward pass); or the code's, `loss_reward`,
+    which needs no extra pass either. Each is standardised over the (gathered) batch as the baseline
     (`reinforce_loss`). The update is REINFORCE (Williams 1992), one step per batch.
 
     Parameters are initialised from `seed` alone (not the global generator), so every process builds the same agent.
@@ -366,18 +370,18 @@ def head_cross_entropy(model, features: torch.Tensor, labels: torch.Tensor) -> t
     """The per-sample cross-entropy, `(batch_size,)`, of the classifier's head alone (`feature_scaler`, then
     `classifier`, without dropout) on a forward's head input `features` (`outputs.features`), without gradient; call
     it on the unwrapped model. Taken before and after the optimizer step on the same features, the pair gives the
-    `head_improvement` reward: the part of the step's improvement that the head's update makes, at the cost of one
-    linear layer instead of a forward pass. The backbone's part of the step is left out; where the backbone is frozen
-    (or the student is linear) it is the whole improvement."""
+    `head_improvement` reward: the part of the step's improvement that the head's update makes, at the cost of the
+    head evaluated twice instead of a forward pass. The backbone's part of the step is left out; where the backbone is
+    frozen (or the student is linear) it is the whole improvement, measured without the head's dropout."""
     return per_sample_cross_entropy(model.classifier(model.feature_scaler(features.detach())), labels)
 
 
 def improvement_reward(loss_before: torch.Tensor, loss_after: torch.Tensor) -> torch.Tensor:
     """The student's improvement on each sample, `loss_before - loss_after`, `(batch_size,)`: its cross-entropy on the
     label in the training forward and after the optimizer step it took with the sampled weights
-    (`student_cross_entropy` with the training forward's `random_state`: one more forward pass without gradient; teachers
-    cost nothing more), or of the head alone on the training forward's features (`head_cross_entropy` before and after
-    the step: two linear layers)."""
+    (`student_cross_entropy` with the training forward's `random_state`: one more forward pass without gradient;
+    teachers cost nothing more), or of the head alone on the training forward's features (`head_cross_entropy` before
+    and after the step: the head evaluated twice)."""
     assert loss_before.shape == loss_after.shape, (loss_before.shape, loss_after.shape)
     return (loss_before - loss_after).detach().float()
 
