@@ -119,7 +119,7 @@ def main(argv=None):
                       f"weighting {args.weighting}; linear probe on {head.classifier_features}"
                       f"{' taught by the teachers' if head.taught else ''}: validation accuracy "
                       f"{head.validation_accuracy:.3f}")
-    agent = None
+    agent, reward = None, args.reward if args.weighting == "mtkd_rl" else None  # what rewards the agent, if any
     if args.weighting == "mtkd_rl":  # the same initial agent on every process (seeded), stepped on gathered inputs
         feature_dims = [teacher.features.shape[1] if teacher.features is not None else 0 for teacher in teachers]
         agent = MTKDRLAgent(len(label_names), feature_dims, seed=args.seed).to(accelerator.device)
@@ -140,8 +140,7 @@ def main(argv=None):
     for epoch in range(1, args.num_train_epochs + 1):
         for batch_values, batch_labels, batch_rows in train_dataloader:
             step_started = time.perf_counter()
-            paired = agent is not None and args.reward == "improvement"
-            draws = random_state(accelerator.device) if paired else None  # reused after the step
+            draws = random_state(accelerator.device) if reward == "improvement" else None  # reused after the step
             answers = [teacher(batch_values, batch_rows) for teacher in teachers]
             teacher_logits = torch.stack([answer.logits for answer in answers], dim=1)  # (batch, teachers, labels)
             outputs = model(past_values=batch_values)
@@ -155,14 +154,14 @@ def main(argv=None):
                                                args.temperature, reduction="none")
             accelerator.backward(per_sample.mean())
             head_before = (head_cross_entropy(student, outputs.features, batch_labels)
-                           if agent is not None and args.reward == "head_improvement" else None)
+                           if reward == "head_improvement" else None)
             optimizer.step()
             optimizer.zero_grad()
             if agent is not None:  # rewarded by --reward; every process takes the same update
-                if paired:
+                if reward == "improvement":
                     rewards = improvement_reward(per_sample_cross_entropy(outputs.logits, batch_labels),
                                                  student_cross_entropy(student, batch_values, batch_labels, draws))
-                elif head_before is not None:
+                elif reward == "head_improvement":
                     rewards = improvement_reward(head_before,
                                                  head_cross_entropy(student, outputs.features, batch_labels))
                 else:
@@ -192,7 +191,7 @@ def main(argv=None):
             save_agent(agent, os.path.join(args.debug_agent_dir, f"agent.rank{accelerator.process_index}.safetensors"))
         if accelerator.is_main_process:
             save_agent(agent, os.path.join(args.output_dir, "mtkd_rl_agent.safetensors"))
-    name, reward = dataset_name(args.dataset), args.reward if agent is not None else None
+    name = dataset_name(args.dataset)
     training = {"base_model": args.student_model_name_or_path, "dataset": name, "labels": label_names,
                 "teachers": args.teacher, "weighting": args.weighting, "mean_teacher_weights": mean_weights,
                 "reward": reward, "label_map": args.label_map, "temperature": args.temperature, "alpha": args.alpha,
