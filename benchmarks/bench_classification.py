@@ -67,7 +67,8 @@ def finetuned_row(args, dataset: str, seed: int, folder: Path) -> dict:
             "validation_accuracy": results["validation"]["accuracy"], "seconds": time.perf_counter() - started,
             "mean_top_probability": results["mean_top_probability"], "cross_entropy": results["cross_entropy"],
             "selected_epoch": results["selected_epoch"],
-            "classifier_features": training["classifier_features"],
+            # the first stage's heads, averaged into the one the classifier reads
+            "classifier_features": " & ".join(member["classifier_features"] for member in results["probe_members"]),
             "temperature": (results.get("calibration") or {}).get("temperature")}
 
 

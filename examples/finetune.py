@@ -60,6 +60,9 @@ def parse_args(argv=None):
                         help="Without a second stage (--num_train_epochs 0, the default): the head is chosen by this "
                              "many folds of cross-validation over TRAIN, then trained on all of it; 0: by the "
                              "validation rows, trained on the others (also where a class has a single row).")
+    parser.add_argument("--probe_ensemble", type=int, default=10,
+                        help="With cross-validation: up to this many greedy additions of other candidates' heads "
+                             "that raise the out-of-fold accuracy, averaged into one linear head; 0: one head.")
     parser.add_argument("--output_dir", default="vqshape-classifier")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--lr_scheduler_type", default="constant")
@@ -88,12 +91,14 @@ def main(argv=None):
     model, head = probe_initialised_classifier(args.model_name_or_path, past_values, labels, rows, label_names,
                                                seed=args.seed, candidates=args.classifier_features,
                                                folds=0 if args.num_train_epochs else args.probe_folds,
-                                               groups=train.groups,
+                                               groups=train.groups, ensemble=args.probe_ensemble,
                                                freeze_backbone=freeze_backbone)
     judged = f"{head.folds}-fold cross-validation" if head.folds else "validation"
+    probes = " + ".join(f"{member['classifier_features']} (weight decay {member['weight_decay']}, dropout "
+                        f"{member['dropout']}, share {member['share']:.2f})" for member in head.members)
     accelerator.print(f"{dataset_name(args.dataset)}: {len(label_names)} classes {label_names}, "
-                      f"{past_values.shape[-1]} channel(s); linear probe on {head.classifier_features} (weight decay "
-                      f"{head.weight_decay}, dropout {head.dropout}): {judged} accuracy {head.validation_accuracy:.3f}")
+                      f"{past_values.shape[-1]} channel(s); linear probe on {probes}: {judged} accuracy "
+                      f"{head.validation_accuracy:.3f}")
 
     # second stage: fine-tune from the probe; the validation rows pick the epoch (0: the probe itself)
     optimizer = torch.optim.AdamW(parameter_groups(model, args.learning_rate, args.backbone_learning_rate,
@@ -142,6 +147,7 @@ def main(argv=None):
     training = {"base_model": args.model_name_or_path, "dataset": name, "labels": label_names,
                 "classifier_features": head.classifier_features, "head_weight_decay": head.weight_decay,
                 "classifier_dropout": head.dropout, "probe_folds": head.folds,
+                "probe_members": head.members,
                 "freeze_backbone": freeze_backbone,
                 "epochs": args.num_train_epochs, "selected_epoch": best.epoch, "validation": best.metrics,
                 "learning_rate": args.learning_rate, "backbone_learning_rate": args.backbone_learning_rate,
@@ -150,7 +156,8 @@ def main(argv=None):
                 results={name: metrics}, dataset_names=[name],
                 results_description="Test split of the fine-tuned classifier (`examples/finetune.py`).")
     finish(accelerator, model, args, {"dataset": name, "split": "test", **metrics, "selected_epoch": best.epoch,
-                                      "validation": best.metrics, "calibration": calibration},
+                                      "validation": best.metrics, "calibration": calibration,
+                                      "probe_members": head.members},
            results_file="eval_results.json", card=card,
            message=f"\nModel saved to {os.path.abspath(args.output_dir)}. Predict named classes with:\n"
                    f"  import modeling_vqshape\n  from transformers import AutoFeatureExtractor, "

@@ -352,6 +352,82 @@ def test_cross_validated_first_stage_scores_every_row_out_of_fold_and_refits_on_
     assert not torch.allclose(single.mean, mean)
 
 
+def halves_of_the_signal():
+    """`(past_values, labels, parts, rows)`: the toy problem's series and the tiny model's parts, with its tokens
+    and statistics replaced so that each holds half of what tells the classes apart (the class is the sign of the sum
+    of one token feature of channel 1 and one statistic of channel 0): either part alone is right on about 3 rows in
+    4, the two heads averaged on nearly every row."""
+    model = classifier(classifier_features="combined").eval()
+    past_values, _ = toy_problem(96)
+    parts = frozen_feature_parts(model.vqshape, past_values, batch_size=32, parts=["tokens", "statistics"])
+    generator = torch.Generator().manual_seed(1)
+    for part in parts:  # constant columns: standardised to 0
+        parts[part] = torch.zeros(parts[part].shape)
+    a, b = torch.randn(2, len(past_values), generator=generator)
+    parts["tokens"][:, 1, 0], parts["statistics"][:, 0, 1] = a, b
+    labels = (a + b > 0).long()
+    return past_values, labels, parts, validation_split(labels.numpy(), 0.25, seed=0)
+
+
+def test_cross_validated_first_stage_averages_the_heads_that_raise_the_out_of_fold_accuracy():
+    past_values, labels, parts, rows = halves_of_the_signal()
+    single = {candidate: select_linear_head(parts, labels, *rows, folds=4, **{**FIRST_STAGE, "candidates": [candidate]})
+              for candidate in FIRST_STAGE["candidates"]}
+    head = select_linear_head(parts, labels, *rows, folds=4, ensemble=10, **FIRST_STAGE)
+    assert head.classifier_features == "tokens+statistics"  # the union of the members' parts, in the head's layout
+    assert [member["classifier_features"] for member in head.members] == ["statistics", "tokens"]  # best one first
+    assert sum(member["share"] for member in head.members) == pytest.approx(1.0)
+    assert head.validation_accuracy > max(one.validation_accuracy for one in single.values())
+    # one linear head whose logits are the members' (each refitted on every row) averaged by their shares
+    union = torch.cat([parts["tokens"], parts["statistics"]], dim=-1).flatten(1)
+    logits = ((union - head.mean) / head.std) @ head.weight.T + head.bias
+    expected = sum(member["share"] * (((parts[name].flatten(1) - single[name].mean) / single[name].std)
+                                      @ single[name].weight.T + single[name].bias)
+                   for member in head.members for name in [member["classifier_features"]])
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(head.held_out_logits, sum(
+        member["share"] * single[member["classifier_features"]].held_out_logits for member in head.members))
+    assert head.validation_accuracy == (head.held_out_logits.argmax(-1) == head.held_out_labels).float().mean().item()
+    # the classifier built for the union reads its parts in the same layout
+    model = classifier(classifier_features=head.classifier_features, classifier_dropout=head.dropout).eval()
+    head.apply(model)
+    model_parts = frozen_feature_parts(model.vqshape, past_values, parts=["tokens", "statistics"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(past_values).logits, ((torch.cat(list(model_parts.values()), -1).flatten(1)
+                                                                 - head.mean) / head.std) @ head.weight.T + head.bias,
+                                   atol=1e-4, rtol=1e-4)
+    # without the ensemble, or with one validation split, the single best head as before
+    alone = select_linear_head(parts, labels, *rows, folds=4, **FIRST_STAGE)
+    best = max(single.values(), key=lambda one: (one.validation_accuracy, -one.validation_loss))
+    assert alone.classifier_features == best.classifier_features and len(alone.members) == 1
+    torch.testing.assert_close(alone.weight, best.weight)
+    assert len(select_linear_head(parts, labels, *rows, ensemble=10, **FIRST_STAGE).members) == 1
+
+
+def test_ensemble_selection_adds_a_head_only_while_it_beats_the_ensemble_without_it():
+    from modeling_vqshape.tasks.finetuning import LinearHead, ensemble_selection
+
+    targets = torch.tensor([0, 0, 1, 1])
+
+    def head(logits):
+        logits = torch.tensor(logits)
+        return LinearHead("statistics", 0.0, 0.0, None, None, None, None,
+                          (logits.argmax(-1) == targets).float().mean().item(),
+                          torch.nn.functional.cross_entropy(logits, targets).item(),
+                          held_out_logits=logits, held_out_labels=targets)
+
+    right_on_three = head([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [1.0, 0.0]])
+    mends_the_fourth = head([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [0.0, 6.0]])  # right on two rows only
+    useless = head([[0.0, 0.0]] * 4)
+    heads = [useless, right_on_three, mends_the_fourth]
+    counts = ensemble_selection(heads, 10)
+    assert set(counts) == {1, 2}  # the useless head never joins; the others may join more than once (lower loss)
+    averaged = sum(heads[index].held_out_logits * count for index, count in counts.items())
+    assert (averaged.argmax(-1) == targets).all()
+    assert ensemble_selection([useless, right_on_three, mends_the_fourth], 0) == {1: 1}
+    assert ensemble_selection([right_on_three, useless], 10) == {0: 1}  # nothing beats it: no addition
+
+
 def test_trainer_finetunes_the_head(tmp_path):
     from transformers import Trainer, TrainingArguments
 

@@ -24,7 +24,7 @@
 import argparse
 import copy
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -225,6 +225,7 @@ class LinearHead:
     held_out_logits: torch.Tensor | None = None  # (num_held_out_rows, num_labels): what calibration is fitted on
     held_out_labels: torch.Tensor | None = None  # (num_held_out_rows,)
     folds: int = 0  # 0: one validation split chose; k: k-fold cross-validation chose, and the head saw every row
+    members: list = field(default_factory=list)  # the heads averaged (ensemble_selection): features, setting, share
 
     @property
     def scores(self) -> dict:
@@ -265,7 +266,7 @@ def cross_validation_folds(labels, folds: int, seed: int = 0, groups=None) -> li
 
 def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_classes: int, seed: int = 0,
                        candidates=FEATURE_CANDIDATES, weight_decays=WEIGHT_DECAYS, dropouts=DROPOUTS,
-                       distillation=None, folds: int = 0, groups=None, **training) -> LinearHead:
+                       distillation=None, folds: int = 0, groups=None, ensemble: int = 0, **training) -> LinearHead:
     """Train a linear head on the standardised `train_rows` of each candidate feature set, for every weight decay x
     dropout (`classification.train_linear_probes`, `training` its options), and keep the one with the best accuracy
     on `validation_rows` (ties: lower cross-entropy, then the earlier candidate). `parts`: `frozen_feature_parts`;
@@ -277,7 +278,13 @@ def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_cla
     (`cross_validation_folds`, by recording with `groups`, one per row of `parts`): every row is scored once, by the
     heads trained without its fold (standardised with their own rows' statistics), and the out-of-fold accuracy
     chooses (ties: cross-entropy); the chosen setting is then trained on all those rows. Where not even 2 folds fit
-    (a class with one row), the validation rows choose as without `folds`."""
+    (a class with one row), the validation rows choose as without `folds`.
+
+    With cross-validation and `ensemble` n > 0, the best head of each candidate (and teaching) may join the chosen one:
+    greedy ensemble selection with replacement (`ensemble_selection`, Caruana et al., ICML 2004) on their out-of-fold
+    logits, up to n additions. Each member is trained on all the rows; the logits averaged over members are one
+    linear head on the union of their features (`combine_heads`), returned like a single one, with the members in
+    `LinearHead.members`."""
     labels = torch.as_tensor(np.asarray(labels)).long()
     settings = list(itertools.product(weight_decays, dropouts))
     teachings = [None] if distillation is None else [None, distillation]
@@ -289,7 +296,7 @@ def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_cla
                                                                                np.asarray(validation_rows))]
     held_out = np.concatenate([part for _, part in splits])
     targets = labels[held_out]
-    best = None
+    members = []  # the best setting of each candidate and teaching: (head, its teaching, its features)
     for candidate in candidates:
         # "series channels features -> series (channels features)", the head's layout
         features = torch.cat([parts[part] for part in classifier_feature_parts(candidate)], dim=-1).flatten(1)
@@ -301,22 +308,86 @@ def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_cla
                                        training)
                 logits.append(probes.logits(((features[scored_rows] - mean) / std).numpy()))
             logits = torch.cat(logits, dim=1)  # (settings, held-out rows, labels)
+            best = None
             for index, (weight_decay, dropout) in enumerate(settings):
                 accuracy = (logits[index].argmax(-1) == targets).float().mean().item()
                 loss = F.cross_entropy(logits[index], targets).item()
-                if best is None or (accuracy, -loss) > (best[0].validation_accuracy, -best[0].validation_loss):
+                if best is None or (accuracy, -loss) > (best.validation_accuracy, -best.validation_loss):
                     # the weights of the last split: the only one, or a fold's, replaced by the refit below
-                    best = (LinearHead(candidate, weight_decay, dropout, mean, std, probes.weight[index].T.clone(),
-                                       probes.bias[index].clone(), accuracy, loss, taught=teaching is not None,
-                                       held_out_logits=logits[index].clone(), held_out_labels=targets.clone(),
-                                       folds=len(splits) if len(splits) > 1 else 0), teaching, features)
-    head, teaching, features = best
-    if head.folds:  # refit the chosen setting on every row
-        head.mean, head.std = standardise(features[rows])
-        probes = _trained_grid(features, labels, rows, head.mean, head.std, num_classes,
-                               [(head.weight_decay, head.dropout)], seed, teaching, training)
-        head.weight, head.bias = probes.weight[0].T.clone(), probes.bias[0].clone()
-    return head
+                    best = LinearHead(candidate, weight_decay, dropout, mean, std, probes.weight[index].T.clone(),
+                                      probes.bias[index].clone(), accuracy, loss, taught=teaching is not None,
+                                      held_out_logits=logits[index].clone(), held_out_labels=targets.clone(),
+                                      folds=len(splits) if len(splits) > 1 else 0)
+            members.append((best, teaching, features))
+    counts = ensemble_selection([head for head, _, _ in members], ensemble if len(splits) > 1 else 0)
+    if len(splits) > 1:  # refit the chosen settings on every row
+        for head, teaching, features in (members[index] for index in counts):
+            head.mean, head.std = standardise(features[rows])
+            probes = _trained_grid(features, labels, rows, head.mean, head.std, num_classes,
+                                   [(head.weight_decay, head.dropout)], seed, teaching, training)
+            head.weight, head.bias = probes.weight[0].T.clone(), probes.bias[0].clone()
+    return combine_heads([(members[index][0], count) for index, count in counts.items()], parts)
+
+
+def ensemble_selection(heads: list, steps: int) -> dict:
+    """`{index of a head: times chosen}`: greedy ensemble selection with replacement (Caruana, Niculescu-Mizil,
+    Crew and Ksikes, "Ensemble Selection from Libraries of Models", ICML 2004) over `heads` (`LinearHead`s judged on
+    the same held-out rows). It starts from the best head (accuracy, then lower cross-entropy, then the earlier one)
+    and, up to `steps` times, adds the head whose addition gives the averaged held-out logits the best accuracy (ties:
+    cross-entropy, then the earlier head), while that beats the ensemble without it."""
+
+    def judged(counts):
+        logits = sum(heads[index].held_out_logits * count for index, count in counts.items()) / sum(counts.values())
+        targets = heads[0].held_out_labels
+        return (logits.argmax(-1) == targets).float().mean().item(), -F.cross_entropy(logits, targets).item()
+
+    scores = [(head.validation_accuracy, -head.validation_loss) for head in heads]
+    counts = {max(range(len(heads)), key=lambda index: (scores[index], -index)): 1}
+    current = scores[next(iter(counts))]
+    for _ in range(steps):
+        trials = [(judged({**counts, index: counts.get(index, 0) + 1}), -index) for index in range(len(heads))]
+        score, index = max(trials)
+        if score <= current:
+            break
+        counts[-index] = counts.get(-index, 0) + 1
+        current = score
+    return counts
+
+
+def combine_heads(counts: list, parts: dict) -> LinearHead:
+    """One `LinearHead` whose logits are the average of those of `counts` (`[(LinearHead, times chosen), ...]`, heads
+    standardised with the statistics of the same rows), weighted by the times chosen: a linear head on the union of
+    their feature parts (in the head's layout, per channel), each member's weights in its own parts' columns, and
+    their out-of-fold logits averaged the same way. A single head is returned as it is. The ensemble keeps the first
+    member's weight decay and dropout; `LinearHead.members` lists every member."""
+    heads = [head for head, _ in counts]
+    for head in heads:
+        head.members = [{"classifier_features": head.classifier_features, "weight_decay": head.weight_decay,
+                         "dropout": head.dropout, "taught": head.taught, "share": 1.0}]
+    if len(heads) == 1:
+        return heads[0]
+    total = sum(count for _, count in counts)
+    union = classifier_feature_parts("+".join(head.classifier_features for head in heads))
+    sizes = [parts[part].shape[-1] for part in union]
+    columns = torch.arange(parts[union[0]].shape[1] * sum(sizes)).view(-1, sum(sizes))  # channels x per channel
+    per_part = dict(zip(union, columns.split(sizes, dim=1)))
+    first = heads[0]
+    mean, std = torch.zeros(columns.numel()), torch.ones(columns.numel())
+    weight = torch.zeros(first.weight.shape[0], columns.numel())
+    bias, held_out_logits = torch.zeros_like(first.bias), torch.zeros_like(first.held_out_logits)
+    for head, count in counts:
+        # this member's columns in the union, in its own layout ("channels parts -> (channels parts)")
+        index = torch.cat([per_part[part] for part in classifier_feature_parts(head.classifier_features)], 1).flatten()
+        mean[index], std[index] = head.mean, head.std  # the same rows' statistics wherever members share a part
+        weight[:, index] += head.weight * count / total
+        bias += head.bias * count / total
+        held_out_logits += head.held_out_logits * count / total
+    targets = first.held_out_labels
+    return LinearHead("+".join(union), first.weight_decay, first.dropout, mean, std, weight, bias,
+                      (held_out_logits.argmax(-1) == targets).float().mean().item(),
+                      F.cross_entropy(held_out_logits, targets).item(), taught=any(head.taught for head in heads),
+                      held_out_logits=held_out_logits, held_out_labels=targets, folds=first.folds,
+                      members=[{**head.members[0], "share": count / total} for head, count in counts])
 
 
 def _trained_grid(features, labels, rows, mean, std, num_classes, settings, seed, teaching, training):
@@ -328,10 +399,11 @@ def _trained_grid(features, labels, rows, mean, std, num_classes, settings, seed
 
 def probe_initialised_classifier(model_name_or_path, past_values, labels, rows, label_names, seed: int = 0,
                                  candidates=FEATURE_CANDIDATES, distillation=None, folds: int = 0, groups=None,
-                                 **model_kwargs) -> tuple:
+                                 ensemble: int = 0, **model_kwargs) -> tuple:
     """`(model, head)`: the first stage (`select_linear_head` on the frozen features of `past_values`, `rows` =
     (train rows, validation rows), taught by `distillation` if given, chosen by `folds`-fold cross-validation over
-    both and refitted on both if `folds` >= 2, `groups` the recording of each row) and a
+    both and refitted on both if `folds` >= 2, `groups` the recording of each row, with up to `ensemble` heads of
+    other candidates averaged in) and a
     `VQShapeForTimeSeriesClassification` from `model_name_or_path` that reads the chosen features with the label names
     `label_names` and starts from that head (`model_kwargs`: other config values, e.g. `freeze_backbone`)."""
     from ..modeling_vqshape import VQShapeForTimeSeriesClassification, VQShapeModel
@@ -340,7 +412,7 @@ def probe_initialised_classifier(model_name_or_path, past_values, labels, rows, 
     parts = frozen_feature_parts(VQShapeModel.from_pretrained(model_name_or_path), past_values,
                                  parts=[part for part in CLASSIFIER_FEATURE_PARTS if part in needed])
     head = select_linear_head(parts, labels, *rows, num_classes=len(label_names), seed=seed, candidates=candidates,
-                              distillation=distillation, folds=folds, groups=groups)
+                              distillation=distillation, folds=folds, groups=groups, ensemble=ensemble)
     model = VQShapeForTimeSeriesClassification.from_pretrained(
         model_name_or_path, num_labels=len(label_names), num_input_channels=past_values.shape[-1],
         id2label=dict(enumerate(label_names)), label2id={name: index for index, name in enumerate(label_names)},
@@ -442,7 +514,9 @@ __all__ = [
     "BestEpoch",
     "LinearHead",
     "classification_dataloaders",
+    "combine_heads",
     "cross_validation_folds",
+    "ensemble_selection",
     "add_dataset_arguments",
     "add_training_arguments",
     "frozen_feature_parts",
