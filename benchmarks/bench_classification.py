@@ -68,7 +68,8 @@ def finetuned_row(args, dataset: str, seed: int, folder: Path) -> dict:
             "mean_top_probability": results["mean_top_probability"], "cross_entropy": results["cross_entropy"],
             "selected_epoch": results["selected_epoch"],
             # the first stage's heads, averaged into the one the classifier reads
-            "classifier_features": " & ".join(member["classifier_features"] for member in results["probe_members"]),
+            "classifier_features": " & ".join(sorted(member["classifier_features"]
+                                                     for member in results["probe_members"])),
             "temperature": (results.get("calibration") or {}).get("temperature")}
 
 

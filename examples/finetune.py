@@ -6,8 +6,9 @@
 The recipe (its defaults were chosen on the bundled sets, validated on TRAIN; docs/classification.md): the head reads
 `--classifier_features` standardised with statistics of its training rows (saved with the model). By default it is a
 linear probe on the frozen backbone: `--probe_folds`-fold cross-validation over TRAIN (by whole recordings, for windows
-of recordings: `--group_column`) chooses the features and regularisation, the choice is trained on all of TRAIN, and a
-temperature fitted on the out-of-fold logits calibrates its probabilities (`--no-calibrate`: none). With
+of recordings: `--group_column`) chooses the features and regularisation, the heads of other feature sets that improve
+the out-of-fold logits are averaged in (`--probe_ensemble`), the choice is trained on all of TRAIN, and a temperature
+fitted on the out-of-fold logits calibrates its probabilities (`--no-calibrate`: none). With
 `--num_train_epochs N` a stratified `--validation_fraction` of TRAIN is held out instead: it chooses the probe, trained
 on the other rows, then the epoch of the whole model's fine-tuning (the backbone at `--backbone_learning_rate`;
 `--freeze_backbone`: the head alone) whose weights are kept, and the temperature. The test split is read once, at the
@@ -62,7 +63,8 @@ def parse_args(argv=None):
                              "validation rows, trained on the others (also where a class has a single row).")
     parser.add_argument("--probe_ensemble", type=int, default=10,
                         help="With cross-validation: up to this many greedy additions of other candidates' heads "
-                             "that raise the out-of-fold accuracy, averaged into one linear head; 0: one head.")
+                             "that raise the out-of-fold accuracy (or, at equal accuracy, lower the cross-entropy), "
+                             "averaged into one linear head; 0: one head.")
     parser.add_argument("--output_dir", default="vqshape-classifier")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--lr_scheduler_type", default="constant")

@@ -404,6 +404,40 @@ def test_cross_validated_first_stage_averages_the_heads_that_raise_the_out_of_fo
     assert len(select_linear_head(parts, labels, *rows, ensemble=10, **FIRST_STAGE).members) == 1
 
 
+def test_combined_heads_give_the_members_logits_averaged_by_their_counts():
+    """Members with overlapping parts ("combined" among them), on several channels, chosen unequally often: the one
+    head on the union of their parts gives exactly their logits averaged, every column carrying signal."""
+    from modeling_vqshape.configuration_vqshape import classifier_feature_parts
+    from modeling_vqshape.tasks.finetuning import LinearHead, combine_heads, standardise
+
+    generator = torch.Generator().manual_seed(0)
+    sizes = {"tokens": 5, "histogram": 4, "embedding": 3, "statistics": 2, "reconstruction": 4, "windows": 6}
+    parts = {part: 3 * torch.randn(20, 3, size, generator=generator) + 1 for part, size in sizes.items()}
+    targets = torch.arange(20) % 4
+
+    def member(candidate):
+        features = torch.cat([parts[part] for part in classifier_feature_parts(candidate)], -1).flatten(1)
+        mean, std = standardise(features)
+        return LinearHead(candidate, 0.1, 0.2, mean, std, torch.randn(4, features.shape[1], generator=generator),
+                          torch.randn(4, generator=generator), 0.5, 1.0,
+                          held_out_logits=torch.randn(20, 4, generator=generator), held_out_labels=targets), features
+
+    members = [member(candidate) for candidate in ("combined", "tokens+statistics", "reconstruction+statistics",
+                                                     "embedding+windows+statistics")]
+    counts = [3, 1, 2, 1]
+    head = combine_heads([(one, count) for (one, _), count in zip(members, counts)], parts)
+    assert head.classifier_features == "tokens+histogram+embedding+statistics+reconstruction+windows"
+    assert [entry["share"] for entry in head.members] == [3 / 7, 1 / 7, 2 / 7, 1 / 7]
+    union = torch.cat([parts[part] for part in classifier_feature_parts(head.classifier_features)], -1).flatten(1)
+    logits = ((union - head.mean) / head.std) @ head.weight.T + head.bias
+    expected = sum(count * (((features - one.mean) / one.std) @ one.weight.T + one.bias)
+                   for (one, features), count in zip(members, counts)) / sum(counts)
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(head.held_out_logits, sum(
+        count * one.held_out_logits for (one, _), count in zip(members, counts)) / sum(counts))
+    assert head.weight_decay == 0.1 and head.dropout == 0.2  # the first member's
+
+
 def test_ensemble_selection_adds_a_head_only_while_it_beats_the_ensemble_without_it():
     from modeling_vqshape.tasks.finetuning import LinearHead, ensemble_selection
 

@@ -3,8 +3,9 @@
 - `select_linear_head`: the first stage (a linear probe, as in "linear probing then fine-tuning", Kumar et al.,
   ICLR 2022): on frozen features of the training rows, every candidate feature set x weight decay x dropout is
   trained (`classification.train_linear_probes`) and the validation rows pick one, or k-fold cross-validation over
-  all of TRAIN does (`cross_validation_folds`) and the choice is refitted on all of it; the classifier starts from
-  it.
+  all of TRAIN does (`cross_validation_folds`) and the choice is refitted on all of it, with the heads of other
+  candidates that improve the out-of-fold logits averaged in (`ensemble_selection`, `combine_heads`: still one
+  linear head); the classifier starts from it.
 - `add_dataset_arguments`, `labelled_splits`: the dataset options the classifier scripts share, and their TRAIN
   and TEST splits (subsets, sorted label names).
 - `probe_initialised_classifier`: a `VQShapeForTimeSeriesClassification` with its label names, started from the
@@ -345,28 +346,30 @@ def ensemble_selection(heads: list, steps: int) -> dict:
     counts = {max(range(len(heads)), key=lambda index: (scores[index], -index)): 1}
     current = scores[next(iter(counts))]
     for _ in range(steps):
-        trials = [(judged({**counts, index: counts.get(index, 0) + 1}), -index) for index in range(len(heads))]
-        score, index = max(trials)
+        # (score, -index): the earlier head on ties
+        score, negated = max((judged({**counts, index: counts.get(index, 0) + 1}), -index)
+                             for index in range(len(heads)))
         if score <= current:
             break
-        counts[-index] = counts.get(-index, 0) + 1
+        counts[-negated] = counts.get(-negated, 0) + 1
         current = score
     return counts
 
 
-def combine_heads(counts: list, parts: dict) -> LinearHead:
-    """One `LinearHead` whose logits are the average of those of `counts` (`[(LinearHead, times chosen), ...]`, heads
+def combine_heads(weighted_heads: list, parts: dict) -> LinearHead:
+    """One `LinearHead` whose logits are the average of those of `weighted_heads` (`[(LinearHead, times chosen), ...]`,
+    heads
     standardised with the statistics of the same rows), weighted by the times chosen: a linear head on the union of
     their feature parts (in the head's layout, per channel), each member's weights in its own parts' columns, and
     their out-of-fold logits averaged the same way. A single head is returned as it is. The ensemble keeps the first
     member's weight decay and dropout; `LinearHead.members` lists every member."""
-    heads = [head for head, _ in counts]
+    heads = [head for head, _ in weighted_heads]
     for head in heads:
         head.members = [{"classifier_features": head.classifier_features, "weight_decay": head.weight_decay,
                          "dropout": head.dropout, "taught": head.taught, "share": 1.0}]
     if len(heads) == 1:
         return heads[0]
-    total = sum(count for _, count in counts)
+    total = sum(count for _, count in weighted_heads)
     union = classifier_feature_parts("+".join(head.classifier_features for head in heads))
     sizes = [parts[part].shape[-1] for part in union]
     columns = torch.arange(parts[union[0]].shape[1] * sum(sizes)).view(-1, sum(sizes))  # channels x per channel
@@ -375,7 +378,7 @@ def combine_heads(counts: list, parts: dict) -> LinearHead:
     mean, std = torch.zeros(columns.numel()), torch.ones(columns.numel())
     weight = torch.zeros(first.weight.shape[0], columns.numel())
     bias, held_out_logits = torch.zeros_like(first.bias), torch.zeros_like(first.held_out_logits)
-    for head, count in counts:
+    for head, count in weighted_heads:
         # this member's columns in the union, in its own layout ("channels parts -> (channels parts)")
         index = torch.cat([per_part[part] for part in classifier_feature_parts(head.classifier_features)], 1).flatten()
         mean[index], std[index] = head.mean, head.std  # the same rows' statistics wherever members share a part
@@ -387,7 +390,7 @@ def combine_heads(counts: list, parts: dict) -> LinearHead:
                       (held_out_logits.argmax(-1) == targets).float().mean().item(),
                       F.cross_entropy(held_out_logits, targets).item(), taught=any(head.taught for head in heads),
                       held_out_logits=held_out_logits, held_out_labels=targets, folds=first.folds,
-                      members=[{**head.members[0], "share": count / total} for head, count in counts])
+                      members=[{**head.members[0], "share": count / total} for head, count in weighted_heads])
 
 
 def _trained_grid(features, labels, rows, mean, std, num_classes, settings, seed, teaching, training):
