@@ -311,8 +311,7 @@ def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_cla
             logits = torch.cat(logits, dim=1)  # (settings, held-out rows, labels)
             best = None
             for index, (weight_decay, dropout) in enumerate(settings):
-                accuracy = (logits[index].argmax(-1) == targets).float().mean().item()
-                loss = F.cross_entropy(logits[index], targets).item()
+                accuracy, loss = _held_out_scores(logits[index], targets)
                 if best is None or (accuracy, -loss) > (best.validation_accuracy, -best.validation_loss):
                     # the weights of the last split: the only one, or a fold's, replaced by the refit below
                     best = LinearHead(candidate, weight_decay, dropout, mean, std, probes.weight[index].T.clone(),
@@ -339,8 +338,8 @@ def ensemble_selection(heads: list, steps: int) -> dict:
 
     def judged(counts):
         logits = sum(heads[index].held_out_logits * count for index, count in counts.items()) / sum(counts.values())
-        targets = heads[0].held_out_labels
-        return (logits.argmax(-1) == targets).float().mean().item(), -F.cross_entropy(logits, targets).item()
+        accuracy, loss = _held_out_scores(logits, heads[0].held_out_labels)
+        return accuracy, -loss
 
     scores = [(head.validation_accuracy, -head.validation_loss) for head in heads]
     counts = {max(range(len(heads)), key=lambda index: (scores[index], -index)): 1}
@@ -358,18 +357,18 @@ def ensemble_selection(heads: list, steps: int) -> dict:
 
 def combine_heads(weighted_heads: list, parts: dict) -> LinearHead:
     """One `LinearHead` whose logits are the average of those of `weighted_heads` (`[(LinearHead, times chosen), ...]`,
-    heads
-    standardised with the statistics of the same rows), weighted by the times chosen: a linear head on the union of
-    their feature parts (in the head's layout, per channel), each member's weights in its own parts' columns, and
+    heads standardised with the statistics of the same rows), weighted by the times chosen: a linear head on the union
+    of their feature parts (in the head's layout, per channel), each member's weights in its own parts' columns, and
     their out-of-fold logits averaged the same way. A single head is returned as it is. The ensemble keeps the first
     member's weight decay and dropout; `LinearHead.members` lists every member."""
     heads = [head for head, _ in weighted_heads]
-    for head in heads:
-        head.members = [{"classifier_features": head.classifier_features, "weight_decay": head.weight_decay,
-                         "dropout": head.dropout, "taught": head.taught, "share": 1.0}]
-    if len(heads) == 1:
-        return heads[0]
     total = sum(count for _, count in weighted_heads)
+    members = [{"classifier_features": head.classifier_features, "weight_decay": head.weight_decay,
+                "dropout": head.dropout, "taught": head.taught, "share": count / total}
+               for head, count in weighted_heads]
+    if len(heads) == 1:
+        heads[0].members = members
+        return heads[0]
     union = classifier_feature_parts("+".join(head.classifier_features for head in heads))
     sizes = [parts[part].shape[-1] for part in union]
     columns = torch.arange(parts[union[0]].shape[1] * sum(sizes)).view(-1, sum(sizes))  # channels x per channel
@@ -387,10 +386,13 @@ def combine_heads(weighted_heads: list, parts: dict) -> LinearHead:
         held_out_logits += head.held_out_logits * count / total
     targets = first.held_out_labels
     return LinearHead("+".join(union), first.weight_decay, first.dropout, mean, std, weight, bias,
-                      (held_out_logits.argmax(-1) == targets).float().mean().item(),
-                      F.cross_entropy(held_out_logits, targets).item(), taught=any(head.taught for head in heads),
-                      held_out_logits=held_out_logits, held_out_labels=targets, folds=first.folds,
-                      members=[{**head.members[0], "share": count / total} for head, count in weighted_heads])
+                      *_held_out_scores(held_out_logits, targets), taught=any(head.taught for head in heads),
+                      held_out_logits=held_out_logits, held_out_labels=targets, folds=first.folds, members=members)
+
+
+def _held_out_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple:
+    """`(accuracy, cross-entropy)` of `logits` on the held-out rows' `targets`: what the first stage judges heads by."""
+    return (logits.argmax(-1) == targets).float().mean().item(), F.cross_entropy(logits, targets).item()
 
 
 def _trained_grid(features, labels, rows, mean, std, num_classes, settings, seed, teaching, training):
