@@ -74,6 +74,9 @@ def parse_args(argv=None):
     parser.set_defaults(num_train_epochs=0)  # the validated default: the cross-validated head alone
     args = parser.parse_args(argv)
     check_hub_arguments(parser, args, "lab/vqshape-basicmotions")
+    if args.probe_ensemble < 0:
+        parser.error(f"--probe_ensemble is how many heads may be added to the chosen one: 0 (one head) or more, got "
+                     f"{args.probe_ensemble}.")
     return args
 
 

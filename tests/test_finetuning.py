@@ -438,6 +438,18 @@ def test_combined_heads_give_the_members_logits_averaged_by_their_counts():
     assert head.weight_decay == 0.1 and head.dropout == 0.2  # the first member's
 
 
+def test_finetune_refuses_a_negative_ensemble_size(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("finetune_script", REPO_ROOT / "examples" / "finetune.py")
+    finetune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(finetune)
+    with pytest.raises(SystemExit):
+        finetune.parse_args(["--model_name_or_path", "tiny", "--probe_ensemble", "-1"])
+    assert "--probe_ensemble is how many heads may be added" in capsys.readouterr().err
+    assert finetune.parse_args(["--model_name_or_path", "tiny"]).probe_ensemble == 10
+
+
 def test_ensemble_selection_adds_a_head_only_while_it_beats_the_ensemble_without_it():
     from modeling_vqshape.tasks.finetuning import LinearHead, ensemble_selection
 
