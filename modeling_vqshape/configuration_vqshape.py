@@ -13,7 +13,9 @@ CODEBOOK_CHOICES = {
 # what "combined" names: the four parts it has named since it existed, so that saved heads keep their size
 COMBINED_FEATURE_PARTS = ("tokens", "histogram", "embedding", "statistics")
 # what a classification head can read per channel, in the order it concatenates them
-CLASSIFIER_FEATURE_PARTS = COMBINED_FEATURE_PARTS + ("reconstruction", "windows")
+CLASSIFIER_FEATURE_PARTS = COMBINED_FEATURE_PARTS + ("reconstruction", "windows", "embedding_max", "windows_max")
+# the parts read from the tokenized windows of the series, and how each pools them over the windows of a scale
+WINDOW_PARTS = {"windows": "mean", "windows_max": "max"}
 
 
 def classifier_feature_parts(features: str) -> tuple:
@@ -31,8 +33,8 @@ def classifier_feature_parts(features: str) -> tuple:
 
 
 def check_window_scales(scales, largest: int | None = None):
-    """Raise a ValueError unless `scales` (of the `windows` part) are distinct integers of at least 2, and at most
-    `largest` (`input_length // 2`, where windows are cut) if given."""
+    """Raise a ValueError unless `scales` (of the `windows` and `windows_max` parts) are distinct integers of at least
+    2, and at most `largest` (`input_length // 2`, where windows are cut) if given."""
     usable = [isinstance(k, int) and not isinstance(k, bool) and 2 <= k <= (largest or k)
               for k in scales] if isinstance(scales, (list, tuple)) else []
     if not usable or not all(usable) or len(set(scales)) < len(scales):
@@ -136,15 +138,17 @@ class VQShapeConfig(PretrainedConfig):
             (the tokenizer's output averaged over tokens), `"statistics"` (the mean and log-scale that instance
             normalisation takes out of each channel) and `"reconstruction"` (the series as the patch decoder rebuilds
             it from the tokens, in the input's scale, averaged over `classifier_reconstruction_steps` equal
-            stretches) and `"windows"` (the embedding of shorter windows of the series, each stretched to
-            `input_length` and tokenized, averaged per scale of `classifier_window_scales`); `"combined"` is the first
-            four. Parts are always concatenated in that order.
+            stretches), `"windows"` (the embedding of shorter windows of the series, each stretched to
+            `input_length` and tokenized, averaged per scale of `classifier_window_scales`), `"embedding_max"` (the
+            tokenizer's output, its largest value over tokens) and `"windows_max"` (each window's embedding, its
+            largest value over the windows of a scale: whether a shape occurs anywhere, rather than on average);
+            `"combined"` is the first four. Parts are always concatenated in that order.
         classifier_reconstruction_steps (`int`, defaults to 32):
             Values per channel of the `"reconstruction"` part; must divide `input_length`.
         classifier_window_scales (`list[int]`, defaults to `[2, 4]`):
-            The scales of the `"windows"` part: scale k cuts the series into windows of `input_length // k` steps
-            that overlap by half (2k - 1 of them where 2k divides `input_length`); each scale gives `d_model` values
-            per channel.
+            The scales of the `"windows"` and `"windows_max"` parts: scale k cuts the series into windows of
+            `input_length // k` steps that overlap by half (2k - 1 of them where 2k divides `input_length`); each scale
+            gives `d_model` values per channel.
         classifier_dropout (`float`, defaults to 0.1):
             Dropout on the classification head's input.
         freeze_backbone (`bool`, defaults to `False`):
@@ -303,7 +307,8 @@ class VQShapeConfig(PretrainedConfig):
         """Features per channel of each part the classification head reads, in order."""
         sizes = {"tokens": self.num_tokens * self.token_dim, "histogram": self.num_codes, "embedding": self.d_model,
                  "statistics": 2, "reconstruction": self.classifier_reconstruction_steps,
-                 "windows": self.d_model * len(self.classifier_window_scales)}
+                 "windows": self.d_model * len(self.classifier_window_scales), "embedding_max": self.d_model,
+                 "windows_max": self.d_model * len(self.classifier_window_scales)}
         return {part: sizes[part] for part in self.classifier_feature_parts}
 
     @property
@@ -346,7 +351,7 @@ class VQShapeConfig(PretrainedConfig):
             )
         # the upper bound only where a head reads the windows: the default [2, 4] must not refuse short models
         check_window_scales(self.classifier_window_scales, self.input_length // 2
-                            if "windows" in classifier_feature_parts(self.classifier_features) else None)
+                            if set(WINDOW_PARTS) & set(classifier_feature_parts(self.classifier_features)) else None)
         if self.shape_length % 16:
             raise ValueError(
                 f"VQShapeConfig: `shape_length` ({self.shape_length}) must be a multiple of 16: the shape decoder "

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_vqshape import VQShapeConfig, check_window_scales
+from .configuration_vqshape import WINDOW_PARTS, VQShapeConfig, check_window_scales
 from .saving_vqshape import CompletedFolderMixin
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -970,9 +970,11 @@ class VQShapeModel(VQShapePreTrainedModel):
         assert reconstruction.shape == (embeddings.shape[0], self.config.input_length)
         return reconstruction * scale + loc
 
-    def window_embedding(self, past_values: torch.Tensor, scales) -> torch.Tensor:
-        """The tokenizer's output for shorter windows of the series, averaged over tokens and over the windows of each
-        scale, `(batch_size, num_channels, len(scales) * d_model)`. Scale k cuts the series into windows of
+    def window_embedding(self, past_values: torch.Tensor, scales,
+                         pooling: str | tuple = "mean") -> torch.Tensor | tuple:
+        """The tokenizer's output for shorter windows of the series, averaged over tokens, then pooled over the windows
+        of each scale (`pooling`: "mean", or "max" for the largest value of each dimension over the windows),
+        `(batch_size, num_channels, len(scales) * d_model)`. Scale k cuts the series into windows of
         `input_length // k` steps, one starting every half window (2k - 1 of them where 2k divides `input_length`; the
         last steps may fall outside every window otherwise); each window is stretched linearly to `input_length` and
         tokenized as a series of its own, so that its tokens describe a k-th of the series at k times the grain. Only
@@ -982,11 +984,18 @@ class VQShapeModel(VQShapePreTrainedModel):
         Args:
             past_values: `(batch_size, input_length)` or `(batch_size, input_length, num_channels)`.
             scales: integers from 2 to `input_length // 2` (`config.classifier_window_scales`).
+            pooling: "mean" or "max", or a tuple of them: then a tuple of tensors, one per pooling, from one
+                tokenization of the windows.
         """
+        poolings = (pooling,) if isinstance(pooling, str) else tuple(pooling)
+        unknown = [name for name in poolings if name not in ("mean", "max")]
+        if unknown or len(set(poolings)) != len(poolings):
+            raise ValueError(f"window_embedding: `pooling` must be 'mean' or 'max' (or a tuple of them, each once), "
+                             f"got {pooling!r}.")
         length = self.config.input_length
         check_window_scales(scales, length // 2)
         series, batch_size, num_channels = self._flatten_channels(past_values)  # (batch channels) length
-        pooled = []
+        pooled = {name: [] for name in poolings}
         for scale in scales:
             size = length // scale
             windows = series.unfold(1, size, max(1, size // 2))  # (batch channels) windows size
@@ -996,10 +1005,12 @@ class VQShapeModel(VQShapePreTrainedModel):
                                    align_corners=True).flatten(end_dim=1)
             scaled, _, _ = instance_normalize(zoomed)
             hidden_states = self.tokenizer(self.patch_encoder(self.patch_encoder.embed(scaled)))
-            # "(batch channels windows) tokens d -> batch channels windows d", averaged over tokens, then windows
+            # "(batch channels windows) tokens d -> batch channels windows d", averaged over tokens, then pooled
             embedding = hidden_states.mean(dim=1).reshape(batch_size, num_channels, num_windows, -1)
-            pooled.append(embedding.mean(dim=2))
-        return torch.cat(pooled, dim=-1)
+            for name in poolings:
+                pooled[name].append(embedding.mean(dim=2) if name == "mean" else embedding.amax(dim=2))
+        embeddings = tuple(torch.cat(pooled[name], dim=-1) for name in poolings)
+        return embeddings[0] if isinstance(pooling, str) else embeddings
 
     def decode_shapes(self, tokens: _Tokens, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Each token's decoded shape, `(batch_size, num_tokens, shape_length)` in the input's scale."""
@@ -1154,7 +1165,7 @@ class VQShapeForTimeSeriesClassification(VQShapePreTrainedModel):
     """A linear classifier on VQShape's features, flattened over channels (the paper's linear probe), standardised by
     `feature_scaler` and with dropout on its input. `config.classifier_features` names what it reads (tokens,
     histogram, pooled embedding, instance statistics, the series rebuilt from the tokens, the pooled embedding of
-    shorter windows, or several of them); set
+    shorter windows, the largest values of the last two instead of their averages, or several of them); set
     `config.freeze_backbone` to train the classifier alone."""
 
     def __init__(self, config: VQShapeConfig):
@@ -1180,11 +1191,15 @@ class VQShapeForTimeSeriesClassification(VQShapePreTrainedModel):
 
     @staticmethod
     def feature_parts(outputs: VQShapeModelOutput, parts, reconstruction_steps: int = 32,
-                      window_embedding: torch.Tensor | None = None) -> torch.Tensor:
+                      windows: dict | None = None) -> torch.Tensor:
         """What a head reads per channel: the `parts` (of `CLASSIFIER_FEATURE_PARTS`) of the backbone's `outputs`
-        (with `reconstruction` for that part, averaged over `reconstruction_steps` equal stretches; the `windows`
-        part is `window_embedding`, `VQShapeModel.window_embedding`), concatenated,
+        (with `reconstruction` for that part, averaged over `reconstruction_steps` equal stretches; the window parts,
+        `windows` and `windows_max`, are taken from `windows`, as `window_parts` gives them), concatenated,
         `(batch_size, num_channels, features per channel)`."""
+        if windows is not None and not isinstance(windows, dict):
+            raise TypeError("feature_parts: `windows` is a dict of the window parts, as `window_parts` gives them "
+                            f"(`{{'windows': ..., 'windows_max': ...}}`), not a {type(windows).__name__}.")
+        windows = windows or {}
         num_tokens = outputs.code_indices.shape[-1]
         values = {
             "tokens": lambda: outputs.token_features.flatten(start_dim=2),  # "batch channels tokens dim -> ..."
@@ -1195,12 +1210,22 @@ class VQShapeForTimeSeriesClassification(VQShapePreTrainedModel):
             # "batch time channels -> batch channels steps (time / steps)", averaged over each stretch
             "reconstruction": lambda: outputs.reconstruction.transpose(1, 2).unflatten(
                 -1, (reconstruction_steps, -1)).mean(dim=-1),
-            "windows": lambda: window_embedding,
+            "embedding_max": lambda: outputs.last_hidden_state.amax(dim=2),
         }
-        if "windows" in parts and window_embedding is None:
-            raise ValueError("the `windows` part needs `window_embedding` (VQShapeModel.window_embedding of the same "
-                             "past_values).")
-        return torch.cat([values[part]() for part in parts], dim=-1)
+        missing = [part for part in parts if part in WINDOW_PARTS and part not in windows]
+        if missing:
+            raise ValueError(f"the parts {missing} need `windows` (`window_parts` of the same past_values).")
+        return torch.cat([windows[part] if part in WINDOW_PARTS else values[part]() for part in parts], dim=-1)
+
+    @staticmethod
+    def window_parts(backbone: "VQShapeModel", past_values: torch.Tensor, parts, scales) -> dict:
+        """`{part: (batch_size, num_channels, len(scales) * d_model)}` for the window parts among `parts` (`windows`,
+        `windows_max`), from one tokenization of the windows (`VQShapeModel.window_embedding`); `{}` if none."""
+        wanted = [part for part in WINDOW_PARTS if part in parts]
+        if not wanted:
+            return {}
+        embeddings = backbone.window_embedding(past_values, scales, tuple(WINDOW_PARTS[part] for part in wanted))
+        return dict(zip(wanted, embeddings))
 
     def head_input(self, past_values: torch.Tensor) -> torch.Tensor:
         """The head's unscaled input for `past_values`, `(batch_size, num_channels * features per channel)`: the
@@ -1213,8 +1238,7 @@ class VQShapeForTimeSeriesClassification(VQShapePreTrainedModel):
                 f"past_values has {num_channels} channels but this classifier was built for "
                 f"config.num_input_channels={self.config.num_input_channels}."
             )
-        windows = (self.vqshape.window_embedding(past_values, self.config.classifier_window_scales)
-                   if "windows" in parts else None)
+        windows = self.window_parts(self.vqshape, past_values, parts, self.config.classifier_window_scales)
         per_channel = self.feature_parts(outputs, parts, self.config.classifier_reconstruction_steps, windows)
         return per_channel.flatten(start_dim=1)  # "batch channels features -> batch (channels features)"
 

@@ -47,10 +47,10 @@ def classifier(**overrides):
     return VQShapeForTimeSeriesClassification(config)
 
 
-def zoomed_window_embedding(backbone, past_values, scales):
-    """The `windows` part written out: for each scale k, every window of input_length / k steps starting at a
-    multiple of half that, stretched to input_length, tokenized alone; hidden states averaged over tokens and
-    windows."""
+def zoomed_window_embedding(backbone, past_values, scales, pooling="mean"):
+    """The `windows` part written out (`windows_max` with `pooling="max"`): for each scale k, every window of
+    input_length / k steps starting at a multiple of half that, stretched to input_length, tokenized alone; hidden
+    states averaged over tokens, then averaged (or their largest value taken) over windows."""
     length = past_values.shape[1]
     per_scale = []
     for scale in scales:
@@ -62,13 +62,15 @@ def zoomed_window_embedding(backbone, past_values, scales):
             window = past_values[:, start:start + size].transpose(1, 2)  # batch channels size
             stretched = torch.nn.functional.interpolate(window, size=length, mode="linear", align_corners=True)
             embeddings.append(backbone(stretched.transpose(1, 2)).last_hidden_state.mean(2))
-        per_scale.append(torch.stack(embeddings).mean(0))
+        embeddings = torch.stack(embeddings)
+        per_scale.append(embeddings.mean(0) if pooling == "mean" else embeddings.max(0).values)
     return torch.cat(per_scale, -1)
 
 
 @pytest.mark.parametrize("features", ["tokens", "histogram", "embedding", "statistics", "reconstruction", "windows",
                                       "combined", "statistics+tokens", "combined+reconstruction",
-                                      "embedding+windows+statistics"])
+                                      "embedding+windows+statistics", "embedding_max", "windows_max",
+                                      "embedding+embedding_max+windows+windows_max+statistics"])
 def test_features_are_the_named_parts_per_channel(features):
     model = classifier(classifier_features=features, classifier_reconstruction_steps=8,
                        classifier_window_scales=[2, 4]).eval()
@@ -77,8 +79,10 @@ def test_features_are_the_named_parts_per_channel(features):
         output = model(past_values)
         base = model.vqshape(past_values, output_reconstruction=True)
         windows = zoomed_window_embedding(model.vqshape, past_values, [2, 4])
+        window_maxima = zoomed_window_embedding(model.vqshape, past_values, [2, 4], pooling="max")
     sizes = {"tokens": TINY["num_tokens"] * (TINY["code_dim"] + 4), "histogram": TINY["num_codes"],
-             "embedding": TINY["d_model"], "statistics": 2, "reconstruction": 8, "windows": 2 * TINY["d_model"]}
+             "embedding": TINY["d_model"], "statistics": 2, "reconstruction": 8, "windows": 2 * TINY["d_model"],
+             "embedding_max": TINY["d_model"], "windows_max": 2 * TINY["d_model"]}
     parts = model.config.classifier_feature_parts
     assert output.features.shape == (4, 2 * sum(sizes[part] for part in parts))
     per_channel = output.features.reshape(4, 2, -1)
@@ -88,7 +92,7 @@ def test_features_are_the_named_parts_per_channel(features):
     expected = {"tokens": base.token_features.flatten(2), "histogram": base.histogram / TINY["num_tokens"],
                 "embedding": base.last_hidden_state.mean(2),
                 "statistics": torch.stack([base.loc, base.scale.log()], -1), "reconstruction": rebuilt,
-                "windows": windows}
+                "windows": windows, "embedding_max": base.last_hidden_state.max(2).values, "windows_max": window_maxima}
     torch.testing.assert_close(per_channel, torch.cat([expected[part].float() for part in parts], -1))
 
 
@@ -124,11 +128,26 @@ def test_window_embedding_refuses_scales_that_cut_no_window(scales):
         model.vqshape.window_embedding(past_values, scales)
 
 
-def test_default_window_scales_do_not_refuse_a_short_model_that_never_reads_them():
+def test_window_embedding_refuses_an_unknown_pooling():
+    model = classifier().eval()
+    past_values, _ = toy_problem(2)
+    with pytest.raises(ValueError, match="'mean' or 'max'"):
+        model.vqshape.window_embedding(past_values, [2], pooling="median")
+    with pytest.raises(ValueError, match="each once"):
+        model.vqshape.window_embedding(past_values, [2], pooling=("mean", "mean"))
+    mean, largest = model.vqshape.window_embedding(past_values, [2], pooling=("mean", "max"))
+    torch.testing.assert_close(mean, model.vqshape.window_embedding(past_values, [2]))
+    torch.testing.assert_close(largest, model.vqshape.window_embedding(past_values, [2], pooling="max"))
+    with pytest.raises(TypeError, match="window_parts"):
+        model.feature_parts(model.vqshape(past_values), ["windows"], 8, mean)
+
+
+@pytest.mark.parametrize("part", ["windows", "windows_max"])
+def test_default_window_scales_do_not_refuse_a_short_model_that_never_reads_them(part):
     short = dict(input_length=4, num_patches=1, patch_length=4, num_tokens=1, classifier_reconstruction_steps=1)
     assert VQShapeConfig(**short).classifier_window_scales == [2, 4]
     with pytest.raises(ValueError, match="at most input_length // 2 = 2"):
-        VQShapeConfig(**short, classifier_features="windows")
+        VQShapeConfig(**short, classifier_features=part)
 
 
 def test_window_tokenization_leaves_the_codebook_alone_in_training_mode():
@@ -273,8 +292,22 @@ def test_frozen_feature_parts_computes_only_the_parts_asked_for(monkeypatch):
     model = classifier().eval()
     past_values, _ = toy_problem(8)
     every = frozen_feature_parts(model.vqshape, past_values, batch_size=4)
-    assert list(every) == ["tokens", "histogram", "embedding", "statistics", "reconstruction", "windows"]
+    assert list(every) == ["tokens", "histogram", "embedding", "statistics", "reconstruction", "windows",
+                           "embedding_max", "windows_max"]
     torch.testing.assert_close(every["windows"], zoomed_window_embedding(model.vqshape, past_values, [2, 4]))
+    torch.testing.assert_close(every["windows_max"],
+                               zoomed_window_embedding(model.vqshape, past_values, [2, 4], pooling="max"))
+    assert not torch.allclose(every["windows_max"], every["windows"])
+
+    tokenized = []
+    tokenizer_forward = model.vqshape.tokenizer.forward
+    monkeypatch.setattr(model.vqshape.tokenizer, "forward",
+                        lambda *args, **kwargs: tokenized.append(1) or tokenizer_forward(*args, **kwargs))
+    both = frozen_feature_parts(model.vqshape, past_values, batch_size=8, parts=["windows", "windows_max"])
+    # the series, then one pass per scale: both window parts come from one tokenization of the windows (not 1 + 2 x 2)
+    assert len(tokenized) == 1 + 2
+    for part, values in both.items():
+        torch.testing.assert_close(values, every[part])
 
     def no_windows(*args, **kwargs):
         raise AssertionError("the windows were tokenized for a part nobody asked for")
@@ -411,7 +444,8 @@ def test_combined_heads_give_the_members_logits_averaged_by_their_counts():
     from modeling_vqshape.tasks.finetuning import LinearHead, combine_heads, standardise
 
     generator = torch.Generator().manual_seed(0)
-    sizes = {"tokens": 5, "histogram": 4, "embedding": 3, "statistics": 2, "reconstruction": 4, "windows": 6}
+    sizes = {"tokens": 5, "histogram": 4, "embedding": 3, "statistics": 2, "reconstruction": 4, "windows": 6,
+             "embedding_max": 3, "windows_max": 6}
     parts = {part: 3 * torch.randn(20, 3, size, generator=generator) + 1 for part, size in sizes.items()}
     targets = torch.arange(20) % 4
 
@@ -423,11 +457,13 @@ def test_combined_heads_give_the_members_logits_averaged_by_their_counts():
                           held_out_logits=torch.randn(20, 4, generator=generator), held_out_labels=targets), features
 
     members = [member(candidate) for candidate in ("combined", "tokens+statistics", "reconstruction+statistics",
-                                                     "embedding+windows+statistics")]
-    counts = [3, 1, 2, 1]
+                                                     "embedding+windows+statistics",
+                                                     "embedding+embedding_max+windows+windows_max+statistics")]
+    counts = [3, 1, 2, 1, 2]
     head = combine_heads([(one, count) for (one, _), count in zip(members, counts)], parts)
-    assert head.classifier_features == "tokens+histogram+embedding+statistics+reconstruction+windows"
-    assert [entry["share"] for entry in head.members] == [3 / 7, 1 / 7, 2 / 7, 1 / 7]
+    assert head.classifier_features == ("tokens+histogram+embedding+statistics+reconstruction+windows+embedding_max+"
+                                        "windows_max")
+    assert [entry["share"] for entry in head.members] == [3 / 9, 1 / 9, 2 / 9, 1 / 9, 2 / 9]
     union = torch.cat([parts[part] for part in classifier_feature_parts(head.classifier_features)], -1).flatten(1)
     logits = ((union - head.mean) / head.std) @ head.weight.T + head.bias
     expected = sum(count * (((features - one.mean) / one.std) @ one.weight.T + one.bias)

@@ -37,7 +37,7 @@ from .classification import DROPOUTS, WEIGHT_DECAYS, classification_metrics, tra
 
 # the feature sets the first stage chooses from, in order of preference on ties
 FEATURE_CANDIDATES = ("combined", "tokens+statistics", "embedding+statistics", "statistics", "reconstruction",
-                      "embedding+windows+statistics")
+                      "embedding+windows+statistics", "embedding+embedding_max+windows+windows_max+statistics")
 
 
 def add_dataset_arguments(parser):
@@ -60,7 +60,8 @@ def add_training_arguments(parser):
     decay, epochs after the first stage, candidate feature sets of the first stage, calibration, threads and seed."""
     parser.add_argument("--classifier_features", nargs="+", default=list(FEATURE_CANDIDATES),
                         help="Candidate feature sets for the validation to choose from: tokens, histogram, embedding, "
-                             "statistics, reconstruction, windows joined by '+', or combined (the first four).")
+                             "statistics, reconstruction, windows, embedding_max, windows_max joined by '+', or "
+                             "combined (the first four).")
     parser.add_argument("--per_device_train_batch_size", type=int, default=16)
     parser.add_argument("--per_device_eval_batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=1e-4, help="The head's, after the linear probe.")
@@ -178,8 +179,8 @@ def frozen_feature_parts(backbone, past_values: torch.Tensor, batch_size: int = 
                          parts=CLASSIFIER_FEATURE_PARTS) -> dict:
     """The `parts` (default: every part a head can read, `CLASSIFIER_FEATURE_PARTS`) of `past_values`, from the
     `VQShapeModel` `backbone` in eval mode: `{part: (num_series, num_channels, size)}` float32 tensors on the CPU. The
-    patch decoder runs, and the windows are tokenized (10 more passes of the encoder at scales 2 and 4), only for the
-    parts that need them."""
+    patch decoder runs, and the windows are tokenized (10 more passes of the encoder at scales 2 and 4, once for both
+    window parts), only for the parts that need them."""
     from ..modeling_vqshape import VQShapeForTimeSeriesClassification
 
     config = backbone.config
@@ -191,7 +192,8 @@ def frozen_feature_parts(backbone, past_values: torch.Tensor, batch_size: int = 
         for batch in past_values.split(batch_size):
             batch = batch.to(device)
             outputs = backbone(batch, output_reconstruction="reconstruction" in parts, return_dict=True)
-            windows = backbone.window_embedding(batch, config.classifier_window_scales) if "windows" in parts else None
+            windows = VQShapeForTimeSeriesClassification.window_parts(backbone, batch, parts,
+                                                                      config.classifier_window_scales)
             for part in parts:
                 values[part].append(VQShapeForTimeSeriesClassification.feature_parts(
                     outputs, [part], config.classifier_reconstruction_steps, windows).float().cpu())
