@@ -12,21 +12,24 @@ For each task and seed (5 by default), in one run:
   its default reward, the improvement of the student's head, with the whole student's, `--reward improvement`, and
   with the authors' code's, `--reward loss`): `examples/distill.py` with its defaults.
 
-The scripts run in this process, as `main(argv)`, with `--seed S`. The tasks are the `--datasets` (bundled sets by
-default) and, unless `--no_geneactiv`, a GENEActiv-style protocol built from SYNTHETIC recordings
-(`synthetic_geneactiv.py`: `.bin` files written with the package's writer, labelled by an annotation table): the 14
-activities as a 14-class task, and the same windows scored as 7 classes, where the teachers are the 14-class ones and
-the student distils through `--label_map`. Writes `results.csv`, `summary.csv` and `results.md` (accuracy and
-macro-F1 with their spread over seeds, the mean over tasks, the seconds per training step of each weighting and the
-teachers' mean weights) into `--output_dir`.
+The scripts run as `main(argv)`, with `--seed S`, in this process, or with `--jobs N` in N processes, one task-seed
+unit (a dataset's teachers and the students of its tasks) at a time in each; the rows come out in the same order.
+The tasks are the `--datasets` (bundled sets by default) and, unless `--no_geneactiv`, a GENEActiv-style protocol
+built from SYNTHETIC recordings (`synthetic_geneactiv.py`: `.bin` files written with the package's writer, labelled by
+an annotation table): the 14 activities as a 14-class task, and the same windows scored as 7 classes, where the
+teachers are the 14-class ones and the student distils through `--label_map`. Writes `results.csv`, `summary.csv` and
+`results.md` (accuracy and macro-F1 with their spread over seeds, the mean over tasks, the seconds per training step
+of each weighting and the teachers' mean weights) into `--output_dir`.
 """
 
 import argparse
 import hashlib
 import importlib.util
 import json
+import multiprocessing
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +70,8 @@ def parse_args(argv=None):
     parser.add_argument("--geneactiv_subjects", type=int, nargs=2, default=(4, 3), metavar=("TRAIN", "TEST"))
     parser.add_argument("--num_seeds", type=int, default=5)
     parser.add_argument("--num_threads", type=int, default=1, help="CPU threads of every script.")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="Task-seed units run at once, each in its own process (with --num_threads each).")
     parser.add_argument("--script_args", nargs=argparse.REMAINDER, default=[],
                         help="Passed on to finetune.py, distill.py and the teacher's script (quick runs); last.")
     parser.add_argument("--output_dir", default="distillation-benchmark")
@@ -179,47 +184,62 @@ def cost_and_weights(rows) -> str:
     return "\n".join(lines)
 
 
+def run_unit(args, unit: list, seed: int, folder: Path, input_length: int) -> list:
+    """The rows of one seed of the tasks in `unit`, which share their teachers' dataset (the 14- and 7-class tasks):
+    both teachers once, then for each task the teachers' test metrics, the student alone and every student."""
+    scripts = ("finetune", "distill", "train_persistence_teacher")
+    finetune, distill, persistence = (load_script(name) for name in scripts)
+    dataset = unit[0][1]
+    common = ["--seed", str(seed), "--num_threads", str(args.num_threads)]
+    work = folder / f"{hashlib.sha1(dataset.encode()).hexdigest()[:12]}-{seed}"
+    work.mkdir(parents=True)
+    raw_series_teacher(dataset, seed, work)
+    persistence.main(["--dataset", dataset, *common, "--output_dir", str(work / "topology"), *args.script_args])
+    raw = {split: str(work / f"raw-{split}.npz") for split in ("train", "test")}
+    teachers = {RAW: raw["train"], TOPOLOGY: str(work / "topology")}
+    rows = []
+    for task, _, alone_dataset, label_map_path in unit:
+        label_map = read_label_map(label_map_path)
+        for name, test_outputs in ((RAW, raw["test"]), (TOPOLOGY, teachers[TOPOLOGY])):
+            rows.append(row(task, f"teacher: {name}", seed, teacher_metrics(test_outputs, dataset, label_map,
+                                                                              input_length)))
+        student = ["--student_model_name_or_path", args.model_name_or_path, "--dataset", dataset, *common]
+        if label_map_path:
+            student += ["--label_map", label_map_path]
+        # the students' recipe without teachers: two stages, distill.py's 10 epochs (finetune.py's default is the
+        # cross-validated probe alone)
+        alone = run_script(finetune, ["--model_name_or_path", args.model_name_or_path, "--dataset", alone_dataset,
+                                      *common, "--num_train_epochs", "10", *args.script_args], work / "alone")
+        rows.append(row(task, ALONE, seed, alone, seconds=alone["seconds"]))
+        for method, (names, options) in STUDENTS.items():
+            argv = [*student, *(part for name in names for part in ("--teacher", teachers[name])), *options,
+                    *args.script_args]
+            results = run_script(distill, argv, work / "student")
+            rows.append(row(task, method, seed, results, seconds=results["seconds"]))
+        print(f"{task} seed {seed}: " + ", ".join(f"{entry['method']} {entry['accuracy']:.3f}"
+                                                  for entry in rows if entry["dataset"] == task), flush=True)
+    return rows
+
+
 def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
-    scripts = ("finetune", "distill", "train_persistence_teacher")
-    finetune, distill, persistence = (load_script(name) for name in scripts)
     input_length = load_vqshape(args.model_name_or_path, with_feature_extractor=True)[1].input_length
-    rows = []
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
-        for task, dataset, alone_dataset, label_map_path in tasks(args, folder):
-            label_map = read_label_map(label_map_path)
-            for seed in range(args.num_seeds):
-                common = ["--seed", str(seed), "--num_threads", str(args.num_threads)]
-                work = folder / f"{hashlib.sha1(dataset.encode()).hexdigest()[:12]}-{seed}"  # teachers per dataset
-                raw = {split: str(work / f"raw-{split}.npz") for split in ("train", "test")}
-                if not (work / "topology").exists():  # the 14- and 7-class tasks share their teachers
-                    work.mkdir(parents=True)
-                    raw_series_teacher(dataset, seed, work)
-                    persistence.main(["--dataset", dataset, *common, "--output_dir", str(work / "topology"),
-                                      *args.script_args])
-                teachers = {RAW: raw["train"], TOPOLOGY: str(work / "topology")}
-                for name, test_outputs in ((RAW, raw["test"]), (TOPOLOGY, teachers[TOPOLOGY])):
-                    rows.append(row(task, f"teacher: {name}", seed,
-                                    teacher_metrics(test_outputs, dataset, label_map, input_length)))
-                student = ["--student_model_name_or_path", args.model_name_or_path, "--dataset", dataset, *common]
-                if label_map_path:
-                    student += ["--label_map", label_map_path]
-                # the students' recipe without teachers: two stages, distill.py's 10 epochs (finetune.py's default
-                # is the cross-validated probe alone)
-                alone = run_script(finetune, ["--model_name_or_path", args.model_name_or_path, "--dataset",
-                                              alone_dataset, *common, "--num_train_epochs", "10", *args.script_args],
-                                   folder / "alone")
-                rows.append(row(task, ALONE, seed, alone, seconds=alone["seconds"]))
-                for method, (names, options) in STUDENTS.items():
-                    argv = [*student, *(part for name in names for part in ("--teacher", teachers[name])),
-                            *options, *args.script_args]
-                    results = run_script(distill, argv, folder / "student")
-                    rows.append(row(task, method, seed, results, seconds=results["seconds"]))
-                print(f"{task} seed {seed}: " + ", ".join(f"{entry['method']} {entry['accuracy']:.3f}"
-                                                          for entry in rows if entry["seed"] == seed
-                                                          and entry["dataset"] == task), flush=True)
+        found = tasks(args, folder)
+        units = [[task for task in found if task[1] == dataset] for dataset in dict.fromkeys(task[1] for task in found)]
+        # units of two tasks first: the longest start first, so that no process is left alone with one at the end
+        work = [(unit, seed) for unit in sorted(units, key=len, reverse=True) for seed in range(args.num_seeds)]
+        if args.jobs == 1:
+            results = [run_unit(args, unit, seed, folder, input_length) for unit, seed in work]
+        else:  # fresh interpreters: a forked one would inherit torch's and numba's thread pools mid-state
+            with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                results = list(pool.map(run_unit, *zip(*((args, unit, seed, folder, input_length)
+                                                           for unit, seed in work))))
+    order = {task[0]: index for index, task in enumerate(found)}  # tasks in order, then seeds, as one process runs
+    rows = sorted((entry for unit_rows in results for entry in unit_rows),
+                  key=lambda entry: (order[entry["dataset"]], entry["seed"]))
     columns = dict.fromkeys(key for entry in rows for key in entry)
     write_results([{key: entry.get(key) for key in columns} for entry in rows], args.output_dir)
     seeds = f"mean ± std over {args.num_seeds} seed(s)"

@@ -86,3 +86,69 @@ def test_classifier_round_trip_through_auto_class_with_identical_logits(tmp_path
     answer = teacher(past_values)
     torch.testing.assert_close(answer.logits, outputs.logits[:, [2, 0, 1]].detach())
     torch.testing.assert_close(answer.features, outputs.features.detach())
+
+
+def test_folder_saved_before_feature_pooling_loads_mean_pooled_with_identical_logits(tmp_path):
+    import json
+
+    from transformers import AutoModelForSequenceClassification
+
+    assert PersistenceImageConfig().feature_pooling == "flatten"  # new models keep where on the image things are
+    torch.manual_seed(0)
+    old = PersistenceImageForClassification(PersistenceImageConfig(num_labels=2, feature_pooling="mean", **SMALL))
+    old.eval().save_pretrained(tmp_path / "old")
+    config_file = tmp_path / "old" / "config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["feature_pooling"]  # as an earlier version wrote it
+    config_file.write_text(json.dumps(saved))
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "old").eval()
+    assert reloaded.config.feature_pooling == "mean" and not hasattr(reloaded, "projection")
+    past_values = torch.randn(3, 40, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(past_values=past_values).logits, old(past_values=past_values).logits,
+                                   rtol=0, atol=0)
+    with pytest.raises(ValueError, match="feature_pooling"):
+        PersistenceImageConfig(feature_pooling="max")
+
+
+def test_flattened_features_learn_where_on_the_image_a_point_is():
+    # one persistent point per 16x16 image; the class is its place, persistence row 4 or row 10 (same parity, away
+    # from the borders, so the convolutions see the same pattern either way): flattened maps tell the classes apart,
+    # averaged maps cannot (their features are identical for both classes)
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (64,), generator=generator)
+    rows = torch.where(labels == 0, 4, 10)
+    columns = 4 + 2 * torch.randint(0, 4, (64,), generator=generator)
+    images = torch.zeros(64, 1, 16, 16)
+    images[torch.arange(64), 0, rows, columns] = 2.0
+    accuracies = {}
+    for pooling in ("flatten", "mean"):
+        torch.manual_seed(0)
+        model = PersistenceImageForClassification(PersistenceImageConfig(num_labels=2, resolution=16, hidden_size=8,
+                                                                         feature_pooling=pooling))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for _ in range(60):
+            loss = model(persistence_images=images, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        with torch.no_grad():
+            predictions = model.eval()(persistence_images=images).logits.argmax(-1)
+        accuracies[pooling] = (predictions == labels).float().mean().item()
+    assert accuracies["flatten"] >= 0.95 and accuracies["mean"] <= 0.6, accuracies
+
+
+def test_pooling_benchmark_scores_both_heads_on_train_folds(tmp_path):
+    import sys
+
+    from .conftest import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import bench_persistence_pooling
+
+    bench_persistence_pooling.main(["--datasets", "GunPoint", "--num_folds", "2", "--num_train_epochs", "1",
+                                    "--output_dir", str(tmp_path)])
+    lines = (tmp_path / "results.md").read_text().splitlines()
+    assert "| dataset | series in TRAIN | flatten | mean |" in lines
+    row = next(line for line in lines if line.startswith("| GunPoint |")).split(" | ")
+    assert row[1] == "50" and all(0.0 <= float(value.strip(" |")) <= 1.0 for value in row[2:])
