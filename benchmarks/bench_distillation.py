@@ -14,6 +14,7 @@ For each task and seed (5 by default), in one run:
 
 The scripts run as `main(argv)`, with `--seed S`, in this process, or with `--jobs N` in N processes, one task-seed
 unit (a dataset's teachers and the students of its tasks) at a time in each; the rows come out in the same order.
+`--teachers_only` scores the two teachers and trains no student.
 The tasks are the `--datasets` (bundled sets by default) and, unless `--no_geneactiv`, a GENEActiv-style protocol
 built from SYNTHETIC recordings (`synthetic_geneactiv.py`: `.bin` files written with the package's writer, labelled by
 an annotation table): the 14 activities as a 14-class task, and the same windows scored as 7 classes, where the
@@ -70,6 +71,8 @@ def parse_args(argv=None):
     parser.add_argument("--geneactiv_subjects", type=int, nargs=2, default=(4, 3), metavar=("TRAIN", "TEST"))
     parser.add_argument("--num_seeds", type=int, default=5)
     parser.add_argument("--num_threads", type=int, default=1, help="CPU threads of every script.")
+    parser.add_argument("--teachers_only", action="store_true",
+                        help="Train and score the two teachers only, without the students (minutes, not hours).")
     parser.add_argument("--jobs", type=int, default=1,
                         help="Task-seed units run at once, each in its own process (with --num_threads each).")
     parser.add_argument("--script_args", nargs=argparse.REMAINDER, default=[],
@@ -203,6 +206,8 @@ def run_unit(args, unit: list, seed: int, folder: Path, input_length: int) -> li
         for name, test_outputs in ((RAW, raw["test"]), (TOPOLOGY, teachers[TOPOLOGY])):
             rows.append(row(task, f"teacher: {name}", seed, teacher_metrics(test_outputs, dataset, label_map,
                                                                               input_length)))
+        if args.teachers_only:
+            continue
         student = ["--student_model_name_or_path", args.model_name_or_path, "--dataset", dataset, *common]
         if label_map_path:
             student += ["--label_map", label_map_path]
@@ -248,8 +253,9 @@ def main(argv=None):
         f"Macro-F1, {seeds}:\n\n{markdown_table(rows, 'macro_f1')}",
         f"Test accuracy, mean over tasks:\n\n{mean_over_datasets(rows)}",
         f"Macro-F1, mean over tasks:\n\n{mean_over_datasets(rows, 'macro_f1')}",
-        f"Time per training step and teacher weights of the two-teacher students:\n\n{cost_and_weights(rows)}",
-    ]) + "\n"
+    ] + ([] if args.teachers_only else [
+        f"Time per training step and teacher weights of the two-teacher students:\n\n{cost_and_weights(rows)}"])
+    ) + "\n"
     Path(args.output_dir, "results.md").write_text(markdown)
     print("\n" + markdown)
     print(f"Wrote {args.output_dir} in {time.perf_counter() - started:.0f}s.")

@@ -99,3 +99,19 @@ def test_distillation_benchmark_runs_every_teacher_and_student_on_a_bundled_set_
     assert "| mtkd_rl (whole-student reward) |" in markdown
     students = [row for row in rows if row["method"] != bench_distillation.ALONE and "teacher:" not in row["method"]]
     assert all(0.0 <= float(row["validation_accuracy"]) <= 1.0 for row in students)
+
+
+@pytest.mark.slow
+def test_teachers_only_scores_both_teachers_and_trains_no_student(tmp_path):
+    torch.manual_seed(0)
+    VQShapeForPreTraining(VQShapeConfig(**TINY)).save_pretrained(tmp_path / "tiny")
+    output = tmp_path / "teachers"
+    bench_distillation.main(["--model_name_or_path", str(tmp_path / "tiny"), "--datasets", "BasicMotions",
+                             "--no_geneactiv", "--num_seeds", "1", "--teachers_only", "--output_dir", str(output),
+                             "--script_args", "--num_train_epochs", "1"])
+    with open(output / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["method"] for row in rows] == [f"teacher: {bench_distillation.RAW}",
+                                               f"teacher: {bench_distillation.TOPOLOGY}"]
+    assert all(0.0 <= float(row["accuracy"]) <= 1.0 for row in rows)
+    assert "Time per training step" not in (output / "results.md").read_text()
