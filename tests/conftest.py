@@ -7,6 +7,10 @@ import subprocess
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# pytest.ini runs the tests in two worker processes (pytest-xdist): one thread each, and for the scripts they start,
+# so that two workers share two cores without oversubscribing them (torch reads this when it starts its thread pool)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 

@@ -28,10 +28,10 @@ COMMON = ["--data", "GunPoint", "--no-balance_datasets", "--report_to", "none", 
           "--logging_steps", "1", "--eval_steps", "0"]
 
 
-def run(args, output_dir, launcher=(), overrides=""):
+def run(args, output_dir, launcher=(), overrides="", timeout=240):
     command = [sys.executable, *launcher, SCRIPT, *COMMON, "--config_overrides", TINY + overrides,
                "--output_dir", str(output_dir), *args]
-    result = run_script(command)
+    result = run_script(command, timeout=timeout)
     return result.stdout + result.stderr
 
 
@@ -164,7 +164,9 @@ def test_streaming_trains_resumes_exactly_and_needs_a_step_budget(tmp_path):
 
 def test_torch_compile_flag_compiles_trains_and_saves_a_plain_model(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    run(["--max_train_steps", "3", "--per_device_train_batch_size", "8", "--torch_compile"], tmp_path / "out")
+    # compiling on one thread, beside the other test worker, can take minutes
+    run(["--max_train_steps", "3", "--per_device_train_batch_size", "8", "--torch_compile"], tmp_path / "out",
+        timeout=480)
     assert any((tmp_path / "inductor").rglob("*.py")), "inductor generated no code: the model was not compiled"
     saved = weights(tmp_path / "out")
     assert not any(key.startswith("_orig_mod") for key in saved)  # unwrapped before saving
