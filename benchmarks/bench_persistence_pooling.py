@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_distillation import load_script
 from sklearn.model_selection import StratifiedKFold
 
 from modeling_vqshape import PersistenceImageConfig, PersistenceImageForClassification
@@ -47,12 +48,10 @@ def fold_accuracy(images, labels, train_rows, test_rows, pooling: str, epochs: i
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     generator = torch.Generator().manual_seed(seed)
     train_rows = torch.as_tensor(train_rows)
+    train_epoch = load_script("train_persistence_teacher").train_epoch  # the script's, as it trains the teacher
     for _ in range(epochs):
-        model.train()
-        for batch in train_rows[torch.randperm(len(train_rows), generator=generator)].split(16):
-            model(persistence_images=images[batch], labels=labels[batch]).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
+        order = train_rows[torch.randperm(len(train_rows), generator=generator)]
+        train_epoch(model, optimizer, ((images[batch], labels[batch]) for batch in order.split(16)))
     with torch.no_grad():
         predictions = model.eval()(persistence_images=images[test_rows]).logits.argmax(-1)
     return (predictions == labels[test_rows]).float().mean().item()

@@ -103,6 +103,17 @@ def get_dataloaders(args, config):
     return (train_dataloader, validation_dataloader, test_dataloader), label_names, past_values.shape[-1]
 
 
+def train_epoch(model, optimizer, batches, backward=torch.Tensor.backward):
+    """One epoch of the teacher's training: a step of `optimizer` on the classification loss of each batch of
+    `(persistence images, labels)` in `batches`, back-propagated by `backward` (the accelerator's, in `main`).
+    `benchmarks/bench_persistence_pooling.py` trains its heads with it too."""
+    model.train()
+    for images, labels in batches:
+        backward(model(persistence_images=images, labels=labels).loss)
+        optimizer.step()
+        optimizer.zero_grad()
+
+
 def main(argv=None):
     args = parse_args(argv)
     accelerator = Accelerator()
@@ -126,12 +137,7 @@ def main(argv=None):
 
     best = BestEpoch()
     for epoch in range(1, args.num_train_epochs + 1):
-        model.train()
-        for images, labels in train_dataloader:
-            loss = model(persistence_images=images, labels=labels).loss
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad()
+        train_epoch(model, optimizer, train_dataloader, accelerator.backward)
         # the validation rows pick the epoch; the test rows are never looked at here
         best.update(epoch, evaluate_classifier(model, validation_dataloader, accelerator),
                     accelerator.unwrap_model(model))
