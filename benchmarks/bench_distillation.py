@@ -7,10 +7,11 @@ For each task and seed (5 by default), in one run:
 - two teachers: a raw-series teacher, MiniRocket features (aeon, 10,000 kernels) read by a logistic regression,
   whose TRAIN logits are out-of-fold (5-fold cross-fitting) and reach the student as an outputs file, as a teacher
   from another framework would; and the topology teacher, `examples/train_persistence_teacher.py` (a folder);
-- the student alone: `examples/finetune.py` with the students' two stages (`--num_train_epochs 10`, distill.py's);
-- the student from each teacher alone, and from both under each weighting (`equal`, `confidence`, `mtkd_rl` with
-  its default reward, the improvement of the student's head, with the whole student's, `--reward improvement`, and
-  with the authors' code's, `--reward loss`): `examples/distill.py` with its defaults.
+- the student alone: `examples/finetune.py` with its defaults (the cross-validated probe on frozen features) and
+  with two stages (`--num_train_epochs 10`: the whole model after a probe chosen on validation rows);
+- `examples/distill.py` with its defaults: the student from each teacher alone and from both with `equal` and
+  `confidence` (the cross-validated probe, taught), and from both with `equal` and `mtkd_rl` in two stages (10 epochs,
+  `mtkd_rl`'s default: its agent learns from the training steps; its default reward, the head's improvement).
 
 The scripts run as `main(argv)`, with `--seed S`, in this process, or with `--jobs N` in N processes, one task-seed
 unit (a dataset's teachers and the students of its tasks) at a time in each; the rows come out in the same order.
@@ -24,6 +25,7 @@ of each weighting and the teachers' mean weights) into `--output_dir`.
 """
 
 import argparse
+import functools
 import hashlib
 import importlib.util
 import json
@@ -51,17 +53,17 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DATASETS = ("BasicMotions", "GunPoint", "PickupGestureWiimoteZ")
 RAW, TOPOLOGY = "MiniRocket (raw series)", "persistence images"
 ALONE = "student alone"
-STUDENTS = {  # method -> (teachers, weighting options of distill.py)
-    f"student from {RAW}": ((RAW,), ["--weighting", "equal"]),
-    f"student from {TOPOLOGY}": ((TOPOLOGY,), ["--weighting", "equal"]),
-    "student from both, equal": ((RAW, TOPOLOGY), ["--weighting", "equal"]),
-    "student from both, confidence": ((RAW, TOPOLOGY), ["--weighting", "confidence"]),
-    "student from both, mtkd_rl": ((RAW, TOPOLOGY), ["--weighting", "mtkd_rl"]),
-    "student from both, mtkd_rl (whole-student reward)": ((RAW, TOPOLOGY),
-                                                          ["--weighting", "mtkd_rl", "--reward", "improvement"]),
-    "student from both, mtkd_rl (loss reward)": ((RAW, TOPOLOGY), ["--weighting", "mtkd_rl", "--reward", "loss"]),
+TWO_STAGES = "two stages"  # the whole model trained after the probe (--two_stage_epochs; mtkd_rl's default)
+ALONE_RECIPES = {ALONE: False, f"{ALONE}, {TWO_STAGES}": True}  # method -> two stages?
+EQUAL_TWO_STAGES = f"student from both, equal, {TWO_STAGES}"  # what mtkd_rl's time per step is compared with
+STUDENTS = {  # method -> (teachers, weighting, two stages?), examples/distill.py
+    f"student from {RAW}": ((RAW,), "equal", False),
+    f"student from {TOPOLOGY}": ((TOPOLOGY,), "equal", False),
+    "student from both, equal": ((RAW, TOPOLOGY), "equal", False),
+    "student from both, confidence": ((RAW, TOPOLOGY), "confidence", False),
+    EQUAL_TWO_STAGES: ((RAW, TOPOLOGY), "equal", True),
+    f"student from both, mtkd_rl, {TWO_STAGES}": ((RAW, TOPOLOGY), "mtkd_rl", True),
 }
-
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -75,14 +77,26 @@ def parse_args(argv=None):
                         help="Train and score the two teachers only, without the students (minutes, not hours).")
     parser.add_argument("--jobs", type=int, default=1,
                         help="Task-seed units run at once, each in its own process (with --num_threads each).")
+    parser.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                        help="Only these students (and the students alone), by their names in the tables "
+                             "(default: all); quick runs.")
+    parser.add_argument("--two_stage_epochs", type=int, default=10,
+                        help="Of the two-stage students (--num_train_epochs of finetune.py and distill.py).")
+    parser.add_argument("--teacher_epochs", type=int, default=None,
+                        help="Of the topology teacher (default: train_persistence_teacher.py's).")
     parser.add_argument("--script_args", nargs=argparse.REMAINDER, default=[],
-                        help="Passed on to finetune.py, distill.py and the teacher's script (quick runs); last.")
+                        help="Passed on to finetune.py and distill.py (quick runs); last.")
     parser.add_argument("--output_dir", default="distillation-benchmark")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.methods or ()) - set(STUDENTS))
+    if unknown:
+        parser.error(f"--methods: unknown students {unknown}; choose among {list(STUDENTS)}.")
+    return args
 
 
+@functools.cache
 def load_script(name: str):
-    """`examples/<name>.py` as a module, so that its `main(argv)` runs in this process."""
+    """`examples/<name>.py` as a module, so that its `main(argv)` runs in this process (loaded once per process)."""
     spec = importlib.util.spec_from_file_location(f"bench_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -172,20 +186,23 @@ def tasks(args, folder: Path) -> list:
 
 
 def cost_and_weights(rows) -> str:
-    """Per two-teacher weighting: the mean seconds per training step and its ratio to `equal` over tasks and seeds
-    (the ratio taken within each task and seed, then averaged), and the teachers' mean weights over training."""
+    """Per two-teacher student: the teachers' mean weights (over its training steps; for the probe alone, those it was
+    taught with) and, where it took training steps, the mean seconds per step and its ratio to the two-stage `equal`
+    student's (the ratio taken within each task and seed, then averaged)."""
     both = [entry for entry in rows if entry["method"].startswith("student from both")]
     equal = {(entry["dataset"], entry["seed"]): entry["seconds_per_step"]
-             for entry in both if entry["method"].endswith("equal")}
-    lines = [f"| weighting | seconds per step | x equal | mean weights ({RAW}, {TOPOLOGY}) |", "|---|---|---|---|"]
+             for entry in both if entry["method"] == EQUAL_TWO_STAGES}
+    lines = [f"| student from both | seconds per step | x equal, two stages | mean weights ({RAW}, {TOPOLOGY}) |",
+             "|---|---|---|---|"]
     for method in dict.fromkeys(entry["method"] for entry in both):
         group = [entry for entry in both if entry["method"] == method]
-        ratio = np.mean([entry["seconds_per_step"] / equal[(entry["dataset"], entry["seed"])] for entry in group])
         weights = np.mean([json.loads(entry["mean_teacher_weights"]) for entry in group], axis=0)
-        lines.append(f"| {method.rsplit(', ', 1)[1]} | {np.mean([entry['seconds_per_step'] for entry in group]):.4f} "
-                     f"| {ratio:.2f} | {weights[0]:.2f}, {weights[1]:.2f} |")
+        cost = "| - | -"  # the cross-validated probe alone: no training steps
+        if group[0]["seconds_per_step"] is not None:
+            ratio = np.mean([entry["seconds_per_step"] / equal[(entry["dataset"], entry["seed"])] for entry in group])
+            cost = f"| {np.mean([entry['seconds_per_step'] for entry in group]):.4f} | {ratio:.2f}"
+        lines.append(f"| {method.removeprefix('student from both, ')} {cost} | {weights[0]:.2f}, {weights[1]:.2f} |")
     return "\n".join(lines)
-
 
 def run_unit(args, unit: list, seed: int, folder: Path, input_length: int) -> list:
     """The rows of one seed of the tasks in `unit`, which share their teachers' dataset (the 14- and 7-class tasks):
@@ -197,7 +214,8 @@ def run_unit(args, unit: list, seed: int, folder: Path, input_length: int) -> li
     work = folder / f"{hashlib.sha1(dataset.encode()).hexdigest()[:12]}-{seed}"
     work.mkdir(parents=True)
     raw_series_teacher(dataset, seed, work)
-    persistence.main(["--dataset", dataset, *common, "--output_dir", str(work / "topology"), *args.script_args])
+    epochs = [] if args.teacher_epochs is None else ["--num_train_epochs", str(args.teacher_epochs)]
+    persistence.main(["--dataset", dataset, *common, "--output_dir", str(work / "topology"), *epochs])
     raw = {split: str(work / f"raw-{split}.npz") for split in ("train", "test")}
     teachers = {RAW: raw["train"], TOPOLOGY: str(work / "topology")}
     rows = []
@@ -211,14 +229,17 @@ def run_unit(args, unit: list, seed: int, folder: Path, input_length: int) -> li
         student = ["--student_model_name_or_path", args.model_name_or_path, "--dataset", dataset, *common]
         if label_map_path:
             student += ["--label_map", label_map_path]
-        # the students' recipe without teachers: two stages, distill.py's 10 epochs (finetune.py's default is the
-        # cross-validated probe alone)
-        alone = run_script(finetune, ["--model_name_or_path", args.model_name_or_path, "--dataset", alone_dataset,
-                                      *common, "--num_train_epochs", "10", *args.script_args], work / "alone")
-        rows.append(row(task, ALONE, seed, alone, seconds=alone["seconds"]))
-        for method, (names, options) in STUDENTS.items():
-            argv = [*student, *(part for name in names for part in ("--teacher", teachers[name])), *options,
-                    *args.script_args]
+        # the students' recipes without teachers: finetune.py's default (the cross-validated probe) and two stages
+        stages = {False: [], True: ["--num_train_epochs", str(args.two_stage_epochs)]}
+        for method, two_stages in ALONE_RECIPES.items():
+            alone = run_script(finetune, ["--model_name_or_path", args.model_name_or_path, "--dataset", alone_dataset,
+                                          *common, *stages[two_stages], *args.script_args], work / "alone")
+            rows.append(row(task, method, seed, alone, seconds=alone["seconds"]))
+        for method, (names, weighting, two_stages) in STUDENTS.items():
+            if args.methods is not None and method not in args.methods:
+                continue
+            argv = [*student, *(part for name in names for part in ("--teacher", teachers[name])), "--weighting",
+                    weighting, *stages[two_stages], *args.script_args]
             results = run_script(distill, argv, work / "student")
             rows.append(row(task, method, seed, results, seconds=results["seconds"]))
         print(f"{task} seed {seed}: " + ", ".join(f"{entry['method']} {entry['accuracy']:.3f}"

@@ -3,23 +3,22 @@
     accelerate launch examples/distill.py --student_model_name_or_path vqshape-pretrained --dataset BasicMotions \
         --teacher vqshape-basicmotions --teacher pi-basicmotions --weighting mtkd_rl --output_dir vqshape-distilled
 
-A teacher (`--teacher`, repeatable) is a saved classifier folder or Hub id that takes `past_values` (a VQShape
-classifier, the persistence-image teacher of `train_persistence_teacher.py`, ...) or an outputs file of the TRAIN split
-keyed by sample id, the row number of the series in TRAIN as read (`modeling_vqshape.tasks.teachers`); classes are
-matched by name. Classifiers run once over TRAIN before training. The student is built as `finetune.py` builds its
-classifier: a stratified `--validation_fraction` of TRAIN (whole recordings, as there) is held out, the first stage
-picks a linear head on frozen features, trained on the labels alone or on the loss below (`mtkd_rl`'s agent, which
-learns later, starting from equal weights), as the validation rows choose; then the whole model trains on
-`alpha * CE + (1 - alpha) * sum_k w_k * KD_k` (`distillation.py`) with the teacher weights of `--weighting`: equal,
-confidence (CA-MKD) or mtkd_rl (a policy trained by REINFORCE on the improvement of the student's head over each step,
-of the whole student with `--reward improvement`, or minus its training loss with `--reward loss`; its updates
-all-gathered so that every process keeps the same agent). `--label_map` (a JSON file or inline JSON {fine class:
-coarse label}) scores the student on coarse classes: the dataset's labels are mapped, and a teacher with the fine
-classes is merged onto the coarse ones (`teachers.label_alignment`); a map naming a class that neither the dataset nor
-any teacher has is refused. The validation rows pick the epoch, as in `finetune.py` (the
-probe, epoch 0, included) and fit the temperature folded into the head (`--no-calibrate`: none); the test split is read
-once, at the end. Accuracy and macro-F1 go to `eval_results.json` with the teachers' mean weights and the seconds per
-training step, and the model card names the teachers and the weighting.
+A teacher (`--teacher`, repeatable) is a saved classifier folder or Hub id that takes `past_values`, or an outputs
+file of the TRAIN split keyed by sample id (`modeling_vqshape.tasks.teachers`); classes are matched by name, and
+classifiers run once over TRAIN before training. The student is built as `finetune.py` builds its classifier, with the
+loss `alpha * CE + (1 - alpha) * sum_k w_k * KD_k` (`distillation.py`) and the teacher weights of `--weighting`: equal,
+confidence (CA-MKD) or mtkd_rl. By default (`--num_train_epochs 0`) it is a linear head on frozen features: every
+candidate feature set and setting is trained on the labels alone and on that loss, `--probe_folds`-fold
+cross-validation over TRAIN (whole recordings, where the dataset names them) chooses among them and averages in others
+(`--probe_ensemble`), and the choice is trained on all of TRAIN. With `--num_train_epochs N` (mtkd_rl's default, 10:
+its agent, a policy trained by REINFORCE on the improvement of the student's head over each step, `--reward`, learns
+from training steps; its updates are all-gathered so that every process keeps the same agent) a stratified
+`--validation_fraction` of TRAIN chooses the head instead, then the whole model trains on the loss and the validation
+rows pick the epoch (the probe, epoch 0, included). `--label_map` (JSON {fine class: coarse label}) trains and scores
+the student on coarse classes; a teacher with the fine classes is merged onto them. A temperature fitted on the rows
+that judged the student is folded into its head (`--no-calibrate`: none); the test split is read once, at the end.
+Accuracy and macro-F1 go to `eval_results.json` with the teachers' mean weights, and the model card names the teachers
+and the weighting.
 """
 
 import argparse
@@ -33,7 +32,6 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 
 from modeling_vqshape import VQShapeFeatureExtractor
-from modeling_vqshape.tasks.calibration import calibrate_on_validation
 from modeling_vqshape.tasks.classification import dataset_name
 from modeling_vqshape.tasks.distillation import (
     REWARDS,
@@ -56,8 +54,10 @@ from modeling_vqshape.tasks.finetuning import (
     BestEpoch,
     add_dataset_arguments,
     add_training_arguments,
+    calibrate_kept,
     classification_dataloaders,
     evaluate_classifier,
+    first_stage_scores,
     parameter_groups,
     probe_initialised_classifier,
     split_metrics,
@@ -84,6 +84,7 @@ def parse_args(argv=None):
     parser.add_argument("--label_map", default=None,
                         help="JSON file or inline JSON {fine class: coarse label}: train and score on coarse classes.")
     parser.add_argument("--output_dir", default="vqshape-distilled")
+    parser.set_defaults(num_train_epochs=None)  # 0 (the cross-validated probe alone), 10 with mtkd_rl
     parser.add_argument("--debug_agent_dir", default=None, help="Every process saves its MTKD-RL agent here.")
     add_hub_arguments(parser)
     args = parser.parse_args(argv)
@@ -95,6 +96,11 @@ def parse_args(argv=None):
         parser.error(f"--reward is MTKD-RL's; --weighting {args.weighting} has no agent to reward.")
     args.reward = args.reward or "head_improvement"
     check_hub_arguments(parser, args, "lab/vqshape-distilled")
+    if args.num_train_epochs is None:  # mtkd_rl's agent learns from the student's training steps: it needs some
+        args.num_train_epochs = 10 if args.weighting == "mtkd_rl" else 0
+    elif args.weighting == "mtkd_rl" and not args.num_train_epochs:
+        parser.error("--weighting mtkd_rl trains its agent on the student's training steps: give --num_train_epochs "
+                     "1 or more (its default, 10), or choose equal or confidence for the cross-validated probe alone.")
     return args
 
 
@@ -112,12 +118,16 @@ def main(argv=None):
                                      label_map=args.label_map)
     teaching = ProbeDistillation.from_teachers(torch.stack([teacher.logits for teacher in teachers], dim=1), labels,
                                                args.weighting, args.alpha, args.temperature)  # every TRAIN row
+    # as finetune.py: without a second stage the probe is chosen by cross-validation over TRAIN and trained on all of it
     model, head = probe_initialised_classifier(args.student_model_name_or_path, past_values, labels, rows,
                                                label_names, seed=args.seed, candidates=args.classifier_features,
-                                               distillation=teaching)
+                                               distillation=teaching, folds=0 if args.num_train_epochs else
+                                               args.probe_folds, groups=train.groups, ensemble=args.probe_ensemble,
+                                               freeze_backbone=not args.num_train_epochs)
     accelerator.print(f"{dataset_name(args.dataset)}: {len(label_names)} classes, teachers {args.teacher}, "
                       f"weighting {args.weighting}; linear probe on {head.classifier_features}"
-                      f"{' taught by the teachers' if head.taught else ''}: validation accuracy "
+                      f"{' taught by the teachers' if head.taught else ''}: "
+                      f"{f'{head.folds}-fold cross-validation' if head.folds else 'validation'} accuracy "
                       f"{head.validation_accuracy:.3f}")
     agent, reward = None, args.reward if args.weighting == "mtkd_rl" else None  # what rewards the agent, if any
     if args.weighting == "mtkd_rl":  # the same initial agent on every process (seeded), stepped on gathered inputs
@@ -132,7 +142,7 @@ def main(argv=None):
     train_dataloader, validation_dataloader, test_dataloader = dataloaders
     student = accelerator.unwrap_model(model)
     best = BestEpoch()
-    best.update(0, evaluate_classifier(model, validation_dataloader, accelerator), student)
+    best.update(0, first_stage_scores(head, model, validation_dataloader, accelerator), student)
     weight_sum, weight_count = torch.zeros(len(teachers), device=accelerator.device), 0
     step_seconds, steps = 0.0, 0  # the training steps alone, for the cost of each weighting
     progress = tqdm(range(args.num_train_epochs * len(train_dataloader)), disable=not accelerator.is_local_main_process)
@@ -177,12 +187,14 @@ def main(argv=None):
             progress.set_postfix(best_epoch=epoch, validation_accuracy=f"{best.metrics['accuracy']:.3f}")
     progress.close()
     best.restore(student)
-    calibration = calibrate_on_validation(model, validation_dataloader, accelerator) if args.calibrate else None
-    mean_weights = [round(value, 6) for value in (weight_sum / max(weight_count, 1)).tolist()]
+    calibration = calibrate_kept(model, head, validation_dataloader, accelerator) if args.calibrate else None
+    # over the training steps; without any, those the probe was taught with over TRAIN
+    mean_weights = weight_sum.cpu() / weight_count if weight_count else teaching.weights.float().mean(0)
+    mean_weights = [round(value, 6) for value in mean_weights.tolist()]
     accelerator.print(f"mean teacher weights over training ({args.weighting}): "
                       + ", ".join(f"{name} {weight:.3f}" for name, weight in zip(args.teacher, mean_weights)))
 
-    seconds_per_step = round(step_seconds / max(steps, 1), 6)
+    seconds_per_step = round(step_seconds / steps, 6) if steps else None
     metrics = split_metrics(model, test_dataloader, accelerator)
     accelerator.print(f"epoch {best.epoch} kept (validation accuracy {best.metrics['accuracy']:.3f}); test: "
                       f"{json.dumps(metrics)}")
@@ -196,6 +208,7 @@ def main(argv=None):
                 "teachers": args.teacher, "weighting": args.weighting, "mean_teacher_weights": mean_weights,
                 "reward": reward, "label_map": args.label_map, "temperature": args.temperature, "alpha": args.alpha,
                 "classifier_features": head.classifier_features, "probe_taught": head.taught,
+                "probe_folds": head.folds, "probe_members": head.members,
                 "epochs": args.num_train_epochs, "selected_epoch": best.epoch, "validation": best.metrics,
                 "learning_rate": args.learning_rate, "backbone_learning_rate": args.backbone_learning_rate,
                 "calibration": calibration, "seed": args.seed}

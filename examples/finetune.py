@@ -29,14 +29,15 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 
 from modeling_vqshape import VQShapeFeatureExtractor
-from modeling_vqshape.tasks.calibration import calibrate, calibrate_on_validation
 from modeling_vqshape.tasks.classification import dataset_name
 from modeling_vqshape.tasks.finetuning import (
     BestEpoch,
     add_dataset_arguments,
     add_training_arguments,
+    calibrate_kept,
     classification_dataloaders,
     evaluate_classifier,
+    first_stage_scores,
     parameter_groups,
     probe_initialised_classifier,
     split_metrics,
@@ -57,26 +58,14 @@ def parse_args(argv=None):
     add_dataset_arguments(parser)
     add_training_arguments(parser)
     parser.add_argument("--freeze_backbone", action="store_true", help="Train the classifier head alone.")
-    parser.add_argument("--probe_folds", type=int, default=10,
-                        help="Without a second stage (--num_train_epochs 0, the default): the head is chosen by this "
-                             "many folds of cross-validation over TRAIN, then trained on all of it; 0: by the "
-                             "validation rows, trained on the others (also where a class has a single row).")
-    parser.add_argument("--probe_ensemble", type=int, default=10,
-                        help="With cross-validation: up to this many greedy additions of other candidates' heads "
-                             "that raise the out-of-fold accuracy (or, at equal accuracy, lower the cross-entropy), "
-                             "averaged into one linear head; 0: one head.")
     parser.add_argument("--output_dir", default="vqshape-classifier")
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument("--lr_scheduler_type", default="constant")
     parser.add_argument("--num_warmup_steps", type=int, default=0)
     parser.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
     add_hub_arguments(parser)
-    parser.set_defaults(num_train_epochs=0)  # the validated default: the cross-validated head alone
     args = parser.parse_args(argv)
     check_hub_arguments(parser, args, "lab/vqshape-basicmotions")
-    if args.probe_ensemble < 0:
-        parser.error(f"--probe_ensemble is how many heads may be added to the chosen one: 0 (one head) or more, got "
-                     f"{args.probe_ensemble}.")
     return args
 
 
@@ -117,8 +106,7 @@ def main(argv=None):
         model, optimizer, train_dataloader, validation_dataloader, test_dataloader, scheduler
     )
     best = BestEpoch()  # epoch 0, the probe: judged by the validation rows, or out of fold if all of TRAIN trained it
-    best.update(0, head.scores if head.folds else evaluate_classifier(model, validation_dataloader, accelerator),
-                accelerator.unwrap_model(model))
+    best.update(0, first_stage_scores(head, model, validation_dataloader, accelerator), accelerator.unwrap_model(model))
     progress = tqdm(range(max_train_steps), disable=not accelerator.is_local_main_process)
     model.train()
     for epoch in range(1, args.num_train_epochs + 1):
@@ -137,10 +125,8 @@ def main(argv=None):
             progress.set_postfix(best_epoch=epoch, validation_accuracy=f"{best.metrics['accuracy']:.3f}")
     progress.close()
     best.restore(accelerator.unwrap_model(model))
-    calibration = None
-    if args.calibrate:  # the temperature from the rows that judged the model kept
-        calibration = (calibrate(accelerator.unwrap_model(model), head.held_out_logits, head.held_out_labels)
-                       if head.folds else calibrate_on_validation(model, validation_dataloader, accelerator))
+    # the temperature from the rows that judged the model kept
+    calibration = calibrate_kept(model, head, validation_dataloader, accelerator) if args.calibrate else None
     if calibration:
         accelerator.print(f"temperature {calibration['temperature']:.3f} ({judged} cross-entropy "
                           f"{calibration['validation_loss_before']:.3f} -> {calibration['validation_loss_after']:.3f})")

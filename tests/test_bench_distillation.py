@@ -54,34 +54,51 @@ def test_two_class_decision_values_become_the_logits_of_the_second_class():
 
 
 def test_the_cost_of_each_weighting_is_a_ratio_within_each_task_and_seed():
-    def entry(task, seed, weighting, seconds, weights):
-        return {"dataset": task, "seed": seed, "method": f"student from both, {weighting}", "seconds_per_step": seconds,
+    def entry(task, seed, student, seconds, weights):
+        return {"dataset": task, "seed": seed, "method": f"student from both, {student}", "seconds_per_step": seconds,
                 "mean_teacher_weights": json.dumps(weights)}
 
-    rows = [entry("A", 0, "equal", 1.0, [0.5, 0.5]), entry("A", 0, "mtkd_rl", 1.2, [0.7, 0.3]),
-            entry("B", 0, "equal", 0.1, [0.5, 0.5]), entry("B", 0, "mtkd_rl", 0.14, [0.9, 0.1]),
+    two = bench_distillation.TWO_STAGES
+    rows = [entry("A", 0, f"equal, {two}", 1.0, [0.5, 0.5]), entry("A", 0, f"mtkd_rl, {two}", 1.2, [0.7, 0.3]),
+            entry("B", 0, f"equal, {two}", 0.1, [0.5, 0.5]), entry("B", 0, f"mtkd_rl, {two}", 0.14, [0.9, 0.1]),
+            entry("A", 0, "confidence", None, [0.6, 0.4]), entry("B", 0, "confidence", None, [0.8, 0.2]),
             {"dataset": "A", "seed": 0, "method": "student alone", "seconds_per_step": None}]
     lines = bench_distillation.cost_and_weights(rows).splitlines()[2:]
-    # ratios 1.2 and 1.4 average to 1.30, where the ratio of mean times would be 1.34 / 1.1 = 1.22
-    assert lines == ["| equal | 0.5500 | 1.00 | 0.50, 0.50 |", "| mtkd_rl | 0.6700 | 1.30 | 0.80, 0.20 |"]
+    # ratios 1.2 and 1.4 average to 1.30, where the ratio of mean times would be 1.34 / 1.1 = 1.22; the probe alone
+    # (no training steps) has its weights and no cost
+    assert lines == [f"| equal, {two} | 0.5500 | 1.00 | 0.50, 0.50 |",
+                     f"| mtkd_rl, {two} | 0.6700 | 1.30 | 0.80, 0.20 |", "| confidence | - | - | 0.70, 0.30 |"]
+
+
+# a teacher alone, both teachers on the cross-validated probe, mtkd_rl in two stages and its equal-weighted baseline
+METHODS = [f"student from {bench_distillation.RAW}", "student from both, confidence",
+           bench_distillation.EQUAL_TWO_STAGES, f"student from both, mtkd_rl, {bench_distillation.TWO_STAGES}"]
+
+
+def test_unknown_students_are_refused_by_name(capsys):
+    assert bench_distillation.parse_args(["--methods", *METHODS]).methods == METHODS
+    with pytest.raises(SystemExit):
+        bench_distillation.parse_args(["--methods", "student from both, equl"])
+    assert "unknown students ['student from both, equl']" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_distillation_benchmark_runs_every_teacher_and_student_on_a_bundled_set_and_the_geneactiv_protocol(tmp_path):
     # two processes, one per task-seed unit (BasicMotions; the 14- and 7-class tasks, which share their teachers): the
-    # rows still come out in the order of one process
+    # rows still come out in the order of one process; four of the students (--methods), for time
     torch.manual_seed(0)
     VQShapeForPreTraining(VQShapeConfig(**TINY)).save_pretrained(tmp_path / "tiny")
     output = tmp_path / "bench"
     run_script([sys.executable, str(REPO_ROOT / "benchmarks" / "bench_distillation.py"), "--model_name_or_path",
                 str(tmp_path / "tiny"), "--datasets", "BasicMotions", "--geneactiv_subjects", "2", "1",
-                "--num_seeds", "1", "--jobs", "2", "--output_dir", str(output), "--script_args",
-                "--num_train_epochs", "1"],
+                "--num_seeds", "1", "--jobs", "2", "--two_stage_epochs", "1", "--teacher_epochs", "1",
+                "--methods", *METHODS, "--output_dir", str(output), "--script_args", "--classifier_features", "tokens",
+                "statistics", "--probe_folds", "2"],
                timeout=900)
     with open(output / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     methods = [f"teacher: {bench_distillation.RAW}", f"teacher: {bench_distillation.TOPOLOGY}",
-               bench_distillation.ALONE, *bench_distillation.STUDENTS]
+               *bench_distillation.ALONE_RECIPES, *METHODS]
     tasks = ["BasicMotions", "GENEActiv 14 (synthetic)", "GENEActiv 7 (synthetic)"]
     assert [(row["dataset"], row["method"]) for row in rows] == [(task, method) for task in tasks for method in methods]
     for row in rows:
@@ -90,14 +107,16 @@ def test_distillation_benchmark_runs_every_teacher_and_student_on_a_bundled_set_
             weights = json.loads(row["mean_teacher_weights"])
             assert len(weights) == len(bench_distillation.STUDENTS[row["method"]][0])
             assert sum(weights) == pytest.approx(1.0, abs=1e-4)
-            assert float(row["seconds_per_step"]) > 0
-    equal = [json.loads(row["mean_teacher_weights"]) for row in rows if row["method"] == "student from both, equal"]
+            # training steps for the two-stage students only; the cross-validated probe takes none
+            two_stages = bench_distillation.STUDENTS[row["method"]][2]
+            assert (float(row["seconds_per_step"]) > 0) if two_stages else row["seconds_per_step"] == ""
+            assert row["selected_epoch"] == "0" or two_stages
+    equal = [json.loads(row["mean_teacher_weights"]) for row in rows
+             if row["method"] == bench_distillation.EQUAL_TWO_STAGES]
     assert equal == [[0.5, 0.5]] * 3
     markdown = (output / "results.md").read_text()
-    assert "Time per training step" in markdown and "| mtkd_rl |" in markdown
-    assert "| mtkd_rl (loss reward) |" in markdown
-    assert "| mtkd_rl (whole-student reward) |" in markdown
-    students = [row for row in rows if row["method"] != bench_distillation.ALONE and "teacher:" not in row["method"]]
+    assert "Time per training step" in markdown and f"| mtkd_rl, {bench_distillation.TWO_STAGES} |" in markdown
+    students = [row for row in rows if "teacher:" not in row["method"]]
     assert all(0.0 <= float(row["validation_accuracy"]) <= 1.0 for row in students)
 
 
@@ -107,8 +126,8 @@ def test_teachers_only_scores_both_teachers_and_trains_no_student(tmp_path):
     VQShapeForPreTraining(VQShapeConfig(**TINY)).save_pretrained(tmp_path / "tiny")
     output = tmp_path / "teachers"
     bench_distillation.main(["--model_name_or_path", str(tmp_path / "tiny"), "--datasets", "BasicMotions",
-                             "--no_geneactiv", "--num_seeds", "1", "--teachers_only", "--output_dir", str(output),
-                             "--script_args", "--num_train_epochs", "1"])
+                             "--no_geneactiv", "--num_seeds", "1", "--teachers_only", "--teacher_epochs", "1",
+                             "--output_dir", str(output)])
     with open(output / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["method"] for row in rows] == [f"teacher: {bench_distillation.RAW}",

@@ -419,6 +419,34 @@ def test_the_first_stage_learns_from_the_teachers_where_the_validation_labels_sa
     assert refused.validation_accuracy >= 0.95 and not refused.taught
 
 
+
+def test_the_cross_validated_first_stage_chooses_taught_heads_out_of_fold():
+    """distill.py's default first stage: k-fold cross-validation over all of TRAIN chooses between the heads of the
+    labels and those taught by the teachers. Few rows, many distracting features and noisy labels: the label probe
+    overfits the noise, the probe taught by a teacher of the true rule does not, so it scores better out of fold and
+    is kept (refitted on every row). With clean labels, a teacher of another rule is turned down."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(40, 1, 20, generator=generator)
+    truth = (features[:, 0, 0] > 0).long()
+    labels = torch.where(torch.rand(40, generator=generator) < 0.3, 1 - truth, truth)  # about a third flipped
+    options = dict(num_classes=2, candidates=["tokens"], weight_decays=[0.0], dropouts=[0.0], epochs=200,
+                   learning_rate=5e-2, folds=5)
+    rows = (np.arange(40), np.array([], dtype=int))
+    plain = select_linear_head({"tokens": features}, labels, *rows, **options)
+    right = 8.0 * F.one_hot(truth, 2).float()[:, None]
+    taught = select_linear_head({"tokens": features}, labels, *rows, **options,
+                                distillation=ProbeDistillation.from_teachers(right, labels, "equal", 0.0))
+    assert plain.folds == taught.folds == 5 and not plain.taught
+    assert taught.taught and taught.validation_accuracy > plain.validation_accuracy + 0.1
+    assert len(taught.held_out_labels) == 40  # every row scored once, out of fold
+    # refitted on every row: the kept head follows the teacher's rule on all of them
+    kept = (features.flatten(1) - taught.mean) / taught.std @ taught.weight.T + taught.bias
+    assert (kept.argmax(-1) == truth).float().mean() > 0.9
+    # clean labels and a teacher of another rule (feature 1): the label heads win out of fold
+    wrong = 8.0 * F.one_hot((features[:, 0, 1] > 0).long(), 2).float()[:, None]
+    assert not select_linear_head({"tokens": features}, truth, *rows, **options,
+                                  distillation=ProbeDistillation.from_teachers(wrong, truth, "equal", 0.0)).taught
+
 # ---- teachers --------------------------------------------------------------------------------------------------------
 
 

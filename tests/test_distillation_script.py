@@ -165,6 +165,41 @@ def test_reward_is_refused_without_the_mtkd_rl_agent(capsys):
     assert distill.parse_args([*common, "--weighting", "mtkd_rl"]).reward == "head_improvement"
 
 
+def test_mtkd_rl_alone_trains_the_whole_model_by_default_and_needs_training_steps(capsys):
+    """The default student is the cross-validated probe (no training steps); mtkd_rl's agent learns from training
+    steps, so its default is 10 epochs, and 0 is refused with what to do."""
+    distill = distill_script()
+    common = ["--teacher", "a.npz", "--student_model_name_or_path", "tiny"]
+    assert distill.parse_args([*common, "--weighting", "equal"]).num_train_epochs == 0
+    assert distill.parse_args([*common, "--weighting", "confidence", "--num_train_epochs", "3"]).num_train_epochs == 3
+    assert distill.parse_args([*common, "--weighting", "mtkd_rl"]).num_train_epochs == 10
+    with pytest.raises(SystemExit):
+        distill.parse_args([*common, "--weighting", "mtkd_rl", "--num_train_epochs", "0"])
+    assert "give --num_train_epochs 1 or more" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_default_student_is_the_cross_validated_probe(tiny_student, tmp_path):
+    """Without --num_train_epochs: k-fold cross-validation over TRAIN chooses the head (labels alone or taught) and
+    it is trained on all of TRAIN, as finetune.py's default; the backbone stays frozen, no training step is taken,
+    the mean weights are those the probe was taught with, and the temperature comes from the out-of-fold logits."""
+    from transformers import AutoModelForSequenceClassification
+
+    run_script([sys.executable, str(REPO_ROOT / "examples" / "distill.py"), *SMALL_RUN,
+                "--student_model_name_or_path", str(tiny_student), "--teacher", str(outputs_file(tmp_path / "a.npz")),
+                "--teacher", str(outputs_file(tmp_path / "b.safetensors")), "--weighting", "confidence",
+                "--classifier_features", "tokens", "statistics", "--output_dir", str(tmp_path / "student")])
+    reported = json.loads((tmp_path / "student" / "eval_results.json").read_text())
+    assert reported["selected_epoch"] == 0 and reported["seconds_per_step"] is None
+    assert reported["calibration"]["temperature"] > 0
+    # both files hold the same logits: confidence weighs them equally on every row
+    assert reported["mean_teacher_weights"] == [0.5, 0.5]
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert '"probe_folds": 4' in card  # 16 series, 4 per class: 4 folds
+    student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student")
+    assert student.config.freeze_backbone and student.config.id2label == dict(enumerate(NAMES))
+
+
 @pytest.mark.parametrize("reward", ["head_improvement", "loss", "improvement"])
 def test_each_mtkd_rl_reward_is_measured_as_it_says(reward, tiny_student, tmp_path, monkeypatch):
     """Per agent update: the head reward evaluates the head twice (before and after the step) and runs no measuring

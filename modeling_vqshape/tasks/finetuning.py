@@ -67,12 +67,30 @@ def add_training_arguments(parser):
     parser.add_argument("--learning_rate", type=float, default=1e-4, help="The head's, after the linear probe.")
     parser.add_argument("--backbone_learning_rate", type=float, default=1e-4)
     parser.add_argument("--weight_decay", type=float, default=0.01, help="The backbone's (the head's is chosen).")
-    parser.add_argument("--num_train_epochs", type=int, default=10, help="After the probe; 0: the probe alone.")
+    parser.add_argument("--num_train_epochs", type=int, default=0,
+                        help="Of the whole model after the probe; 0 (default): the cross-validated probe alone.")
+    parser.add_argument("--probe_folds", type=int, default=10,
+                        help="Without a second stage (--num_train_epochs 0, the default): the head is chosen by this "
+                             "many folds of cross-validation over TRAIN, then trained on all of it; 0: by the "
+                             "validation rows, trained on the others (also where a class has a single row).")
+    parser.add_argument("--probe_ensemble", type=_heads_added, default=10,
+                        help="With cross-validation: up to this many greedy additions of other candidates' heads "
+                             "that raise the out-of-fold accuracy (or, at equal accuracy, lower the cross-entropy), "
+                             "averaged into one linear head; 0: one head.")
     parser.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
                         help="Fit a temperature to the held-out rows (out of fold, or the validation rows) and fold "
                              "it into the head (calibration.py); predictions do not change, probabilities do.")
     parser.add_argument("--num_threads", type=int, default=None, help="CPU threads per process (default: cores).")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def _heads_added(value: str) -> int:
+    """`--probe_ensemble`'s type: 0 or more."""
+    count = int(value)
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"--probe_ensemble is how many heads may be added to the chosen one: 0 (one "
+                                         f"head) or more, got {count}.")
+    return count
 
 
 def labelled_splits(args, label_map: dict | None = None, known_classes=()) -> tuple:
@@ -497,6 +515,23 @@ def split_metrics(model, dataloader, accelerator) -> dict:
             "cross_entropy": scores["loss"]}
 
 
+def first_stage_scores(head, model, validation_dataloader, accelerator) -> dict:
+    """The probe's scores as epoch 0 of `BestEpoch`: out of fold where cross-validation chose it and all of TRAIN
+    trained it (`head.folds`), else on the validation rows."""
+    return head.scores if head.folds else evaluate_classifier(model, validation_dataloader, accelerator)
+
+
+def calibrate_kept(model, head, validation_dataloader, accelerator) -> dict:
+    """The temperature of the kept classifier, fitted on the rows that judged it: the probe's out-of-fold logits
+    after cross-validation (`head.folds`; the probe alone is kept then), else the validation rows as `model` scores
+    them now (`calibration.calibrate_on_validation`). Folded into the head; returns what `calibrate` returns."""
+    from .calibration import calibrate, calibrate_on_validation
+
+    if head.folds:
+        return calibrate(accelerator.unwrap_model(model), head.held_out_logits, head.held_out_labels)
+    return calibrate_on_validation(model, validation_dataloader, accelerator)
+
+
 class BestEpoch:
     """The epoch with the best validation accuracy (ties: lower validation cross-entropy; then the earlier one), and a
     copy of its weights, which `restore` puts back."""
@@ -526,6 +561,8 @@ __all__ = [
     "ensemble_selection",
     "add_dataset_arguments",
     "add_training_arguments",
+    "calibrate_kept",
+    "first_stage_scores",
     "frozen_feature_parts",
     "select_linear_head",
     "split_metrics",
