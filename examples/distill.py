@@ -124,10 +124,10 @@ def main(argv=None):
                                                distillation=teaching, folds=0 if args.num_train_epochs else
                                                args.probe_folds, groups=train.groups, ensemble=args.probe_ensemble,
                                                freeze_backbone=not args.num_train_epochs)
+    judged = f"{head.folds}-fold cross-validation" if head.folds else "validation"
     accelerator.print(f"{dataset_name(args.dataset)}: {len(label_names)} classes, teachers {args.teacher}, "
                       f"weighting {args.weighting}; linear probe on {head.classifier_features}"
-                      f"{' taught by the teachers' if head.taught else ''}: "
-                      f"{f'{head.folds}-fold cross-validation' if head.folds else 'validation'} accuracy "
+                      f"{' taught by the teachers' if head.taught else ''}: {judged} accuracy "
                       f"{head.validation_accuracy:.3f}")
     agent, reward = None, args.reward if args.weighting == "mtkd_rl" else None  # what rewards the agent, if any
     if args.weighting == "mtkd_rl":  # the same initial agent on every process (seeded), stepped on gathered inputs
@@ -196,7 +196,7 @@ def main(argv=None):
 
     seconds_per_step = round(step_seconds / steps, 6) if steps else None
     metrics = split_metrics(model, test_dataloader, accelerator)
-    accelerator.print(f"epoch {best.epoch} kept (validation accuracy {best.metrics['accuracy']:.3f}); test: "
+    accelerator.print(f"epoch {best.epoch} kept ({judged} accuracy {best.metrics['accuracy']:.3f}); test: "
                       f"{json.dumps(metrics)}")
     if agent is not None:
         if args.debug_agent_dir:
