@@ -4,9 +4,11 @@
 
 For each task and seed (5 by default), in one run:
 
-- two teachers: a raw-series teacher, MiniRocket features (aeon, 10,000 kernels) read by a logistic regression,
-  whose TRAIN logits are out-of-fold (5-fold cross-fitting) and reach the student as an outputs file, as a teacher
-  from another framework would; and the topology teacher, `examples/train_persistence_teacher.py` (a folder);
+- two teachers, cross-fitted on the same 5 folds of TRAIN (`teachers.cross_fit`: each TRAIN series scored by a model
+  that never saw its fold, and for each fold, by models fitted without it) and given to the students as outputs
+  files, as teachers from another framework would be: a raw-series teacher, MiniRocket features (aeon, 10,000
+  kernels) read by a logistic regression, and the topology teacher, `examples/train_persistence_teacher.py` (trained
+  on `DatasetDict`s of the rows each fit may see); TEST is scored by each fitted on all of TRAIN;
 - the student alone: `examples/finetune.py` with its defaults (the cross-validated probe on frozen features) and
   with two stages (`--num_train_epochs 10`: the whole model after a probe chosen on validation rows);
 - `examples/distill.py` with its defaults: the student from each teacher alone and from both with `equal` and
@@ -47,11 +49,18 @@ from modeling_vqshape.tasks.classification import (
     resample_series,
     write_results,
 )
-from modeling_vqshape.tasks.teachers import map_labels, read_label_map, save_teacher_outputs, training_teachers
+from modeling_vqshape.tasks.teachers import (
+    cross_fit,
+    map_labels,
+    read_label_map,
+    save_teacher_outputs,
+    training_teachers,
+)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DATASETS = ("BasicMotions", "GunPoint", "PickupGestureWiimoteZ")
 RAW, TOPOLOGY = "MiniRocket (raw series)", "persistence images"
+TEACHER_FOLDS = 5  # the teachers' cross-fitting, which the taught students' cross-validation takes
 ALONE = "student alone"
 TWO_STAGES = "two stages"  # the whole model trained after the probe (--two_stage_epochs; mtkd_rl's default)
 ALONE_RECIPES = {ALONE: False, f"{ALONE}, {TWO_STAGES}": True}  # method -> two stages?
@@ -72,6 +81,8 @@ def parse_args(argv=None):
     parser.add_argument("--no_geneactiv", action="store_true", help="Leave out the synthetic GENEActiv protocol.")
     parser.add_argument("--geneactiv_subjects", type=int, nargs=2, default=(4, 3), metavar=("TRAIN", "TEST"))
     parser.add_argument("--num_seeds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="These seeds instead of 0 to --num_seeds - 1 (more seeds for an earlier run).")
     parser.add_argument("--num_threads", type=int, default=1, help="CPU threads of every script.")
     parser.add_argument("--teachers_only", action="store_true",
                         help="Train and score the two teachers only, without the students (minutes, not hours).")
@@ -91,6 +102,7 @@ def parse_args(argv=None):
     unknown = sorted(set(args.methods or ()) - set(STUDENTS))
     if unknown:
         parser.error(f"--methods: unknown students {unknown}; choose among {list(STUDENTS)}.")
+    args.seeds = args.seeds or list(range(args.num_seeds))
     return args
 
 
@@ -105,13 +117,12 @@ def load_script(name: str):
 
 def raw_series_teacher(dataset: str, seed: int, folder: Path, length: int = 100):
     """MiniRocket features and a logistic regression, written as outputs files into `folder`: `raw-train.npz` holds
-    out-of-fold logits (each TRAIN series scored by a model that never saw it, nor, for recordings' windows, any window
-    of its recording: `ClassificationSplit.groups`), `raw-test.npz` the logits of the model
-    fitted on all of TRAIN. Logits are its decision values (finite, where log-probabilities may be -inf), columns
-    the sorted classes of TRAIN."""
+    TRAIN's logits cross-fitted (`teachers.cross_fit`, 5 folds; whole recordings for windows): each series scored by
+    a model that never saw its fold, and for each fold the logits of models fitted without it; `raw-test.npz` the
+    logits of the model fitted on all of TRAIN. Logits are its decision values (finite, where
+    log-probabilities may be -inf), columns the sorted classes of TRAIN."""
     from aeon.transformations.collection.convolution_based import MiniRocket
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -121,22 +132,60 @@ def raw_series_teacher(dataset: str, seed: int, folder: Path, length: int = 100)
     label_names = sorted(set(train.labels))
     transform = MiniRocket(random_state=seed).fit(resample_series(train.series, length))
     features = {name: transform.transform(resample_series(split.series, length)) for name, split in splits.items()}
-    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    groups = train.groups  # the recording of each window (GENEActiv windows), else None
-    if groups is not None and len(set(groups)) < 2:  # one recording: nothing to hold out whole
-        groups = None
-    if groups is None:
-        folds = min(5, min(np.unique(train.labels, return_counts=True)[1]))
-        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    else:  # windows of one recording are near copies: a fold holds whole recordings out
-        cv = StratifiedGroupKFold(min(5, len(set(groups))), shuffle=True, random_state=seed)
-    out_of_fold = cross_val_predict(classifier, features["train"], train.labels, method="decision_function", cv=cv,
-                                    groups=groups)
-    classifier.fit(features["train"], train.labels)
+
+    def fitted(rows):
+        classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        return classifier.fit(features["train"][rows], train.labels[rows])
+
+    def fit_predict(fit_rows, scored_rows):
+        return class_logits(fitted(fit_rows).decision_function(features["train"][scored_rows]))
+
+    outputs = cross_fit(fit_predict, train.labels, TEACHER_FOLDS, seed, teacher_groups(train))
+    test_logits = class_logits(fitted(np.arange(len(train))).decision_function(features["test"]))
     torch.set_num_threads(threads)  # aeon/numba change torch's thread count
-    save_teacher_outputs(folder / "raw-train.npz", train.sample_ids, class_logits(out_of_fold), label_names)
-    save_teacher_outputs(folder / "raw-test.npz", test.sample_ids,
-                         class_logits(classifier.decision_function(features["test"])), label_names)
+    save_teacher_outputs(folder / "raw-train.npz", train.sample_ids, label_names=label_names, **outputs)
+    save_teacher_outputs(folder / "raw-test.npz", test.sample_ids, test_logits, label_names)
+
+
+def topology_teacher(dataset: str, seed: int, folder: Path, argv: list):
+    """`examples/train_persistence_teacher.py` (`argv`: its options) on all of TRAIN, saved in `folder / "topology"`
+    (what TEST is scored with), and cross-fitted as `raw_series_teacher` is, on the same folds: each model trained on a
+    `DatasetDict` of the rows it may see (`folder / "fits"`, removed after), its logits on the rows it scores written
+    to `topology-train.npz`."""
+    import shutil
+
+    import datasets
+
+    persistence = load_script("train_persistence_teacher")
+    persistence.main(["--dataset", dataset, "--seed", str(seed), "--output_dir", str(folder / "topology"), *argv])
+    train = load_classification_dataset(dataset)["train"]
+    label_names = sorted(set(train.labels))
+
+    def subset(rows):
+        columns = {"past_values": [train.series[row].tolist() for row in rows], "label": train.labels[rows].tolist()}
+        if train.groups is not None:
+            columns["recording"] = train.groups[rows].tolist()
+        return datasets.Dataset.from_dict(columns)
+
+    def fit_predict(fit_rows, scored_rows):
+        fit = folder / "fits"
+        datasets.DatasetDict({"train": subset(fit_rows), "test": subset(scored_rows)}).save_to_disk(str(fit / "data"))
+        persistence.main(["--dataset", str(fit / "data"), "--seed", str(seed), "--output_dir", str(fit / "model"),
+                          *argv])
+        scored = load_classification_dataset(str(fit / "data"))["test"]
+        (outputs,) = training_teachers([str(fit / "model")], scored, label_names, input_length=None)  # its own
+        shutil.rmtree(fit)
+        return outputs.logits.numpy()
+
+    outputs = cross_fit(fit_predict, train.labels, TEACHER_FOLDS, seed, teacher_groups(train))
+    save_teacher_outputs(folder / "topology-train.npz", train.sample_ids, label_names=label_names, **outputs)
+
+
+def teacher_groups(train):
+    """The recording of each TRAIN window (held out whole by the teachers' folds), or None: series without
+    recordings, or a single recording (nothing to hold out whole)."""
+    groups = train.groups
+    return None if groups is None or len(set(groups)) < 2 else groups
 
 
 def class_logits(decision) -> np.ndarray:
@@ -207,21 +256,20 @@ def cost_and_weights(rows) -> str:
 def run_unit(args, unit: list, seed: int, folder: Path, input_length: int) -> list:
     """The rows of one seed of the tasks in `unit`, which share their teachers' dataset (the 14- and 7-class tasks):
     both teachers once, then for each task the teachers' test metrics, the student alone and every student."""
-    scripts = ("finetune", "distill", "train_persistence_teacher")
-    finetune, distill, persistence = (load_script(name) for name in scripts)
+    finetune, distill = load_script("finetune"), load_script("distill")
     dataset = unit[0][1]
     common = ["--seed", str(seed), "--num_threads", str(args.num_threads)]
     work = folder / f"{hashlib.sha1(dataset.encode()).hexdigest()[:12]}-{seed}"
     work.mkdir(parents=True)
     raw_series_teacher(dataset, seed, work)
     epochs = [] if args.teacher_epochs is None else ["--num_train_epochs", str(args.teacher_epochs)]
-    persistence.main(["--dataset", dataset, *common, "--output_dir", str(work / "topology"), *epochs])
+    topology_teacher(dataset, seed, work, ["--num_threads", str(args.num_threads), *epochs])
     raw = {split: str(work / f"raw-{split}.npz") for split in ("train", "test")}
-    teachers = {RAW: raw["train"], TOPOLOGY: str(work / "topology")}
+    teachers = {RAW: raw["train"], TOPOLOGY: str(work / "topology-train.npz")}
     rows = []
     for task, _, alone_dataset, label_map_path in unit:
         label_map = read_label_map(label_map_path)
-        for name, test_outputs in ((RAW, raw["test"]), (TOPOLOGY, teachers[TOPOLOGY])):
+        for name, test_outputs in ((RAW, raw["test"]), (TOPOLOGY, str(work / "topology"))):
             rows.append(row(task, f"teacher: {name}", seed, teacher_metrics(test_outputs, dataset, label_map,
                                                                               input_length)))
         if args.teachers_only:
@@ -256,7 +304,7 @@ def main(argv=None):
         found = tasks(args, folder)
         units = [[task for task in found if task[1] == dataset] for dataset in dict.fromkeys(task[1] for task in found)]
         # units of two tasks first: the longest start first, so that no process is left alone with one at the end
-        work = [(unit, seed) for unit in sorted(units, key=len, reverse=True) for seed in range(args.num_seeds)]
+        work = [(unit, seed) for unit in sorted(units, key=len, reverse=True) for seed in args.seeds]
         if args.jobs == 1:
             results = [run_unit(args, unit, seed, folder, input_length) for unit, seed in work]
         else:  # fresh interpreters: a forked one would inherit torch's and numba's thread pools mid-state
@@ -268,7 +316,7 @@ def main(argv=None):
                   key=lambda entry: (order[entry["dataset"]], entry["seed"]))
     columns = dict.fromkeys(key for entry in rows for key in entry)
     write_results([{key: entry.get(key) for key in columns} for entry in rows], args.output_dir)
-    seeds = f"mean ± std over {args.num_seeds} seed(s)"
+    seeds = f"mean ± std over {len(args.seeds)} seed(s)"
     markdown = "\n\n".join([
         f"Test accuracy, {seeds}:\n\n{markdown_table(rows, 'accuracy')}",
         f"Macro-F1, {seeds}:\n\n{markdown_table(rows, 'macro_f1')}",

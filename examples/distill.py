@@ -9,7 +9,8 @@ classifiers run once over TRAIN before training. The student is built as `finetu
 loss `alpha * CE + (1 - alpha) * sum_k w_k * KD_k` (`distillation.py`) and the teacher weights of `--weighting`: equal,
 confidence (CA-MKD) or mtkd_rl. By default (`--num_train_epochs 0`) it is a linear head on frozen features: every
 candidate feature set and setting is trained on the labels alone and on that loss, `--probe_folds`-fold
-cross-validation over TRAIN (whole recordings, where the dataset names them) chooses among them and averages in others
+cross-validation over TRAIN (whole recordings, where the dataset names them; cross-fitted teachers' own folds, each
+head taught by the teachers fitted without the fold that judges it) chooses among them and averages in others
 (`--probe_ensemble`), and the choice is trained on all of TRAIN. With `--num_train_epochs N` (mtkd_rl's default, 10:
 its agent, a policy trained by REINFORCE on the improvement of the student's head over each step, `--reward`, learns
 from training steps; its updates are all-gathered so that every process keeps the same agent) a stratified
@@ -59,10 +60,10 @@ from modeling_vqshape.tasks.finetuning import (
     evaluate_classifier,
     first_stage_scores,
     parameter_groups,
-    probe_initialised_classifier,
+    scripted_first_stage,
     split_metrics,
 )
-from modeling_vqshape.tasks.teachers import read_label_map, teacher_label_names, training_teachers
+from modeling_vqshape.tasks.teachers import read_label_map, teacher_folds, teacher_label_names, training_teachers
 from modeling_vqshape.tasks.training import add_hub_arguments, check_hub_arguments, finish, set_cpu_threads
 
 
@@ -117,14 +118,11 @@ def main(argv=None):
         teachers = training_teachers(args.teacher, train, label_names, input_length, args.per_device_eval_batch_size,
                                      label_map=args.label_map)
     teaching = ProbeDistillation.from_teachers(torch.stack([teacher.logits for teacher in teachers], dim=1), labels,
-                                               args.weighting, args.alpha, args.temperature)  # every TRAIN row
+                                               args.weighting, args.alpha, args.temperature,
+                                               *teacher_folds(teachers, train.groups))  # every TRAIN row
     # as finetune.py: without a second stage the probe is chosen by cross-validation over TRAIN and trained on all of it
-    model, head = probe_initialised_classifier(args.student_model_name_or_path, past_values, labels, rows,
-                                               label_names, seed=args.seed, candidates=args.classifier_features,
-                                               distillation=teaching, folds=0 if args.num_train_epochs else
-                                               args.probe_folds, groups=train.groups, ensemble=args.probe_ensemble,
-                                               freeze_backbone=not args.num_train_epochs)
-    judged = f"{head.folds}-fold cross-validation" if head.folds else "validation"
+    model, head, judged = scripted_first_stage(args, args.student_model_name_or_path, past_values, labels, rows,
+                                               label_names, train.groups, distillation=teaching)
     accelerator.print(f"{dataset_name(args.dataset)}: {len(label_names)} classes, teachers {args.teacher}, "
                       f"weighting {args.weighting}; linear probe on {head.classifier_features}"
                       f"{' taught by the teachers' if head.taught else ''}: {judged} accuracy "

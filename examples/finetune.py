@@ -39,7 +39,7 @@ from modeling_vqshape.tasks.finetuning import (
     evaluate_classifier,
     first_stage_scores,
     parameter_groups,
-    probe_initialised_classifier,
+    scripted_first_stage,
     split_metrics,
 )
 from modeling_vqshape.tasks.training import (
@@ -81,13 +81,8 @@ def main(argv=None):
         dataloaders, label_names, train, (past_values, labels, rows) = classification_dataloaders(args, input_length)
     # first stage, the same on every process: a linear head on frozen features, chosen by the validation rows or,
     # without a second stage, by cross-validation over TRAIN and then trained on all of it
-    freeze_backbone = args.freeze_backbone or not args.num_train_epochs
-    model, head = probe_initialised_classifier(args.model_name_or_path, past_values, labels, rows, label_names,
-                                               seed=args.seed, candidates=args.classifier_features,
-                                               folds=0 if args.num_train_epochs else args.probe_folds,
-                                               groups=train.groups, ensemble=args.probe_ensemble,
-                                               freeze_backbone=freeze_backbone)
-    judged = f"{head.folds}-fold cross-validation" if head.folds else "validation"
+    model, head, judged = scripted_first_stage(args, args.model_name_or_path, past_values, labels, rows, label_names,
+                                               train.groups, freeze_backbone=args.freeze_backbone)
     probes = " + ".join(f"{member['classifier_features']} (weight decay {member['weight_decay']}, dropout "
                         f"{member['dropout']}, share {member['share']:.2f})" for member in head.members)
     accelerator.print(f"{dataset_name(args.dataset)}: {len(label_names)} classes {label_names}, "
@@ -137,9 +132,8 @@ def main(argv=None):
     name = dataset_name(args.dataset)
     training = {"base_model": args.model_name_or_path, "dataset": name, "labels": label_names,
                 "classifier_features": head.classifier_features, "head_weight_decay": head.weight_decay,
-                "classifier_dropout": head.dropout, "probe_folds": head.folds,
-                "probe_members": head.members,
-                "freeze_backbone": freeze_backbone,
+                "classifier_dropout": head.dropout, "probe_folds": head.folds, "probe_members": head.members,
+                "freeze_backbone": accelerator.unwrap_model(model).config.freeze_backbone,
                 "epochs": args.num_train_epochs, "selected_epoch": best.epoch, "validation": best.metrics,
                 "learning_rate": args.learning_rate, "backbone_learning_rate": args.backbone_learning_rate,
                 "calibration": calibration, "seed": args.seed}

@@ -75,6 +75,11 @@ METHODS = [f"student from {bench_distillation.RAW}", "student from both, confide
            bench_distillation.EQUAL_TWO_STAGES, f"student from both, mtkd_rl, {bench_distillation.TWO_STAGES}"]
 
 
+def test_seeds_are_zero_to_num_seeds_unless_named():
+    assert bench_distillation.parse_args(["--num_seeds", "3"]).seeds == [0, 1, 2]
+    assert bench_distillation.parse_args(["--seeds", "3", "4"]).seeds == [3, 4]
+
+
 def test_unknown_students_are_refused_by_name(capsys):
     assert bench_distillation.parse_args(["--methods", *METHODS]).methods == METHODS
     with pytest.raises(SystemExit):

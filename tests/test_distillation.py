@@ -33,9 +33,12 @@ from modeling_vqshape.tasks.distillation import (
 from modeling_vqshape.tasks.finetuning import select_linear_head
 from modeling_vqshape.tasks.teachers import (
     ModelTeacher,
+    OutputsTeacher,
+    cross_fit,
     load_teacher,
     read_teacher_outputs,
     save_teacher_outputs,
+    teacher_folds,
 )
 
 from .conftest import TINY
@@ -446,6 +449,92 @@ def test_the_cross_validated_first_stage_chooses_taught_heads_out_of_fold():
     wrong = 8.0 * F.one_hot((features[:, 0, 1] > 0).long(), 2).float()[:, None]
     assert not select_linear_head({"tokens": features}, truth, *rows, **options,
                                   distillation=ProbeDistillation.from_teachers(wrong, truth, "equal", 0.0)).taught
+
+
+def test_cross_fitted_teachers_bring_their_folds_and_teach_each_fold_without_it():
+    """With cross-fitted teachers the first stage's folds are the teachers' (4 here, not the 5 asked for), and a head
+    judged on a fold learns from `fold_teacher_logits[fold]`: noisy labels, a teacher of the true rule in every
+    fold's logits, and the taught heads win out of fold; the same out-of-fold logits with a teacher of another rule in
+    the folds' logits, and they lose."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(40, 1, 20, generator=generator)
+    truth = (features[:, 0, 0] > 0).long()
+    labels = torch.where(torch.rand(40, generator=generator) < 0.3, 1 - truth, truth)
+    options = dict(num_classes=2, candidates=["tokens"], weight_decays=[0.0], dropouts=[0.0], epochs=200,
+                   learning_rate=5e-2, folds=5)
+    rows = (np.arange(40), np.array([], dtype=int))
+    right = 8.0 * F.one_hot(truth, 2).float()[:, None]
+    wrong = 8.0 * F.one_hot((features[:, 0, 1] > 0).long(), 2).float()[:, None]
+    folds = np.arange(40) % 4
+    for fold_logits, kept_taught in ((right, True), (wrong, False)):
+        teaching = ProbeDistillation.from_teachers(right, labels, "equal", 0.0, folds=folds,
+                                                   fold_teacher_logits=fold_logits.expand(4, -1, -1, -1))
+        head = select_linear_head({"tokens": features}, labels, *rows, **options, distillation=teaching)
+        assert head.folds == 4 and head.taught == kept_taught
+        # the held-out rows, in the order scored: fold 0's, then fold 1's, ...
+        torch.testing.assert_close(head.held_out_labels, labels[np.argsort(folds, kind="stable")])
+
+
+def test_cross_fit_scores_every_row_with_models_that_never_saw_its_fold():
+    """`logits[i]` come from the model fitted without row i's fold, `fold_logits[f, i]` from the model fitted
+    without fold f and row i's fold and on every other row; with groups, a recording lies in one fold."""
+    groups = np.repeat(np.arange(10), 3).astype(str)
+    labels = np.where(np.arange(30) % 6 < 3, "a", "b")  # a recording holds one class
+    fits = []
+
+    def fit_predict(fit_rows, scored_rows):
+        fits.append(set(fit_rows.tolist()))
+        return np.full((len(scored_rows), 2), float(len(fits) - 1))  # which fit scored the row
+
+    outputs = cross_fit(fit_predict, labels, folds=3, seed=0, groups=groups)
+    folds = outputs["folds"]
+    assert sorted(np.unique(folds)) == [0, 1, 2] and len(fits) == 3 + 3  # F fits, then one per pair of folds
+    assert all(len(set(folds[groups == group])) == 1 for group in set(groups))
+    everything = set(range(30))
+    for row in range(30):
+        own = set(np.flatnonzero(folds == folds[row]).tolist())
+        assert fits[int(outputs["logits"][row, 0])] == everything - own
+        for fold in {0, 1, 2} - {folds[row]}:
+            held_out = own | set(np.flatnonzero(folds == fold).tolist())
+            assert fits[int(outputs["fold_logits"][fold, row, 0])] == everything - held_out
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_a_cross_fitted_outputs_file_is_read_by_sample_id_and_class_name(tmp_path, suffix):
+    path = tmp_path / f"teacher{suffix}"
+    logits = np.arange(8, dtype=np.float32).reshape(4, 2)
+    fold_logits = np.stack([logits + 100, logits + 200])
+    save_teacher_outputs(path, ["a", "b", "c", "d"], logits, ["sit", "walk"], folds=[0, 1, 0, 1],
+                         fold_logits=fold_logits)
+    teacher = load_teacher(path, ["walk", "sit"], sample_ids=["d", "a"])
+    np.testing.assert_array_equal(teacher.folds, [1, 0])
+    np.testing.assert_array_equal(teacher.fold_logits.numpy(), fold_logits[:, [3, 0]][:, :, [1, 0]])
+    with pytest.raises(ValueError, match="both `folds` and `fold_logits`, or neither"):
+        save_teacher_outputs(path, ["a", "b"], logits[:2], ["sit", "walk"], folds=[0, 1])
+    with pytest.raises(ValueError, match=r"fold_logits of shape \(3, 2, 2\) for 2 folds"):
+        save_teacher_outputs(path, ["a", "b"], logits[:2], ["sit", "walk"], folds=[0, 1],
+                             fold_logits=np.zeros((3, 2, 2)))
+    with pytest.raises(ValueError, match="number the samples' folds 0 to F - 1"):
+        save_teacher_outputs(path, ["a", "b"], logits[:2], ["sit", "walk"], folds=[0, 2],
+                             fold_logits=np.zeros((3, 2, 2)))
+
+
+def test_teacher_folds_must_agree_and_keep_recordings_whole():
+    logits = torch.zeros(4, 2)
+    fitted = OutputsTeacher(logits, None, ["sit", "walk"], "fitted.npz", np.array([0, 0, 1, 1]),
+                            torch.ones(2, 4, 2))
+    plain = OutputsTeacher(logits + 5, None, ["sit", "walk"], "plain.npz")
+    folds, fold_logits = teacher_folds([plain, fitted], groups=["r0", "r0", "r1", "r1"])
+    np.testing.assert_array_equal(folds, [0, 0, 1, 1])
+    assert fold_logits.shape == (2, 4, 2, 2)  # (folds, rows, teachers, labels)
+    assert (fold_logits[:, :, 0] == 5).all() and (fold_logits[:, :, 1] == 1).all()  # plain: its logits in every fold
+    assert teacher_folds([plain], None) == (None, None)
+    other = OutputsTeacher(logits, None, ["sit", "walk"], "other.npz", np.array([0, 1, 0, 1]), torch.ones(2, 4, 2))
+    with pytest.raises(ValueError, match="have different folds"):
+        teacher_folds([fitted, other])
+    with pytest.raises(ValueError, match=r"split recordings across folds \(\['r0'\]\)"):
+        teacher_folds([fitted], groups=["r0", "r1", "r2", "r0"])
+
 
 # ---- teachers --------------------------------------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -468,24 +469,40 @@ def mean_teacher_weights(weights: torch.Tensor) -> list:
 class ProbeDistillation:
     """The teachers of the first stage: their logits and per-sample weights on TRAIN's rows, the cross-entropy's share
     `alpha` and the temperature. `classification.train_linear_probes` trains every setting of its grid on `loss`,
-    `multi_teacher_kd_loss` of the stacked logits."""
+    `multi_teacher_kd_loss` of the stacked logits.
+
+    Cross-fitted teachers (`teachers.teacher_folds`) add `folds` `(num_series,)`, the fold of each row, and
+    `fold_teacher_logits` `(F, num_series, num_teachers, num_labels)`: `for_fold(f)` teaches with the logits of
+    teachers fitted without fold `f`, for the heads that fold judges (`finetuning.select_linear_head`)."""
 
     teacher_logits: torch.Tensor  # (num_series, num_teachers, num_labels)
     weights: torch.Tensor  # (num_series, num_teachers)
     alpha: float = 0.5
     temperature: float = 4.0
+    folds: np.ndarray | None = None  # (num_series,): the teachers' fold of each row
+    fold_teacher_logits: torch.Tensor | None = None  # (num_folds, num_series, num_teachers, num_labels)
+    weighting: str = "equal"  # the fixed weighting of `weights`, applied to `fold_teacher_logits` too
 
     @classmethod
     def from_teachers(cls, teacher_logits: torch.Tensor, labels: torch.Tensor, weighting: str, alpha: float = 0.5,
-                      temperature: float = 4.0) -> "ProbeDistillation":
+                      temperature: float = 4.0, folds=None, fold_teacher_logits=None) -> "ProbeDistillation":
         """The fixed weighting of `weighting` over every row; `mtkd_rl`'s agent learns from the student's training
         steps, which come after the probe, so its probe is taught with `equal` weights, where its agent starts."""
         fixed = "equal" if weighting == "mtkd_rl" else weighting
-        return cls(teacher_logits, teacher_weights(fixed, teacher_logits, labels), alpha, temperature)
+        return cls(teacher_logits, teacher_weights(fixed, teacher_logits, labels), alpha, temperature,
+                   None if folds is None else np.asarray(folds), fold_teacher_logits, fixed)
+
+    def for_fold(self, fold: int, labels: torch.Tensor) -> "ProbeDistillation":
+        """The teaching of the heads judged on fold `fold` (`labels` of every row, for the weights): the logits of
+        the teachers fitted without it."""
+        logits = self.fold_teacher_logits[fold]
+        return ProbeDistillation(logits, teacher_weights(self.weighting, logits, labels), self.alpha,
+                                 self.temperature, weighting=self.weighting)
 
     def subset(self, rows) -> "ProbeDistillation":
         rows = torch.as_tensor(rows).long()
-        return ProbeDistillation(self.teacher_logits[rows], self.weights[rows], self.alpha, self.temperature)
+        return ProbeDistillation(self.teacher_logits[rows], self.weights[rows], self.alpha, self.temperature,
+                                 weighting=self.weighting)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """`(num_settings, batch_size)`: the per-sample loss of stacked `logits` `(num_settings, batch_size,

@@ -68,7 +68,8 @@ def add_training_arguments(parser):
     parser.add_argument("--backbone_learning_rate", type=float, default=1e-4)
     parser.add_argument("--weight_decay", type=float, default=0.01, help="The backbone's (the head's is chosen).")
     parser.add_argument("--num_train_epochs", type=int, default=0,
-                        help="Of the whole model after the probe; 0 (default): the cross-validated probe alone.")
+                        help="Of the whole model after the probe; 0: the cross-validated probe alone (finetune.py's "
+                             "default; distill.py's too, but 10 with --weighting mtkd_rl).")
     parser.add_argument("--probe_folds", type=int, default=10,
                         help="Without a second stage (--num_train_epochs 0, the default): the head is chosen by this "
                              "many folds of cross-validation over TRAIN, then trained on all of it; 0: by the "
@@ -299,7 +300,10 @@ def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_cla
     (`cross_validation_folds`, by recording with `groups`, one per row of `parts`): every row is scored once, by the
     heads trained without its fold (standardised with their own rows' statistics), and the out-of-fold accuracy
     chooses (ties: cross-entropy); the chosen setting is then trained on all those rows. Where not even 2 folds fit
-    (a class with one row), the validation rows choose as without `folds`.
+    (a class with one row), the validation rows choose as without `folds`. Cross-fitted teachers (`distillation.folds`)
+    bring their own folds, which are used instead, and the taught heads judged on a fold learn from the teachers
+    fitted without it (`ProbeDistillation.for_fold`), so that no teacher that saw the held-out rows shapes their
+    heads; the refit on all rows learns from their out-of-fold logits.
 
     With cross-validation and `ensemble` n > 0, the best head of each candidate (and teaching) may join the chosen one:
     greedy ensemble selection with replacement (`ensemble_selection`, Caruana et al., ICML 2004) on their out-of-fold
@@ -310,11 +314,14 @@ def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_cla
     settings = list(itertools.product(weight_decays, dropouts))
     teachings = [None] if distillation is None else [None, distillation]
     rows = np.sort(np.concatenate([np.asarray(train_rows), np.asarray(validation_rows)]))
-    splits = cross_validation_folds(labels[rows].numpy(), folds, seed,
-                                    None if groups is None else np.asarray(groups)[rows]) if folds >= 2 else []
-    # (train, held out) rows of each split: the folds, or the one validation split
-    splits = [(rows[train], rows[held_out]) for train, held_out in splits] or [(np.asarray(train_rows),
-                                                                               np.asarray(validation_rows))]
+    splits, split_teachings = _cross_fitted_splits(distillation, rows, labels) if folds >= 2 else ([], [])
+    if not splits:
+        splits = cross_validation_folds(labels[rows].numpy(), folds, seed,
+                                        None if groups is None else np.asarray(groups)[rows]) if folds >= 2 else []
+        # (train, held out) rows of each split: the folds, or the one validation split
+        splits = [(rows[train], rows[held_out]) for train, held_out in splits] or [(np.asarray(train_rows),
+                                                                                   np.asarray(validation_rows))]
+        split_teachings = [distillation] * len(splits)
     held_out = np.concatenate([part for _, part in splits])
     targets = labels[held_out]
     members = []  # the best setting of each candidate and teaching: (head, its teaching, its features)
@@ -324,9 +331,9 @@ def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_cla
         scalers = [standardise(features[fit_rows]) for fit_rows, _ in splits]  # shared by both teachings
         for teaching in teachings:
             logits = []
-            for (fit_rows, scored_rows), (mean, std) in zip(splits, scalers):
-                probes = _trained_grid(features, labels, fit_rows, mean, std, num_classes, settings, seed, teaching,
-                                       training)
+            for (fit_rows, scored_rows), (mean, std), split_teaching in zip(splits, scalers, split_teachings):
+                probes = _trained_grid(features, labels, fit_rows, mean, std, num_classes, settings, seed,
+                                       None if teaching is None else split_teaching, training)
                 logits.append(probes.logits(((features[scored_rows] - mean) / std).numpy()))
             logits = torch.cat(logits, dim=1)  # (settings, held-out rows, labels)
             best = None
@@ -410,6 +417,20 @@ def combine_heads(weighted_heads: list, parts: dict) -> LinearHead:
                       held_out_logits=held_out_logits, held_out_labels=targets, folds=first.folds, members=members)
 
 
+def _cross_fitted_splits(distillation, rows, labels) -> tuple:
+    """`([(train rows, held-out rows), ...], [teaching of each split])` over `rows` from the folds of cross-fitted
+    teachers (`distillation.folds`): each fold held out in turn, its heads taught by the teachers fitted without it
+    (`ProbeDistillation.for_fold`). `([], [])` without such teachers, or where `rows` lie in fewer than 2 folds."""
+    if distillation is None or distillation.folds is None:
+        return [], []
+    fold_of = distillation.folds[rows]
+    present = np.unique(fold_of)
+    if len(present) < 2:
+        return [], []
+    splits = [(rows[fold_of != fold], rows[fold_of == fold]) for fold in present]
+    return splits, [distillation.for_fold(int(fold), labels) for fold in present]
+
+
 def _held_out_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple:
     """`(accuracy, cross-entropy)` of `logits` on the held-out rows' `targets`: what the first stage judges heads by."""
     return (logits.argmax(-1) == targets).float().mean().item(), F.cross_entropy(logits, targets).item()
@@ -445,6 +466,22 @@ def probe_initialised_classifier(model_name_or_path, past_values, labels, rows, 
     )
     head.apply(model)
     return model, head
+
+
+def scripted_first_stage(args, model_name_or_path, past_values, labels, rows, label_names, groups=None,
+                         distillation=None, freeze_backbone: bool = False) -> tuple:
+    """`(model, head, judged)`: the classifier scripts' first stage (`probe_initialised_classifier`) from their
+    options (`add_training_arguments`). Without a second stage (`--num_train_epochs 0`) the head is chosen by
+    `--probe_folds`-fold cross-validation over TRAIN (`groups`: the recording of each row), trained on all of it, and
+    the backbone stays frozen; with one, the validation rows choose it. `judged` names the rows that chose, for the
+    log."""
+    second_stage = bool(args.num_train_epochs)
+    model, head = probe_initialised_classifier(model_name_or_path, past_values, labels, rows, label_names,
+                                               seed=args.seed, candidates=args.classifier_features,
+                                               distillation=distillation, folds=0 if second_stage else args.probe_folds,
+                                               groups=groups, ensemble=args.probe_ensemble,
+                                               freeze_backbone=freeze_backbone or not second_stage)
+    return model, head, f"{head.folds}-fold cross-validation" if head.folds else "validation"
 
 
 @torch.no_grad()

@@ -12,6 +12,12 @@ label order and features `(batch_size, feature_dim)` or None. Two kinds:
     metadata `sample_ids` and `label_names`, JSON lists of strings (row order, class order of the logits columns).
   - `.npz` (read with `allow_pickle=False`): arrays `logits`, optionally `features`, and `sample_ids`, `label_names`
     as unicode string arrays (`np.array([...], dtype=str)`, not object arrays).
+  - Either may also hold a **cross-fitted** teacher (`cross_fit` computes one): `folds` `(num_samples,)`, the fold of
+    each sample (0 to F - 1), and `fold_logits` `(F, num_samples, num_classes)`, where `fold_logits[f]` scores every
+    sample outside fold `f` with a model fitted without fold `f` and without the sample's own fold (rows of fold `f`
+    are not read). `logits` are then the out-of-fold ones (a model fitted without the sample's fold). The student's
+    cross-validation takes these folds, and a head judged on fold `f` learns from `fold_logits[f]`: no teacher that
+    saw the held-out rows teaches it.
 
 Both check the teacher's classes against the student's labels by name and refuse clearly on a mismatch; a
 `label_map` {teacher class: student label} maps a finer teacher onto coarser labels (its probabilities are summed,
@@ -163,17 +169,24 @@ class ModelTeacher:
 # ---- outputs computed elsewhere --------------------------------------------------------------------------------------
 
 
-def save_teacher_outputs(path, sample_ids: Sequence, logits, label_names: Sequence, features=None):
+def save_teacher_outputs(path, sample_ids: Sequence, logits, label_names: Sequence, features=None, folds=None,
+                         fold_logits=None):
     """Write a teacher outputs file (`.safetensors` or `.npz`, by the suffix of `path`): `logits` `(num_samples,
     num_classes)`, optional `features` `(num_samples, dim)`, the `sample_ids` of the rows and the `label_names` of the
-    columns."""
+    columns; for a cross-fitted teacher also `folds` `(num_samples,)` and `fold_logits` `(F, num_samples,
+    num_classes)` (`cross_fit`'s; the module's docstring says what they hold)."""
     path = os.fspath(path)
     if not path.endswith(OUTPUT_SUFFIXES):
         raise ValueError(f"{path}: a teacher outputs file ends in one of {OUTPUT_SUFFIXES}.")
+    if (folds is None) != (fold_logits is None):
+        raise ValueError(f"{path}: a cross-fitted teacher has both `folds` and `fold_logits`, or neither.")
     sample_ids, label_names = [str(value) for value in sample_ids], [str(value) for value in label_names]
     arrays = {"logits": np.asarray(logits, dtype=np.float32)}
     if features is not None:
         arrays["features"] = np.asarray(features, dtype=np.float32)
+    if folds is not None:
+        arrays["folds"] = np.asarray(folds, dtype=np.int64)
+        arrays["fold_logits"] = np.asarray(fold_logits, dtype=np.float32)
     _check_outputs(path, arrays, sample_ids, label_names)
     from ..saving_vqshape import atomic_write
 
@@ -216,7 +229,7 @@ def read_teacher_outputs(path) -> dict:
     sample_ids, label_names = [str(value) for value in sample_ids], [str(value) for value in label_names]
     _check_outputs(path, arrays, sample_ids, label_names)
     return {"sample_ids": sample_ids, "label_names": label_names, "logits": arrays["logits"],
-            "features": arrays.get("features")}
+            "features": arrays.get("features"), "folds": arrays.get("folds"), "fold_logits": arrays.get("fold_logits")}
 
 
 def _check_outputs(path, arrays, sample_ids, label_names):
@@ -227,7 +240,21 @@ def _check_outputs(path, arrays, sample_ids, label_names):
     features = arrays.get("features")
     if features is not None and (features.ndim != 2 or features.shape[0] != len(sample_ids)):
         raise ValueError(f"{path}: features of shape {tuple(features.shape)} for {len(sample_ids)} samples.")
-    for key in ("logits", "features"):  # a log-probability of 0 is -inf, which turns the KD loss into NaN
+    if ("folds" in arrays) != ("fold_logits" in arrays):
+        raise ValueError(f"{path}: a cross-fitted teacher has both `folds` and `fold_logits`, or neither.")
+    if "folds" in arrays:
+        folds, fold_logits = arrays["folds"], arrays["fold_logits"]
+        if folds.shape != (len(sample_ids),) or not np.issubdtype(folds.dtype, np.integer):
+            raise ValueError(f"{path}: folds must be integers, one per sample; got shape {tuple(folds.shape)} and "
+                             f"dtype {folds.dtype} for {len(sample_ids)} samples.")
+        count = int(folds.max()) + 1 if len(folds) else 0
+        if len(folds) and (folds.min() < 0 or len(np.unique(folds)) != count or count < 2):
+            raise ValueError(f"{path}: folds must number the samples' folds 0 to F - 1 (F >= 2), each used; got "
+                             f"{sorted(np.unique(folds).tolist())}.")
+        if fold_logits.shape != (count, *logits.shape):
+            raise ValueError(f"{path}: fold_logits of shape {tuple(fold_logits.shape)} for {count} folds and logits "
+                             f"of shape {tuple(logits.shape)}; expected {(count, *logits.shape)}.")
+    for key in ("logits", "features", "fold_logits"):  # a log-probability of 0 is -inf: the KD loss turns NaN
         values = arrays.get(key)
         if values is not None and not np.isfinite(values).all():
             raise ValueError(f"{path}: {key} hold {int((~np.isfinite(values)).sum())} non-finite value(s); write "
@@ -240,10 +267,13 @@ def _check_outputs(path, arrays, sample_ids, label_names):
 
 class OutputsTeacher:
     """Precomputed logits (and features) of the samples `sample_ids`, rows in that order; a batch is looked up by
-    `sample_index`, positions into `sample_ids` (the student's TRAIN rows)."""
+    `sample_index`, positions into `sample_ids` (the student's TRAIN rows). A cross-fitted teacher also has `folds`
+    `(num_samples,)` and `fold_logits` `(F, num_samples, num_labels)` (else None)."""
 
-    def __init__(self, logits: torch.Tensor, features: torch.Tensor | None, label_names: Sequence, name: str):
+    def __init__(self, logits: torch.Tensor, features: torch.Tensor | None, label_names: Sequence, name: str,
+                 folds: np.ndarray | None = None, fold_logits: torch.Tensor | None = None):
         self.logits, self.features, self.name = logits, features, name
+        self.folds, self.fold_logits = folds, fold_logits
         self.label_names = [str(value) for value in label_names]
 
     @classmethod
@@ -263,7 +293,12 @@ class OutputsTeacher:
         logits = align_logits(torch.from_numpy(outputs["logits"]).float()[order], alignment, len(label_names))
         features = outputs["features"]
         features = torch.from_numpy(features).float()[order] if features is not None else None
-        return cls(logits, features, label_names, name)
+        folds, fold_logits = outputs["folds"], outputs["fold_logits"]
+        if folds is not None:
+            folds = folds[order.numpy()]
+            fold_logits = torch.stack([align_logits(torch.from_numpy(part).float()[order], alignment, len(label_names))
+                                       for part in fold_logits])
+        return cls(logits, features, label_names, name, folds, fold_logits)
 
     def __call__(self, past_values=None, sample_index=None) -> TeacherBatch:
         if sample_index is None:
@@ -334,6 +369,72 @@ def training_teachers(names, split, label_names: Sequence, input_length: int, ba
     return teachers
 
 
+# ---- cross-fitting ---------------------------------------------------------------------------------------------------
+
+
+def cross_fit(fit_predict, labels, folds: int = 5, seed: int = 0, groups=None) -> dict:
+    """A teacher's outputs over TRAIN, cross-fitted: `{"folds", "logits", "fold_logits"}` for `save_teacher_outputs`.
+
+    `fit_predict(fit_rows, scored_rows)` fits the teacher on the rows `fit_rows` of TRAIN (index arrays into
+    `labels`) and returns its logits `(len(scored_rows), num_classes)` on `scored_rows`. The rows are split into
+    `folds` stratified, seeded folds (whole recordings with `groups`; `finetuning.cross_validation_folds`); `logits`
+    score every row by the model fitted without its fold (F fits) and `fold_logits[f]` every row outside fold `f` by
+    the model fitted without fold `f` and without the row's fold (F (F - 1) / 2 fits, one per pair of folds; rows of
+    fold `f` are left at 0). So when the student holds out fold `f`, its teachers have seen nothing of it.
+    """
+    from .finetuning import cross_validation_folds
+
+    labels = np.asarray(labels)
+    splits = cross_validation_folds(labels, folds, seed, groups)
+    if not splits:
+        raise ValueError("cross-fitting needs at least 2 folds with every class in each fold's training rows; a "
+                         "class has a single row (or lies in a single recording).")
+    fold_of = np.empty(len(labels), dtype=np.int64)
+    for index, (_, held_out) in enumerate(splits):
+        fold_of[held_out] = index
+    logits, fold_logits = None, None
+    for first in range(len(splits)):
+        scored = splits[first][1]
+        values = np.asarray(fit_predict(splits[first][0], scored), dtype=np.float32)
+        if logits is None:
+            logits = np.zeros((len(labels), values.shape[1]), dtype=np.float32)
+            fold_logits = np.zeros((len(splits), *logits.shape), dtype=np.float32)
+        logits[scored] = values
+        for second in range(first + 1, len(splits)):  # fitted without both folds: scores each for the other's
+            fit = np.flatnonzero((fold_of != first) & (fold_of != second))
+            both = np.flatnonzero((fold_of == first) | (fold_of == second))
+            values = np.asarray(fit_predict(fit, both), dtype=np.float32)
+            in_first = fold_of[both] == first
+            fold_logits[second, both[in_first]] = values[in_first]
+            fold_logits[first, both[~in_first]] = values[~in_first]
+    return {"folds": fold_of, "logits": logits, "fold_logits": fold_logits}
+
+
+def teacher_folds(teachers: Sequence, groups=None) -> tuple:
+    """`(folds (num_samples,), fold_logits (F, num_samples, num_teachers, num_labels))` of `teachers`
+    (`OutputsTeacher`s over the same rows) when some are cross-fitted, else `(None, None)`. The cross-fitted ones
+    must share their folds; a teacher that is not cross-fitted gives its logits to every fold. With `groups` (the
+    recording of each row) folds that split a recording are refused: its windows are near copies."""
+    fitted = [teacher for teacher in teachers if teacher.folds is not None]
+    if not fitted:
+        return None, None
+    folds = fitted[0].folds
+    for teacher in fitted[1:]:
+        if not np.array_equal(teacher.folds, folds):
+            raise ValueError(f"the cross-fitted teachers {fitted[0].name} and {teacher.name} have different folds; "
+                             "cross-fit every teacher on the same folds (the same `cross_fit` folds, seed and groups).")
+    if groups is not None:
+        groups = np.asarray(groups)
+        split = sorted({str(group) for group in groups if len(np.unique(folds[groups == group])) > 1})
+        if split:
+            raise ValueError(f"{fitted[0].name}: its folds split recordings across folds ({split[:5]}); cross-fit "
+                             "it by recording (`cross_fit(..., groups=...)`).")
+    count = int(folds.max()) + 1
+    fold_logits = torch.stack([teacher.fold_logits if teacher.folds is not None
+                               else teacher.logits.expand(count, *teacher.logits.shape) for teacher in teachers], dim=2)
+    return folds, fold_logits
+
+
 __all__ = [
     "OUTPUT_SUFFIXES",
     "ModelTeacher",
@@ -341,6 +442,7 @@ __all__ = [
     "TeacherBatch",
     "align_logits",
     "check_label_map",
+    "cross_fit",
     "label_alignment",
     "load_teacher",
     "map_labels",
@@ -348,6 +450,7 @@ __all__ = [
     "read_label_map",
     "read_teacher_outputs",
     "save_teacher_outputs",
+    "teacher_folds",
     "teacher_label_names",
     "training_teachers",
 ]
