@@ -50,6 +50,7 @@ from modeling_vqshape.tasks.classification import (
     write_results,
 )
 from modeling_vqshape.tasks.teachers import (
+    MIN_CROSS_FIT_FOLDS,
     cross_fit,
     map_labels,
     read_label_map,
@@ -80,6 +81,8 @@ def parse_args(argv=None):
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--no_geneactiv", action="store_true", help="Leave out the synthetic GENEActiv protocol.")
     parser.add_argument("--geneactiv_subjects", type=int, nargs=2, default=(4, 3), metavar=("TRAIN", "TEST"))
+    parser.add_argument("--geneactiv_bout_seconds", type=float, default=24.0,
+                        help="Seconds of each activity per subject (4-second windows); quick runs: 8.")
     parser.add_argument("--num_seeds", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="These seeds instead of 0 to --num_seeds - 1 (more seeds for an earlier run).")
@@ -102,6 +105,9 @@ def parse_args(argv=None):
     unknown = sorted(set(args.methods or ()) - set(STUDENTS))
     if unknown:
         parser.error(f"--methods: unknown students {unknown}; choose among {list(STUDENTS)}.")
+    if not args.no_geneactiv and args.geneactiv_subjects[0] < MIN_CROSS_FIT_FOLDS:
+        parser.error(f"--geneactiv_subjects: the teachers are cross-fitted by subject, on {MIN_CROSS_FIT_FOLDS} "
+                     f"training subjects or more; got {args.geneactiv_subjects[0]}.")
     args.seeds = args.seeds or list(range(args.num_seeds))
     return args
 
@@ -228,7 +234,7 @@ def tasks(args, folder: Path) -> list:
     if not args.no_geneactiv:
         from synthetic_geneactiv import write_protocol
 
-        protocol = write_protocol(folder / "geneactiv", *args.geneactiv_subjects)
+        protocol = write_protocol(folder / "geneactiv", *args.geneactiv_subjects, args.geneactiv_bout_seconds)
         found += [("GENEActiv 14 (synthetic)", protocol["fine"], protocol["fine"], None),
                   ("GENEActiv 7 (synthetic)", protocol["fine"], protocol["coarse"], protocol["label_map"])]
     return found

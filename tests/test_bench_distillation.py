@@ -80,6 +80,12 @@ def test_seeds_are_zero_to_num_seeds_unless_named():
     assert bench_distillation.parse_args(["--seeds", "3", "4"]).seeds == [3, 4]
 
 
+def test_too_few_training_subjects_to_cross_fit_the_teachers_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench_distillation.parse_args(["--geneactiv_subjects", "2", "1"])
+    assert "cross-fitted by subject, on 3 training subjects or more; got 2" in capsys.readouterr().err
+
+
 def test_unknown_students_are_refused_by_name(capsys):
     assert bench_distillation.parse_args(["--methods", *METHODS]).methods == METHODS
     with pytest.raises(SystemExit):
@@ -90,12 +96,14 @@ def test_unknown_students_are_refused_by_name(capsys):
 @pytest.mark.slow
 def test_distillation_benchmark_runs_every_teacher_and_student_on_a_bundled_set_and_the_geneactiv_protocol(tmp_path):
     # two processes, one per task-seed unit (BasicMotions; the 14- and 7-class tasks, which share their teachers): the
-    # rows still come out in the order of one process; four of the students (--methods), for time
+    # rows still come out in the order of one process; four of the students (--methods), for time; 3 training
+    # subjects, the fewest the teachers can be cross-fitted on (by recording), with 2 windows of each activity
     torch.manual_seed(0)
     VQShapeForPreTraining(VQShapeConfig(**TINY)).save_pretrained(tmp_path / "tiny")
     output = tmp_path / "bench"
     run_script([sys.executable, str(REPO_ROOT / "benchmarks" / "bench_distillation.py"), "--model_name_or_path",
-                str(tmp_path / "tiny"), "--datasets", "BasicMotions", "--geneactiv_subjects", "2", "1",
+                str(tmp_path / "tiny"), "--datasets", "BasicMotions", "--geneactiv_subjects", "3", "1",
+                "--geneactiv_bout_seconds", "8",
                 "--num_seeds", "1", "--jobs", "2", "--two_stage_epochs", "1", "--teacher_epochs", "1",
                 "--methods", *METHODS, "--output_dir", str(output), "--script_args", "--classifier_features", "tokens",
                 "statistics", "--probe_folds", "2"],

@@ -453,9 +453,9 @@ def test_the_cross_validated_first_stage_chooses_taught_heads_out_of_fold():
 
 def test_cross_fitted_teachers_bring_their_folds_and_teach_each_fold_without_it():
     """With cross-fitted teachers the first stage's folds are the teachers' (4 here, not the 5 asked for), and a head
-    judged on a fold learns from `fold_teacher_logits[fold]`: noisy labels, a teacher of the true rule in every
-    fold's logits, and the taught heads win out of fold; the same out-of-fold logits with a teacher of another rule in
-    the folds' logits, and they lose."""
+    judged on fold f learns from `fold_teacher_logits[f]` on the rows outside f: noisy labels, a teacher of the true
+    rule there (and of another rule on fold f's own rows, which no head judged on f may read), and the taught heads win
+    out of fold; the same out-of-fold logits with the rules swapped, and they lose."""
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(40, 1, 20, generator=generator)
     truth = (features[:, 0, 0] > 0).long()
@@ -466,9 +466,11 @@ def test_cross_fitted_teachers_bring_their_folds_and_teach_each_fold_without_it(
     right = 8.0 * F.one_hot(truth, 2).float()[:, None]
     wrong = 8.0 * F.one_hot((features[:, 0, 1] > 0).long(), 2).float()[:, None]
     folds = np.arange(40) % 4
-    for fold_logits, kept_taught in ((right, True), (wrong, False)):
+    own = torch.as_tensor(folds)[None, :] == torch.arange(4)[:, None]  # (fold, row): the row lies in the fold
+    for outside, inside, kept_taught in ((right, wrong, True), (wrong, right, False)):
+        fold_logits = torch.where(own[..., None, None], inside, outside)  # (folds, rows, teachers, labels)
         teaching = ProbeDistillation.from_teachers(right, labels, "equal", 0.0, folds=folds,
-                                                   fold_teacher_logits=fold_logits.expand(4, -1, -1, -1))
+                                                   fold_teacher_logits=fold_logits)
         head = select_linear_head({"tokens": features}, labels, *rows, **options, distillation=teaching)
         assert head.folds == 4 and head.taught == kept_taught
         # the held-out rows, in the order scored: fold 0's, then fold 1's, ...
@@ -487,6 +489,8 @@ def test_cross_fit_scores_every_row_with_models_that_never_saw_its_fold():
         return np.full((len(scored_rows), 2), float(len(fits) - 1))  # which fit scored the row
 
     outputs = cross_fit(fit_predict, labels, folds=3, seed=0, groups=groups)
+    with pytest.raises(ValueError, match=r"needs 3 folds or more .* got 2"):
+        cross_fit(fit_predict, labels, folds=2, seed=0, groups=groups)
     folds = outputs["folds"]
     assert sorted(np.unique(folds)) == [0, 1, 2] and len(fits) == 3 + 3  # F fits, then one per pair of folds
     assert all(len(set(folds[groups == group])) == 1 for group in set(groups))
@@ -502,34 +506,41 @@ def test_cross_fit_scores_every_row_with_models_that_never_saw_its_fold():
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
 def test_a_cross_fitted_outputs_file_is_read_by_sample_id_and_class_name(tmp_path, suffix):
     path = tmp_path / f"teacher{suffix}"
-    logits = np.arange(8, dtype=np.float32).reshape(4, 2)
-    fold_logits = np.stack([logits + 100, logits + 200])
-    save_teacher_outputs(path, ["a", "b", "c", "d"], logits, ["sit", "walk"], folds=[0, 1, 0, 1],
+    logits = np.arange(12, dtype=np.float32).reshape(4, 3)
+    fold_logits = np.stack([logits + 100, logits + 200, logits + 300])
+    save_teacher_outputs(path, ["a", "b", "c", "d"], logits, ["sit", "walk", "run"], folds=[0, 1, 2, 1],
                          fold_logits=fold_logits)
-    teacher = load_teacher(path, ["walk", "sit"], sample_ids=["d", "a"])
+    teacher = load_teacher(path, ["walk", "sit", "run"], sample_ids=["d", "a"])
     np.testing.assert_array_equal(teacher.folds, [1, 0])
-    np.testing.assert_array_equal(teacher.fold_logits.numpy(), fold_logits[:, [3, 0]][:, :, [1, 0]])
+    np.testing.assert_array_equal(teacher.fold_logits.numpy(), fold_logits[:, [3, 0]][:, :, [1, 0, 2]])
+    # a label map merges the classes of every fold's logits as it does those of `logits`
+    merged = load_teacher(path, ["moving", "sit"], sample_ids=["d", "a"], label_map={"walk": "moving", "run": "moving"})
+    for fold in range(3):
+        expected = torch.from_numpy(fold_logits[fold, [3, 0]])
+        expected = torch.stack([expected[:, 1:].logsumexp(-1), expected[:, 0]], dim=-1)
+        torch.testing.assert_close(merged.fold_logits[fold], expected)
+    two = logits[:2, :2]
     with pytest.raises(ValueError, match="both `folds` and `fold_logits`, or neither"):
-        save_teacher_outputs(path, ["a", "b"], logits[:2], ["sit", "walk"], folds=[0, 1])
-    with pytest.raises(ValueError, match=r"fold_logits of shape \(3, 2, 2\) for 2 folds"):
-        save_teacher_outputs(path, ["a", "b"], logits[:2], ["sit", "walk"], folds=[0, 1],
-                             fold_logits=np.zeros((3, 2, 2)))
-    with pytest.raises(ValueError, match="number the samples' folds 0 to F - 1"):
-        save_teacher_outputs(path, ["a", "b"], logits[:2], ["sit", "walk"], folds=[0, 2],
-                             fold_logits=np.zeros((3, 2, 2)))
+        save_teacher_outputs(path, ["a", "b"], two, ["sit", "walk"], folds=[0, 1])
+    with pytest.raises(ValueError, match=r"fold_logits of shape \(2, 3, 2\) for 3 folds"):
+        save_teacher_outputs(path, ["a", "b", "c"], logits[:3, :2], ["sit", "walk"], folds=[0, 1, 2],
+                             fold_logits=np.zeros((2, 3, 2)))
+    with pytest.raises(ValueError, match=r"number the samples' folds 0 to F - 1 \(F >= 3"):
+        save_teacher_outputs(path, ["a", "b"], two, ["sit", "walk"], folds=[0, 1], fold_logits=np.zeros((2, 2, 2)))
 
 
 def test_teacher_folds_must_agree_and_keep_recordings_whole():
     logits = torch.zeros(4, 2)
+    # rows of a TRAIN subset: fold 2 of the 3 has none of them, and still counts
     fitted = OutputsTeacher(logits, None, ["sit", "walk"], "fitted.npz", np.array([0, 0, 1, 1]),
-                            torch.ones(2, 4, 2))
+                            torch.ones(3, 4, 2))
     plain = OutputsTeacher(logits + 5, None, ["sit", "walk"], "plain.npz")
     folds, fold_logits = teacher_folds([plain, fitted], groups=["r0", "r0", "r1", "r1"])
     np.testing.assert_array_equal(folds, [0, 0, 1, 1])
-    assert fold_logits.shape == (2, 4, 2, 2)  # (folds, rows, teachers, labels)
+    assert fold_logits.shape == (3, 4, 2, 2)  # (folds, rows, teachers, labels)
     assert (fold_logits[:, :, 0] == 5).all() and (fold_logits[:, :, 1] == 1).all()  # plain: its logits in every fold
     assert teacher_folds([plain], None) == (None, None)
-    other = OutputsTeacher(logits, None, ["sit", "walk"], "other.npz", np.array([0, 1, 0, 1]), torch.ones(2, 4, 2))
+    other = OutputsTeacher(logits, None, ["sit", "walk"], "other.npz", np.array([0, 1, 0, 1]), torch.ones(3, 4, 2))
     with pytest.raises(ValueError, match="have different folds"):
         teacher_folds([fitted, other])
     with pytest.raises(ValueError, match=r"split recordings across folds \(\['r0'\]\)"):

@@ -36,11 +36,11 @@ SMALL_RUN = ["--dataset", "BasicMotions", "--max_train_samples", "16", "--max_ev
 
 def outputs_file(path, cross_fitted: bool = False):
     """A teacher outputs file for every TRAIN series of BasicMotions (keyed by row number): logits that favour the
-    true class, and features; `cross_fitted`: with 2 folds (odd and even rows) whose logits are the same."""
+    true class, and features; `cross_fitted`: with 3 folds (row number modulo 3) whose logits are the same."""
     train = load_classification_dataset("BasicMotions")["train"]
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(len(train), 4)) + 3 * np.eye(4)[np.searchsorted(NAMES, train.labels)]
-    folds = dict(folds=np.arange(len(train)) % 2, fold_logits=np.stack([logits, logits])) if cross_fitted else {}
+    folds = dict(folds=np.arange(len(train)) % 3, fold_logits=np.stack([logits] * 3)) if cross_fitted else {}
     save_teacher_outputs(path, train.sample_ids, logits, NAMES, features=rng.normal(size=(len(train), 5)), **folds)
     return path
 
@@ -184,7 +184,7 @@ def test_default_student_is_the_cross_validated_probe(tiny_student, tmp_path):
     """Without --num_train_epochs: k-fold cross-validation over TRAIN chooses the head (labels alone or taught) and
     it is trained on all of TRAIN, as finetune.py's default; the backbone stays frozen, no training step is taken,
     the mean weights are those the probe was taught with, and the temperature comes from the out-of-fold logits.
-    A cross-fitted teacher brings its folds (2), which the cross-validation takes."""
+    A cross-fitted teacher brings its folds (3), which the cross-validation takes."""
     from transformers import AutoModelForSequenceClassification
 
     teachers = [outputs_file(tmp_path / "a.npz"), outputs_file(tmp_path / "b.safetensors", cross_fitted=True)]
@@ -198,7 +198,7 @@ def test_default_student_is_the_cross_validated_probe(tiny_student, tmp_path):
     # both files hold the same logits: confidence weighs them equally on every row
     assert reported["mean_teacher_weights"] == [0.5, 0.5]
     card = (tmp_path / "student" / "README.md").read_text()
-    assert '"probe_folds": 2' in card  # the cross-fitted teacher's (without it: 16 series, 4 per class, 4 folds)
+    assert '"probe_folds": 3' in card  # the cross-fitted teacher's (without it: 16 series, 4 per class, 4 folds)
     student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student")
     assert student.config.freeze_backbone and student.config.id2label == dict(enumerate(NAMES))
 

@@ -25,6 +25,7 @@
 import argparse
 import copy
 import itertools
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,8 +73,9 @@ def add_training_arguments(parser):
                              "default; distill.py's too, but 10 with --weighting mtkd_rl).")
     parser.add_argument("--probe_folds", type=int, default=10,
                         help="Without a second stage (--num_train_epochs 0, the default): the head is chosen by this "
-                             "many folds of cross-validation over TRAIN, then trained on all of it; 0: by the "
-                             "validation rows, trained on the others (also where a class has a single row).")
+                             "many folds of cross-validation over TRAIN (distill.py with cross-fitted teachers: "
+                             "their folds), then trained on all of it; 0: by the validation rows, trained on the "
+                             "others (also where a class has a single row).")
     parser.add_argument("--probe_ensemble", type=_heads_added, default=10,
                         help="With cross-validation: up to this many greedy additions of other candidates' heads "
                              "that raise the out-of-fold accuracy (or, at equal accuracy, lower the cross-entropy), "
@@ -426,6 +428,8 @@ def _cross_fitted_splits(distillation, rows, labels) -> tuple:
     fold_of = distillation.folds[rows]
     present = np.unique(fold_of)
     if len(present) < 2:
+        warnings.warn(f"the rows lie in {len(present)} of the cross-fitted teachers' folds: the first stage uses "
+                      "folds of its own, taught by the teachers' logits over TRAIN, which saw the rows they hold out.")
         return [], []
     splits = [(rows[fold_of != fold], rows[fold_of == fold]) for fold in present]
     return splits, [distillation.for_fold(int(fold), labels) for fold in present]

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 OUTPUT_SUFFIXES = (".safetensors", ".npz")
+MIN_CROSS_FIT_FOLDS = 3  # fold_logits[f] of a row of fold g come from a model fitted without f and g
 
 
 class TeacherBatch(NamedTuple):
@@ -178,14 +179,13 @@ def save_teacher_outputs(path, sample_ids: Sequence, logits, label_names: Sequen
     path = os.fspath(path)
     if not path.endswith(OUTPUT_SUFFIXES):
         raise ValueError(f"{path}: a teacher outputs file ends in one of {OUTPUT_SUFFIXES}.")
-    if (folds is None) != (fold_logits is None):
-        raise ValueError(f"{path}: a cross-fitted teacher has both `folds` and `fold_logits`, or neither.")
     sample_ids, label_names = [str(value) for value in sample_ids], [str(value) for value in label_names]
     arrays = {"logits": np.asarray(logits, dtype=np.float32)}
     if features is not None:
         arrays["features"] = np.asarray(features, dtype=np.float32)
     if folds is not None:
         arrays["folds"] = np.asarray(folds, dtype=np.int64)
+    if fold_logits is not None:
         arrays["fold_logits"] = np.asarray(fold_logits, dtype=np.float32)
     _check_outputs(path, arrays, sample_ids, label_names)
     from ..saving_vqshape import atomic_write
@@ -248,8 +248,9 @@ def _check_outputs(path, arrays, sample_ids, label_names):
             raise ValueError(f"{path}: folds must be integers, one per sample; got shape {tuple(folds.shape)} and "
                              f"dtype {folds.dtype} for {len(sample_ids)} samples.")
         count = int(folds.max()) + 1 if len(folds) else 0
-        if len(folds) and (folds.min() < 0 or len(np.unique(folds)) != count or count < 2):
-            raise ValueError(f"{path}: folds must number the samples' folds 0 to F - 1 (F >= 2), each used; got "
+        if len(folds) and (folds.min() < 0 or len(np.unique(folds)) != count or count < MIN_CROSS_FIT_FOLDS):
+            raise ValueError(f"{path}: folds must number the samples' folds 0 to F - 1 (F >= {MIN_CROSS_FIT_FOLDS}: "
+                             "a model fitted without two folds needs a third), each used; got "
                              f"{sorted(np.unique(folds).tolist())}.")
         if fold_logits.shape != (count, *logits.shape):
             raise ValueError(f"{path}: fold_logits of shape {tuple(fold_logits.shape)} for {count} folds and logits "
@@ -380,15 +381,17 @@ def cross_fit(fit_predict, labels, folds: int = 5, seed: int = 0, groups=None) -
     `folds` stratified, seeded folds (whole recordings with `groups`; `finetuning.cross_validation_folds`); `logits`
     score every row by the model fitted without its fold (F fits) and `fold_logits[f]` every row outside fold `f` by
     the model fitted without fold `f` and without the row's fold (F (F - 1) / 2 fits, one per pair of folds; rows of
-    fold `f` are left at 0). So when the student holds out fold `f`, its teachers have seen nothing of it.
+    fold `f` are left at 0): F (F + 1) / 2 fits in all. So when the student holds out fold `f`, its teachers have
+    seen nothing of it. It needs 3 folds or more (fewer where a class has fewer rows or recordings is refused).
     """
     from .finetuning import cross_validation_folds
 
     labels = np.asarray(labels)
     splits = cross_validation_folds(labels, folds, seed, groups)
-    if not splits:
-        raise ValueError("cross-fitting needs at least 2 folds with every class in each fold's training rows; a "
-                         "class has a single row (or lies in a single recording).")
+    if len(splits) < MIN_CROSS_FIT_FOLDS:
+        raise ValueError(f"cross-fitting needs {MIN_CROSS_FIT_FOLDS} folds or more (a model fitted without two folds "
+                         f"needs a third), with every class in each; got {len(splits)} (folds={folds}, and the rarest "
+                         "class's rows or recordings bound it).")
     fold_of = np.empty(len(labels), dtype=np.int64)
     for index, (_, held_out) in enumerate(splits):
         fold_of[held_out] = index
@@ -418,24 +421,26 @@ def teacher_folds(teachers: Sequence, groups=None) -> tuple:
     fitted = [teacher for teacher in teachers if teacher.folds is not None]
     if not fitted:
         return None, None
-    folds = fitted[0].folds
+    folds, count = fitted[0].folds, fitted[0].fold_logits.shape[0]
     for teacher in fitted[1:]:
-        if not np.array_equal(teacher.folds, folds):
+        if teacher.fold_logits.shape[0] != count or not np.array_equal(teacher.folds, folds):
             raise ValueError(f"the cross-fitted teachers {fitted[0].name} and {teacher.name} have different folds; "
                              "cross-fit every teacher on the same folds (the same `cross_fit` folds, seed and groups).")
     if groups is not None:
-        groups = np.asarray(groups)
-        split = sorted({str(group) for group in groups if len(np.unique(folds[groups == group])) > 1})
+        groups = np.asarray(groups).astype(str)
+        pairs = np.unique(np.stack([groups, folds.astype(str)], axis=1), axis=0)  # (recording, fold) pairs
+        names, times = np.unique(pairs[:, 0], return_counts=True)
+        split = names[times > 1].tolist()
         if split:
             raise ValueError(f"{fitted[0].name}: its folds split recordings across folds ({split[:5]}); cross-fit "
                              "it by recording (`cross_fit(..., groups=...)`).")
-    count = int(folds.max()) + 1
     fold_logits = torch.stack([teacher.fold_logits if teacher.folds is not None
                                else teacher.logits.expand(count, *teacher.logits.shape) for teacher in teachers], dim=2)
     return folds, fold_logits
 
 
 __all__ = [
+    "MIN_CROSS_FIT_FOLDS",
     "OUTPUT_SUFFIXES",
     "ModelTeacher",
     "OutputsTeacher",
