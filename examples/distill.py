@@ -117,9 +117,9 @@ def main(argv=None):
             args, input_length, with_rows=True, label_map=args.label_map, known_classes=known)
         teachers = training_teachers(args.teacher, train, label_names, input_length, args.per_device_eval_batch_size,
                                      label_map=args.label_map)
-    folds = (None, None) if args.num_train_epochs else teacher_folds(teachers, train.groups)  # cross-validation's
     teaching = ProbeDistillation.from_teachers(torch.stack([teacher.logits for teacher in teachers], dim=1), labels,
-                                               args.weighting, args.alpha, args.temperature, *folds)  # every TRAIN row
+                                               args.weighting, args.alpha, args.temperature,
+                                               *teacher_folds(teachers, train.groups))  # every TRAIN row
     # as finetune.py: without a second stage the probe is chosen by cross-validation over TRAIN and trained on all of it
     model, head, judged = scripted_first_stage(args, args.student_model_name_or_path, past_values, labels, rows,
                                                label_names, train.groups, distillation=teaching)

@@ -452,10 +452,11 @@ def test_the_cross_validated_first_stage_chooses_taught_heads_out_of_fold():
 
 
 def test_cross_fitted_teachers_bring_their_folds_and_teach_each_fold_without_it():
-    """With cross-fitted teachers the first stage's folds are the teachers' (4 here, not the 5 asked for), and a head
-    judged on fold f learns from `fold_teacher_logits[f]` on the rows outside f: noisy labels, a teacher of the true
-    rule there (and of another rule on fold f's own rows, which no head judged on f may read), and the taught heads win
-    out of fold; the same out-of-fold logits with the rules swapped, and they lose."""
+    """With cross-fitted teachers the taught heads are judged on the teachers' folds (4 here) and the label heads on
+    the 5 asked for, as the student alone's; a head judged on fold f learns from `fold_teacher_logits[f]` on the rows
+    outside f: noisy labels, a teacher of the true rule there (and of another rule on fold f's own rows, which no head
+    judged on f may read), and the taught heads win out of fold; the same out-of-fold logits with the rules swapped,
+    and they lose, so that the student is the student alone's head, weight for weight."""
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(40, 1, 20, generator=generator)
     truth = (features[:, 0, 0] > 0).long()
@@ -463,6 +464,7 @@ def test_cross_fitted_teachers_bring_their_folds_and_teach_each_fold_without_it(
     options = dict(num_classes=2, candidates=["tokens"], weight_decays=[0.0], dropouts=[0.0], epochs=200,
                    learning_rate=5e-2, folds=5)
     rows = (np.arange(40), np.array([], dtype=int))
+    alone = select_linear_head({"tokens": features}, labels, *rows, **options)
     right = 8.0 * F.one_hot(truth, 2).float()[:, None]
     wrong = 8.0 * F.one_hot((features[:, 0, 1] > 0).long(), 2).float()[:, None]
     folds = np.arange(40) % 4
@@ -472,9 +474,38 @@ def test_cross_fitted_teachers_bring_their_folds_and_teach_each_fold_without_it(
         teaching = ProbeDistillation.from_teachers(right, labels, "equal", 0.0, folds=folds,
                                                    fold_teacher_logits=fold_logits)
         head = select_linear_head({"tokens": features}, labels, *rows, **options, distillation=teaching)
-        assert head.folds == 4 and head.taught == kept_taught
-        # the held-out rows, in the order scored: fold 0's, then fold 1's, ...
-        torch.testing.assert_close(head.held_out_labels, labels[np.argsort(folds, kind="stable")])
+        assert head.taught == kept_taught and head.folds == (4 if kept_taught else 5)
+        torch.testing.assert_close(head.held_out_labels, labels)  # every row once, in row order, whatever the folds
+    torch.testing.assert_close(head.weight, alone.weight)
+    torch.testing.assert_close(head.held_out_logits, alone.held_out_logits)
+
+
+def test_taught_heads_join_the_ensemble_only_where_they_beat_the_label_heads_together():
+    """Greedy selection starts from the best single head: here a taught one, right on 7 rows of 8 and confidently
+    wrong on the last, which no single addition mends; the two label heads, each right on 7 rows, are right on all 8
+    together. The label heads' ensemble is kept; a taught head right everywhere is kept alone."""
+    from modeling_vqshape.tasks.finetuning import LinearHead, ensemble_selection, teachers_on_merit
+
+    targets = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+
+    def head(logits, taught):
+        logits = torch.tensor(logits)
+        return LinearHead("statistics", 0.0, 0.0, None, None, None, None,
+                          (logits.argmax(-1) == targets).float().mean().item(),
+                          F.cross_entropy(logits, targets).item(), taught=taught, held_out_logits=logits,
+                          held_out_labels=targets)
+
+    confident = [[10.0, 0.0]] * 4 + [[0.0, 10.0]] * 3
+    taught = head(confident + [[3.0, 0.0]], True)
+    first = head([[0.0, 1.0]] + [[1.0, 0.0]] * 3 + [[0.0, 2.0]] + [[0.0, 1.0]] * 3, False)  # wrong on row 0
+    second = head([[2.0, 0.0]] + [[1.0, 0.0]] * 3 + [[1.0, 0.0]] + [[0.0, 1.0]] * 3, False)  # wrong on row 4
+    heads = [first, taught, second]
+    pooled = ensemble_selection(heads, 1)
+    assert next(iter(pooled)) == 1  # the taught head leads the greedy pool ...
+    assert sum(heads[i].held_out_logits * c for i, c in pooled.items()).argmax(-1).eq(targets).float().mean() < 1
+    assert teachers_on_merit(heads, 1) == {0: 1, 2: 1}  # ... and the label heads together beat it
+    assert teachers_on_merit([first, head(confident + [[0.0, 3.0]], True), second], 1) == {1: 1}
+    assert teachers_on_merit([first, second], 1) == ensemble_selection([first, second], 1)
 
 
 def test_cross_fit_scores_every_row_with_models_that_never_saw_its_fold():

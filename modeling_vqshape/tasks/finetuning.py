@@ -302,42 +302,35 @@ def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_cla
     (`cross_validation_folds`, by recording with `groups`, one per row of `parts`): every row is scored once, by the
     heads trained without its fold (standardised with their own rows' statistics), and the out-of-fold accuracy
     chooses (ties: cross-entropy); the chosen setting is then trained on all those rows. Where not even 2 folds fit
-    (a class with one row), the validation rows choose as without `folds`. Cross-fitted teachers (`distillation.folds`)
-    bring their own folds, which are used instead, and the taught heads judged on a fold learn from the teachers
-    fitted without it (`ProbeDistillation.for_fold`), so that no teacher that saw the held-out rows shapes their
-    heads; the refit on all rows learns from their out-of-fold logits.
+    (a class with one row), the validation rows choose as without `folds`. The label heads are judged as the student
+    alone's; cross-fitted teachers (`distillation.folds`) bring their own folds for the taught heads, each taught by
+    the teachers fitted without it (`ProbeDistillation.for_fold`), so that no teacher that saw the held-out rows
+    shapes the heads judged on them; the refit on all rows learns from their out-of-fold logits
+    (`_judging_schemes`). Either way every row is scored once, and the held-out logits are kept in row order.
 
     With cross-validation and `ensemble` n > 0, the best head of each candidate (and teaching) may join the chosen one:
     greedy ensemble selection with replacement (`ensemble_selection`, Caruana et al., ICML 2004) on their out-of-fold
-    logits, up to n additions. Each member is trained on all the rows; the logits averaged over members are one
+    logits, up to n additions; taught heads join only where the ensemble over all heads beats that of the label
+    heads alone (`teachers_on_merit`). Each member is trained on all the rows; the logits averaged over members are one
     linear head on the union of their features (`combine_heads`), returned like a single one, with the members in
     `LinearHead.members`."""
     labels = torch.as_tensor(np.asarray(labels)).long()
     settings = list(itertools.product(weight_decays, dropouts))
-    teachings = [None] if distillation is None else [None, distillation]
     rows = np.sort(np.concatenate([np.asarray(train_rows), np.asarray(validation_rows)]))
-    splits, split_teachings = _cross_fitted_splits(distillation, rows, labels) if folds >= 2 else ([], [])
-    if not splits:
-        splits = cross_validation_folds(labels[rows].numpy(), folds, seed,
-                                        None if groups is None else np.asarray(groups)[rows]) if folds >= 2 else []
-        # (train, held out) rows of each split: the folds, or the one validation split
-        splits = [(rows[train], rows[held_out]) for train, held_out in splits] or [(np.asarray(train_rows),
-                                                                                   np.asarray(validation_rows))]
-        split_teachings = [distillation] * len(splits)
-    held_out = np.concatenate([part for _, part in splits])
-    targets = labels[held_out]
+    schemes = _judging_schemes(distillation, rows, labels, train_rows, validation_rows, folds, seed, groups)
     members = []  # the best setting of each candidate and teaching: (head, its teaching, its features)
     for candidate in candidates:
         # "series channels features -> series (channels features)", the head's layout
         features = torch.cat([parts[part] for part in classifier_feature_parts(candidate)], dim=-1).flatten(1)
-        scalers = [standardise(features[fit_rows]) for fit_rows, _ in splits]  # shared by both teachings
-        for teaching in teachings:
-            logits = []
-            for (fit_rows, scored_rows), (mean, std), split_teaching in zip(splits, scalers, split_teachings):
+        for teaching, splits, split_teachings in schemes:
+            logits, scored = [], np.concatenate([part for _, part in splits])
+            for (fit_rows, scored_rows), split_teaching in zip(splits, split_teachings):
+                mean, std = standardise(features[fit_rows])
                 probes = _trained_grid(features, labels, fit_rows, mean, std, num_classes, settings, seed,
-                                       None if teaching is None else split_teaching, training)
+                                       split_teaching, training)
                 logits.append(probes.logits(((features[scored_rows] - mean) / std).numpy()))
-            logits = torch.cat(logits, dim=1)  # (settings, held-out rows, labels)
+            order = np.argsort(scored, kind="stable")  # by row, whatever the folds: every scheme scores the same rows
+            logits, targets = torch.cat(logits, dim=1)[:, order], labels[scored[order]]  # (settings, rows, labels)
             best = None
             for index, (weight_decay, dropout) in enumerate(settings):
                 accuracy, loss = _held_out_scores(logits[index], targets)
@@ -348,8 +341,9 @@ def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_cla
                                       held_out_logits=logits[index].clone(), held_out_labels=targets.clone(),
                                       folds=len(splits) if len(splits) > 1 else 0)
             members.append((best, teaching, features))
-    counts = ensemble_selection([head for head, _, _ in members], ensemble if len(splits) > 1 else 0)
-    if len(splits) > 1:  # refit the chosen settings on every row
+    cross_validated = len(schemes[0][1]) > 1
+    counts = teachers_on_merit([head for head, _, _ in members], ensemble if cross_validated else 0)
+    if cross_validated:  # refit the chosen settings on every row
         for head, teaching, features in (members[index] for index in counts):
             head.mean, head.std = standardise(features[rows])
             probes = _trained_grid(features, labels, rows, head.mean, head.std, num_classes,
@@ -364,18 +358,12 @@ def ensemble_selection(heads: list, steps: int) -> dict:
     the same held-out rows). It starts from the best head (accuracy, then lower cross-entropy, then the earlier one)
     and, up to `steps` times, adds the head whose addition gives the averaged held-out logits the best accuracy (ties:
     cross-entropy, then the earlier head), while that beats the ensemble without it."""
-
-    def judged(counts):
-        logits = sum(heads[index].held_out_logits * count for index, count in counts.items()) / sum(counts.values())
-        accuracy, loss = _held_out_scores(logits, heads[0].held_out_labels)
-        return accuracy, -loss
-
     scores = [(head.validation_accuracy, -head.validation_loss) for head in heads]
     counts = {max(range(len(heads)), key=lambda index: (scores[index], -index)): 1}
     current = scores[next(iter(counts))]
     for _ in range(steps):
         # (score, -index): the earlier head on ties
-        score, negated = max((judged({**counts, index: counts.get(index, 0) + 1}), -index)
+        score, negated = max((_ensemble_scores(heads, {**counts, index: counts.get(index, 0) + 1}), -index)
                              for index in range(len(heads)))
         if score <= current:
             break
@@ -419,20 +407,52 @@ def combine_heads(weighted_heads: list, parts: dict) -> LinearHead:
                       held_out_logits=held_out_logits, held_out_labels=targets, folds=first.folds, members=members)
 
 
-def _cross_fitted_splits(distillation, rows, labels) -> tuple:
-    """`([(train rows, held-out rows), ...], [teaching of each split])` over `rows` from the folds of cross-fitted
-    teachers (`distillation.folds`): each fold held out in turn, its heads taught by the teachers fitted without it
-    (`ProbeDistillation.for_fold`). `([], [])` without such teachers, or where `rows` lie in fewer than 2 folds."""
-    if distillation is None or distillation.folds is None:
-        return [], []
-    fold_of = distillation.folds[rows]
-    present = np.unique(fold_of)
-    if len(present) < 2:
-        warnings.warn(f"the rows lie in {len(present)} of the cross-fitted teachers' folds: the first stage uses "
-                      "folds of its own, taught by the teachers' logits over TRAIN, which saw the rows they hold out.")
-        return [], []
-    splits = [(rows[fold_of != fold], rows[fold_of == fold]) for fold in present]
-    return splits, [distillation.for_fold(int(fold), labels) for fold in present]
+def _judging_schemes(distillation, rows, labels, train_rows, validation_rows, folds, seed, groups) -> list:
+    """`[(teaching, [(train rows, held-out rows), ...], [teaching of each split]), ...]`: how the heads of the labels
+    alone (teaching None) and, with `distillation`, the taught heads are judged. The label heads: `folds`-fold
+    cross-validation over `rows` (by recording with `groups`), or the one validation split where not even 2 folds fit,
+    as for the student alone. The taught heads: the same splits taught by the teachers' logits over TRAIN, or, with
+    cross-fitted teachers (`distillation.folds`) and cross-validation, the teachers' own folds, each taught by the
+    teachers fitted without it (`ProbeDistillation.for_fold`). Every scheme holds out the same rows."""
+    splits = cross_validation_folds(labels[rows].numpy(), folds, seed,
+                                    None if groups is None else np.asarray(groups)[rows]) if folds >= 2 else []
+    splits = [(rows[train], rows[held_out]) for train, held_out in splits] or [(np.asarray(train_rows),
+                                                                               np.asarray(validation_rows))]
+    schemes = [(None, splits, [None] * len(splits))]
+    if distillation is None:
+        return schemes
+    if len(splits) > 1 and distillation.folds is not None:
+        fold_of = distillation.folds[rows]
+        present = np.unique(fold_of)
+        if len(present) >= 2:
+            return schemes + [(distillation, [(rows[fold_of != fold], rows[fold_of == fold]) for fold in present],
+                               [distillation.for_fold(int(fold), labels) for fold in present])]
+        warnings.warn(f"the rows lie in {len(present)} of the cross-fitted teachers' folds: the taught heads are "
+                      "judged on the labels' folds, taught by the teachers' logits over TRAIN, which saw the rows "
+                      "those folds hold out.")
+    return schemes + [(distillation, splits, [distillation] * len(splits))]
+
+
+def teachers_on_merit(heads: list, steps: int) -> dict:
+    """`{index of a head: times chosen}`: the ensemble (`ensemble_selection`, `steps` additions) of the heads of the
+    labels alone, unless the one over every head, the taught (`LinearHead.taught`) among them, beats it on the
+    held-out rows (accuracy, then cross-entropy). Greedy selection from the single best head can stall where a taught
+    head leads and no addition mends its errors, below what the label heads reach together: the teachers join only
+    where they raise what the labels alone would give, which is then the student alone's choice."""
+    untaught = [index for index, head in enumerate(heads) if not head.taught]
+    alone = {untaught[index]: count
+             for index, count in ensemble_selection([heads[index] for index in untaught], steps).items()}
+    if len(untaught) == len(heads):
+        return alone
+    pooled = ensemble_selection(heads, steps)
+    return pooled if _ensemble_scores(heads, pooled) > _ensemble_scores(heads, alone) else alone
+
+
+def _ensemble_scores(heads: list, counts: dict) -> tuple:
+    """`(accuracy, -cross-entropy)` on the held-out rows of the held-out logits of `heads` averaged by `counts`."""
+    logits = sum(heads[index].held_out_logits * count for index, count in counts.items()) / sum(counts.values())
+    accuracy, loss = _held_out_scores(logits, heads[0].held_out_labels)
+    return accuracy, -loss
 
 
 def _held_out_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple:
@@ -606,6 +626,7 @@ __all__ = [
     "first_stage_scores",
     "frozen_feature_parts",
     "select_linear_head",
+    "teachers_on_merit",
     "split_metrics",
     "standardise",
     "evaluate_classifier",
