@@ -8,6 +8,7 @@ over TRAIN (modeling_vqshape.tasks.teachers.training_teachers)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -184,7 +185,7 @@ def test_default_student_is_the_cross_validated_probe(tiny_student, tmp_path):
     """Without --num_train_epochs: k-fold cross-validation over TRAIN chooses the head (labels alone or taught) and
     it is trained on all of TRAIN, as finetune.py's default; the backbone stays frozen, no training step is taken,
     the mean weights are those the probe was taught with, and the temperature comes from the out-of-fold logits.
-    A cross-fitted teacher brings its folds (3), which the cross-validation takes."""
+    A cross-fitted teacher brings its folds (3), which judge the taught heads."""
     from transformers import AutoModelForSequenceClassification
 
     teachers = [outputs_file(tmp_path / "a.npz"), outputs_file(tmp_path / "b.safetensors", cross_fitted=True)]
@@ -198,7 +199,10 @@ def test_default_student_is_the_cross_validated_probe(tiny_student, tmp_path):
     # both files hold the same logits: confidence weighs them equally on every row
     assert reported["mean_teacher_weights"] == [0.5, 0.5]
     card = (tmp_path / "student" / "README.md").read_text()
-    assert '"probe_folds": 3' in card  # the cross-fitted teacher's (without it: 16 series, 4 per class, 4 folds)
+    # the taught heads judged on the cross-fitted teacher's 3 folds, the label heads on the 4 the student alone's
+    # cross-validation fits (16 series, 4 per class)
+    members = [json.loads(member) for member in re.findall(r'\{[^{}]*"share"[^{}]*\}', card)]  # probe_members
+    assert members and all(member["folds"] == (3 if member["taught"] else 4) for member in members)
     student = AutoModelForSequenceClassification.from_pretrained(tmp_path / "student")
     assert student.config.freeze_backbone and student.config.id2label == dict(enumerate(NAMES))
 

@@ -249,7 +249,7 @@ class LinearHead:
     held_out_logits: torch.Tensor | None = None  # (num_held_out_rows, num_labels): what calibration is fitted on
     held_out_labels: torch.Tensor | None = None  # (num_held_out_rows,)
     folds: int = 0  # 0: one validation split chose; k: k-fold cross-validation chose, and the head saw every row
-    members: list = field(default_factory=list)  # the heads averaged (ensemble_selection): features, setting, share
+    members: list = field(default_factory=list)  # the heads averaged: features, setting, taught, folds, share
 
     @property
     def scores(self) -> dict:
@@ -381,7 +381,7 @@ def combine_heads(weighted_heads: list, parts: dict) -> LinearHead:
     heads = [head for head, _ in weighted_heads]
     total = sum(count for _, count in weighted_heads)
     members = [{"classifier_features": head.classifier_features, "weight_decay": head.weight_decay,
-                "dropout": head.dropout, "taught": head.taught, "share": count / total}
+                "dropout": head.dropout, "taught": head.taught, "folds": head.folds, "share": count / total}
                for head, count in weighted_heads]
     if len(heads) == 1:
         heads[0].members = members
@@ -437,8 +437,8 @@ def teachers_on_merit(heads: list, steps: int) -> dict:
     """`{index of a head: times chosen}`: the ensemble (`ensemble_selection`, `steps` additions) of the heads of the
     labels alone, unless the one over every head, the taught (`LinearHead.taught`) among them, beats it on the
     held-out rows (accuracy, then cross-entropy). Greedy selection from the single best head can stall where a taught
-    head leads and no addition mends its errors, below what the label heads reach together: the teachers join only
-    where they raise what the labels alone would give, which is then the student alone's choice."""
+    head leads and no addition mends its errors, below what the label heads reach together. So the teachers join only
+    where they raise what the label heads give; otherwise the choice is the student alone's."""
     untaught = [index for index, head in enumerate(heads) if not head.taught]
     alone = {untaught[index]: count
              for index, count in ensemble_selection([heads[index] for index in untaught], steps).items()}
