@@ -480,6 +480,23 @@ def test_cross_fitted_teachers_bring_their_folds_and_teach_each_fold_without_it(
     torch.testing.assert_close(head.held_out_logits, alone.held_out_logits)
 
 
+def test_rows_in_one_cross_fitted_fold_are_judged_on_the_labels_folds_with_a_warning():
+    """Where the rows lie in fewer than 2 of the teachers' folds, their folds cannot judge: the taught heads are judged
+    on the labels' folds (5 asked), taught by the teachers' logits over TRAIN, and a warning says why."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(40, 1, 4, generator=generator)
+    labels = (features[:, 0, 0] > 0).long()
+    teacher = 8.0 * F.one_hot(labels, 2).float()[:, None]
+    teaching = ProbeDistillation.from_teachers(teacher, labels, "equal", 0.0, folds=np.zeros(40, dtype=int),
+                                               fold_teacher_logits=teacher.expand(3, *teacher.shape))
+    options = dict(num_classes=2, candidates=["tokens"], weight_decays=[0.0], dropouts=[0.0], epochs=20,
+                   learning_rate=5e-2, folds=5)
+    with pytest.warns(UserWarning, match="the rows lie in 1 of the cross-fitted teachers' folds"):
+        head = select_linear_head({"tokens": features}, labels, np.arange(40), np.array([], dtype=int), **options,
+                                  distillation=teaching)
+    assert head.folds == 5 and len(head.held_out_labels) == 40
+
+
 def test_taught_heads_join_the_ensemble_only_where_they_beat_the_label_heads_together():
     """Greedy selection starts from the best single head: here a taught one, right on 7 rows of 8 and confidently
     wrong on the last, which no single addition mends; the two label heads, each right on 7 rows, are right on all 8
