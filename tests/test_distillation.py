@@ -525,6 +525,40 @@ def test_taught_heads_join_the_ensemble_only_where_they_beat_the_label_heads_tog
     assert teachers_on_merit([first, second], 1) == ensemble_selection([first, second], 1)
 
 
+def test_teachers_join_only_where_their_admission_wins_by_nested_cross_validation():
+    """A taught head whose best setting is right on 7 rows of 8 beats the label head (6 of 8) on the held-out rows,
+    but each of its two settings is right on one fold only: chosen on either fold's rows, it is the setting that is
+    wrong on the other. Nested over the two folds, the rule that admits the teachers scores 4 of 8 and the label head
+    6, so it stays alone; without folds the old rule admits the taught head; a taught head right on every row with
+    either setting is admitted either way."""
+    from modeling_vqshape.tasks.finetuning import LinearHead, teachers_on_merit
+
+    targets = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    folds = [np.arange(4), np.arange(4, 8)]
+
+    def logits(wrong, scale=1.0):  # right on every row but `wrong`
+        rows = F.one_hot(targets, 2).float()
+        rows[wrong] = 1 - rows[wrong]
+        return rows * scale
+
+    def head(settings, taught):
+        grid = torch.stack(settings)
+        scores = [((setting.argmax(-1) == targets).float().mean().item(), F.cross_entropy(setting, targets).item())
+                  for setting in grid]
+        best = max(range(len(grid)), key=lambda index: (scores[index][0], -scores[index][1], -index))
+        return LinearHead("statistics", 0.0, 0.0, None, None, None, None, *scores[best], taught=taught,
+                          held_out_logits=grid[best], held_out_labels=targets, setting_logits=grid)
+
+    label = head([logits([0, 4])], False)
+    lucky = head([logits([5], 2.0), logits([0, 1, 2], 2.0)], True)
+    assert lucky.validation_accuracy == 0.875 > label.validation_accuracy == 0.75
+    assert teachers_on_merit([label, lucky], 0) == {1: 1}  # on the rows that chose it, it wins ...
+    assert teachers_on_merit([label, lucky], 0, folds) == {0: 1}  # ... and not where the choice is judged apart
+    right = head([logits([], 2.0), logits([], 3.0)], True)
+    assert teachers_on_merit([label, right], 0, folds) == {1: 1}
+    assert teachers_on_merit([label, right], 1, folds) == teachers_on_merit([label, right], 1)
+
+
 def test_cross_fit_scores_every_row_with_models_that_never_saw_its_fold():
     """`logits[i]` come from the model fitted without row i's fold, `fold_logits[f, i]` from the model fitted
     without fold f and row i's fold and on every other row; with groups, a recording lies in one fold."""

@@ -26,7 +26,7 @@ import argparse
 import copy
 import itertools
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -248,6 +248,7 @@ class LinearHead:
     taught: bool = False  # trained on the teachers' distillation loss as well as the labels
     held_out_logits: torch.Tensor | None = None  # (num_held_out_rows, num_labels): what calibration is fitted on
     held_out_labels: torch.Tensor | None = None  # (num_held_out_rows,)
+    setting_logits: torch.Tensor | None = None  # (settings, num_held_out_rows, num_labels): every setting of the grid
     folds: int = 0  # 0: one validation split chose; k: k-fold cross-validation chose, and the head saw every row
     members: list = field(default_factory=list)  # the heads averaged: features, setting, taught, folds, share
 
@@ -340,9 +341,12 @@ def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_cla
                                       probes.bias[index].clone(), accuracy, loss, taught=teaching is not None,
                                       held_out_logits=logits[index].clone(), held_out_labels=targets.clone(),
                                       folds=len(splits) if len(splits) > 1 else 0)
+            best.setting_logits = logits
             members.append((best, teaching, features))
     cross_validated = len(schemes[0][1]) > 1
-    counts = teachers_on_merit([head for head, _, _ in members], ensemble if cross_validated else 0)
+    # the label heads' folds, as positions among the held-out rows: what the teachers' admission is nested over
+    outer = [np.searchsorted(rows, held_out) for _, held_out in schemes[0][1]] if cross_validated else []
+    counts = teachers_on_merit([head for head, _, _ in members], ensemble if cross_validated else 0, outer)
     if cross_validated:  # refit the chosen settings on every row
         for head, teaching, features in (members[index] for index in counts):
             head.mean, head.std = standardise(features[rows])
@@ -433,19 +437,63 @@ def _judging_schemes(distillation, rows, labels, train_rows, validation_rows, fo
     return schemes + [(distillation, splits, [distillation] * len(splits))]
 
 
-def teachers_on_merit(heads: list, steps: int) -> dict:
+def teachers_on_merit(heads: list, steps: int, folds=()) -> dict:
     """`{index of a head: times chosen}`: the ensemble (`ensemble_selection`, `steps` additions) of the heads of the
     labels alone, unless the one over every head, the taught (`LinearHead.taught`) among them, beats it on the
     held-out rows (accuracy, then cross-entropy). Greedy selection from the single best head can stall where a taught
     head leads and no addition mends its errors, below what the label heads reach together. So the teachers join only
-    where they raise what the label heads give; otherwise the choice is the student alone's."""
+    where they raise what the label heads give; otherwise the choice is the student alone's.
+
+    With `folds` (arrays of positions among the held-out rows, at least 2), that rule must also earn its place by
+    nested cross-validation: for each fold, every head's setting (`LinearHead.setting_logits`) and both choices are
+    made again on the other folds' rows and scored on the fold's, and the teachers join only where the rule that may
+    admit them beats, over all rows, the one that never does (accuracy, then cross-entropy). The held-out rows that
+    chose among dozens of heads and settings also judged the choice; a small edge there is what that choice alone
+    gives, and the nested scores do not count it."""
+    choice = _merit_choice(heads, steps)
+    if not any(heads[index].taught for index in choice) or len(folds) < 2:
+        return choice
+    admitting = _nested_scores(heads, steps, folds, _merit_choice)
+    return choice if admitting > _nested_scores(heads, steps, folds, _label_heads_choice) else _label_heads_choice(
+        heads, steps)
+
+
+def _label_heads_choice(heads: list, steps: int) -> dict:
+    """`ensemble_selection` over the heads of the labels alone, as indices of `heads`."""
     untaught = [index for index, head in enumerate(heads) if not head.taught]
-    alone = {untaught[index]: count
-             for index, count in ensemble_selection([heads[index] for index in untaught], steps).items()}
-    if len(untaught) == len(heads):
+    return {untaught[index]: count
+            for index, count in ensemble_selection([heads[index] for index in untaught], steps).items()}
+
+
+def _merit_choice(heads: list, steps: int) -> dict:
+    """The label heads' ensemble, or the one over every head where it beats that on the held-out rows."""
+    alone = _label_heads_choice(heads, steps)
+    if all(not head.taught for head in heads):
         return alone
     pooled = ensemble_selection(heads, steps)
     return pooled if _ensemble_scores(heads, pooled) > _ensemble_scores(heads, alone) else alone
+
+
+def _nested_scores(heads: list, steps: int, folds: list, choose) -> tuple:
+    """`(accuracy, -cross-entropy)` of the rule `choose(heads, steps) -> counts` by nested cross-validation over the
+    held-out rows: each of `folds` is scored by the ensemble that `choose` makes of the heads judged on the other
+    rows, each at the setting of its grid that is best there (`select_linear_head`'s rule)."""
+    targets = heads[0].held_out_labels
+    logits = torch.zeros_like(heads[0].held_out_logits)
+    for held_out in folds:
+        inner = np.setdiff1d(np.arange(len(targets)), held_out)
+        chosen = []  # (the head judged on the inner rows, the logits of its setting there over every row)
+        for head in heads:
+            grid = head.held_out_logits[None] if head.setting_logits is None else head.setting_logits
+            scores = [_held_out_scores(setting[inner], targets[inner]) for setting in grid]
+            best = max(range(len(grid)), key=lambda index: (scores[index][0], -scores[index][1], -index))
+            chosen.append((replace(head, validation_accuracy=scores[best][0], validation_loss=scores[best][1],
+                                   held_out_logits=grid[best][inner], held_out_labels=targets[inner]), grid[best]))
+        counts = choose([inner_head for inner_head, _ in chosen], steps)
+        logits[held_out] = sum(chosen[index][1][held_out] * count
+                               for index, count in counts.items()) / sum(counts.values())
+    accuracy, loss = _held_out_scores(logits, targets)
+    return accuracy, -loss
 
 
 def _ensemble_scores(heads: list, counts: dict) -> tuple:
