@@ -17,6 +17,8 @@ For each task and seed (5 by default), in one run:
 
 The scripts run as `main(argv)`, with `--seed S`, in this process, or with `--jobs N` in N processes, one task-seed
 unit (a dataset's teachers and the students of its tasks) at a time in each; the rows come out in the same order.
+Each unit's rows are written to `--output_dir`'s `units/` as it finishes, and a later run with the same settings
+takes them from there instead of running the unit again: a run cut short goes on where it stopped.
 `--teachers_only` scores the two teachers and trains no student.
 The tasks are the `--datasets` (bundled sets by default) and, unless `--no_geneactiv`, a GENEActiv-style protocol
 built from SYNTHETIC recordings (`synthetic_geneactiv.py`: `.bin` files written with the package's writer, labelled by
@@ -34,7 +36,7 @@ import json
 import multiprocessing
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -301,6 +303,35 @@ def run_unit(args, unit: list, seed: int, folder: Path, input_length: int) -> li
     return rows
 
 
+def unit_settings(args) -> dict:
+    """What a unit's rows depend on besides its tasks and seed: every option but where and how many run at once."""
+    return {key: value for key, value in vars(args).items() if key not in ("jobs", "output_dir", "num_seeds", "seeds")}
+
+
+def unit_file(args, unit: list, seed: int) -> Path:
+    """Where the rows of `unit` at `seed` are kept (`units/`, named by its tasks and seed)."""
+    name = hashlib.sha1(json.dumps([[task[0] for task in unit], seed]).encode()).hexdigest()[:12]
+    return Path(args.output_dir, "units", f"{name}.json")
+
+
+def finished_unit(args, unit: list, seed: int) -> list | None:
+    """The rows an earlier run wrote for `unit` at `seed` with the same settings, or None."""
+    path = unit_file(args, unit, seed)
+    if not path.exists():
+        return None
+    kept = json.loads(path.read_text())
+    return kept["rows"] if kept["settings"] == json.loads(json.dumps(unit_settings(args))) else None
+
+
+def keep_unit(args, unit: list, seed: int, rows: list):
+    """Write the rows of a finished unit with the settings that made them (to a temporary name, then renamed)."""
+    path = unit_file(args, unit, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"settings": unit_settings(args), "rows": rows}, default=float))
+    temporary.replace(path)
+
+
 def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
@@ -311,12 +342,20 @@ def main(argv=None):
         units = [[task for task in found if task[1] == dataset] for dataset in dict.fromkeys(task[1] for task in found)]
         # units of two tasks first: the longest start first, so that no process is left alone with one at the end
         work = [(unit, seed) for unit in sorted(units, key=len, reverse=True) for seed in args.seeds]
+        results = [finished_unit(args, unit, seed) for unit, seed in work]
+        left = [index for index, rows in enumerate(results) if rows is None]
+        if len(left) < len(work):
+            print(f"{len(work) - len(left)} of {len(work)} task-seed units taken from {args.output_dir}/units.")
         if args.jobs == 1:
-            results = [run_unit(args, unit, seed, folder, input_length) for unit, seed in work]
+            for index in left:
+                results[index] = run_unit(args, *work[index], folder, input_length)
+                keep_unit(args, *work[index], results[index])
         else:  # fresh interpreters: a forked one would inherit torch's and numba's thread pools mid-state
             with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                results = list(pool.map(run_unit, *zip(*((args, unit, seed, folder, input_length)
-                                                           for unit, seed in work))))
+                futures = {pool.submit(run_unit, args, *work[index], folder, input_length): index for index in left}
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+                    keep_unit(args, *work[futures[future]], results[futures[future]])
     order = {task[0]: index for index, task in enumerate(found)}  # tasks in order, then seeds, as one process runs
     rows = sorted((entry for unit_rows in results for entry in unit_rows),
                   key=lambda entry: (order[entry["dataset"]], entry["seed"]))

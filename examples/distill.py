@@ -3,23 +3,13 @@
     accelerate launch examples/distill.py --student_model_name_or_path vqshape-pretrained --dataset BasicMotions \
         --teacher vqshape-basicmotions --teacher pi-basicmotions --weighting mtkd_rl --output_dir vqshape-distilled
 
-A teacher (`--teacher`, repeatable) is a saved classifier folder or Hub id that takes `past_values`, or an outputs
-file of the TRAIN split keyed by sample id (`modeling_vqshape.tasks.teachers`); classes are matched by name, and
-classifiers run once over TRAIN before training. The student is built as `finetune.py` builds its classifier, with the
-loss `alpha * CE + (1 - alpha) * sum_k w_k * KD_k` (`distillation.py`) and the teacher weights of `--weighting`: equal,
-confidence (CA-MKD) or mtkd_rl. By default (`--num_train_epochs 0`) it is a linear head on frozen features: every
-candidate feature set and setting is trained on the labels alone and on that loss, `--probe_folds`-fold
-cross-validation over TRAIN (whole recordings, where the dataset names them; cross-fitted teachers' own folds, each
-head taught by the teachers fitted without the fold that judges it) chooses among them and averages in others
-(`--probe_ensemble`), and the choice is trained on all of TRAIN. With `--num_train_epochs N` (mtkd_rl's default, 10:
-its agent, a policy trained by REINFORCE on the improvement of the student's head over each step, `--reward`, learns
-from training steps; its updates are all-gathered so that every process keeps the same agent) a stratified
-`--validation_fraction` of TRAIN chooses the head instead, then the whole model trains on the loss and the validation
-rows pick the epoch (the probe, epoch 0, included). `--label_map` (JSON {fine class: coarse label}) trains and scores
-the student on coarse classes; a teacher with the fine classes is merged onto them. A temperature fitted on the rows
-that judged the student is folded into its head (`--no-calibrate`: none); the test split is read once, at the end.
-Accuracy and macro-F1 go to `eval_results.json` with the teachers' mean weights, and the model card names the teachers
-and the weighting.
+A teacher (`--teacher`, repeatable) is a classifier folder or Hub id, or an outputs file of the TRAIN split keyed by
+sample id; classes are matched by name. The student is built as `finetune.py` builds its classifier, on the loss
+`alpha * CE + (1 - alpha) * sum_k w_k * KD_k` with the teacher weights of `--weighting` (equal, confidence or
+mtkd_rl): by default the cross-validated linear probe, whose taught heads join only where they earn it; with
+`--num_train_epochs N` (mtkd_rl's default, 10: its agent learns from the training steps, identical on every process)
+the whole model trains after it and a validation split of TRAIN picks the epoch. `--label_map` scores the student on
+coarse classes. The test split is read once, at the end. `docs/distillation.md` tells the whole recipe.
 """
 
 import argparse
@@ -41,14 +31,11 @@ from modeling_vqshape.tasks.distillation import (
     ProbeDistillation,
     agent_state,
     agent_update,
-    head_cross_entropy,
-    improvement_reward,
-    loss_reward,
     multi_teacher_kd_loss,
-    per_sample_cross_entropy,
     random_state,
+    reward_baseline,
     save_agent,
-    student_cross_entropy,
+    step_rewards,
     teacher_weights,
 )
 from modeling_vqshape.tasks.finetuning import (
@@ -161,19 +148,12 @@ def main(argv=None):
             per_sample = multi_teacher_kd_loss(outputs.logits, teacher_logits, weights, batch_labels, args.alpha,
                                                args.temperature, reduction="none")
             accelerator.backward(per_sample.mean())
-            head_before = (head_cross_entropy(student, outputs.features, batch_labels)
-                           if reward == "head_improvement" else None)
+            baseline = reward_baseline(reward, student, outputs, batch_labels) if agent is not None else None
             optimizer.step()
             optimizer.zero_grad()
             if agent is not None:  # rewarded by --reward; every process takes the same update
-                if reward == "improvement":
-                    rewards = improvement_reward(per_sample_cross_entropy(outputs.logits, batch_labels),
-                                                 student_cross_entropy(student, batch_values, batch_labels, draws))
-                elif reward == "head_improvement":
-                    rewards = improvement_reward(head_before,
-                                                 head_cross_entropy(student, outputs.features, batch_labels))
-                else:
-                    rewards = loss_reward(per_sample)
+                rewards = step_rewards(reward, student, outputs, batch_labels, per_sample, batch_values, draws,
+                                       baseline)
                 agent_update(agent, agent_optimizer, *accelerator.gather((state, actions, rewards)))
             gathered_weights = accelerator.gather(weights)
             weight_sum += gathered_weights.sum(0)
@@ -202,23 +182,20 @@ def main(argv=None):
         if accelerator.is_main_process:
             save_agent(agent, os.path.join(args.output_dir, "mtkd_rl_agent.safetensors"))
     name = dataset_name(args.dataset)
-    training = {"base_model": args.student_model_name_or_path, "dataset": name, "labels": label_names,
-                "teachers": args.teacher, "weighting": args.weighting, "mean_teacher_weights": mean_weights,
-                "reward": reward, "label_map": args.label_map, "temperature": args.temperature, "alpha": args.alpha,
-                "classifier_features": head.classifier_features, "probe_taught": head.taught,
-                "probe_folds": head.folds, "probe_members": head.members,
-                "epochs": args.num_train_epochs, "selected_epoch": best.epoch, "validation": best.metrics,
+    reported = {"teachers": args.teacher, "weighting": args.weighting, "mean_teacher_weights": mean_weights,
+                "reward": reward, "label_map": args.label_map, "probe_taught": head.taught, "calibration": calibration,
+                "selected_epoch": best.epoch, "validation": best.metrics}  # in the card and eval_results.json
+    training = {"base_model": args.student_model_name_or_path, "dataset": name, "labels": label_names, **reported,
+                "temperature": args.temperature, "alpha": args.alpha, "classifier_features": head.classifier_features,
+                "probe_folds": head.folds, "probe_members": head.members, "epochs": args.num_train_epochs,
                 "learning_rate": args.learning_rate, "backbone_learning_rate": args.backbone_learning_rate,
-                "calibration": calibration, "seed": args.seed}
+                "seed": args.seed}
     card = dict(description=f"Distilled on {name} from {len(teachers)} teacher(s) ({', '.join(args.teacher)}) with "
                             f"the {args.weighting} weighting, by `examples/distill.py`.",
                 training=training, results={name: metrics}, dataset_names=[name],
                 results_description="Test split of the distilled student (`examples/distill.py`).")
-    finish(accelerator, model, args, {"dataset": name, "split": "test", **metrics, "selected_epoch": best.epoch,
-                                      "validation": best.metrics, "teachers": args.teacher,
-                                      "weighting": args.weighting, "mean_teacher_weights": mean_weights,
-                                      "reward": reward, "label_map": args.label_map, "probe_taught": head.taught,
-                                      "calibration": calibration, "seconds_per_step": seconds_per_step},
+    finish(accelerator, model, args, {"dataset": name, "split": "test", **metrics, **reported,
+                                      "seconds_per_step": seconds_per_step},
            results_file="eval_results.json", card=card,
            message=f"\nStudent saved to {os.path.abspath(args.output_dir)}.")
     return metrics

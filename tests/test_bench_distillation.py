@@ -93,6 +93,38 @@ def test_unknown_students_are_refused_by_name(capsys):
     assert "unknown students ['student from both, equl']" in capsys.readouterr().err
 
 
+def test_finished_units_are_kept_and_a_run_with_the_same_settings_goes_on_from_them(tmp_path, monkeypatch):
+    """Each unit's rows are written as it finishes; a second run takes them instead of running the unit, including
+    one cut short by a failing unit, and a run with other settings runs them again."""
+    torch.manual_seed(0)
+    VQShapeForPreTraining(VQShapeConfig(**TINY)).save_pretrained(tmp_path / "tiny")
+    ran = []
+
+    def fake_unit(args, unit, seed, folder, input_length):
+        if (unit[0][0], seed) in fail:
+            raise RuntimeError("cut short")
+        ran.append((unit[0][0], seed))
+        return [{"dataset": unit[0][0], "method": bench_distillation.ALONE, "seed": seed, "accuracy": 0.5 + seed / 10,
+                 "balanced_accuracy": 0.5, "macro_f1": 0.5, "seconds_per_step": None}]
+
+    monkeypatch.setattr(bench_distillation, "run_unit", fake_unit)
+    argv = ["--model_name_or_path", str(tmp_path / "tiny"), "--datasets", "BasicMotions", "GunPoint", "--no_geneactiv",
+            "--num_seeds", "2", "--output_dir", str(tmp_path / "bench")]
+    fail = {("GunPoint", 1)}
+    with pytest.raises(RuntimeError, match="cut short"):
+        bench_distillation.main(argv)
+    assert ran == [("BasicMotions", 0), ("BasicMotions", 1), ("GunPoint", 0)]
+    assert len(list((tmp_path / "bench" / "units").glob("*.json"))) == 3
+    fail, ran[:] = set(), []
+    rows = bench_distillation.main(argv)
+    assert ran == [("GunPoint", 1)]  # the three finished units are taken as they were
+    assert [(row["dataset"], row["seed"], row["accuracy"]) for row in rows] == [
+        ("BasicMotions", 0, 0.5), ("BasicMotions", 1, 0.6), ("GunPoint", 0, 0.5), ("GunPoint", 1, 0.6)]
+    ran[:] = []
+    bench_distillation.main([*argv, "--two_stage_epochs", "3"])
+    assert len(ran) == 4
+
+
 @pytest.mark.slow
 def test_distillation_benchmark_runs_every_teacher_and_student_on_a_bundled_set_and_the_geneactiv_protocol(tmp_path):
     # two processes, one per task-seed unit (BasicMotions; the 14- and 7-class tasks, which share their teachers): the

@@ -246,6 +246,35 @@ def test_confidence_and_mtkd_rl_move_weight_to_the_right_teacher_and_equal_does_
         assert weight_of_the_right_teacher() > 0.75
 
 
+def test_step_rewards_measure_the_step_by_the_reward_asked_for():
+    """After a step (here the head's bias moved): `head_improvement` is the head's cross-entropy on the training
+    forward's features before it (`reward_baseline`) minus after it; `improvement` the whole student's, by one more
+    forward pass; `loss` minus the per-sample loss; an unknown reward is refused by name."""
+    from modeling_vqshape.tasks.distillation import reward_baseline, step_rewards
+
+    config = VQShapeConfig(**{**TINY, "num_labels": 3})
+    torch.manual_seed(0)
+    model = VQShapeForTimeSeriesClassification(config).eval()
+    past_values, labels = torch.randn(4, config.input_length, 1), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        outputs = model(past_values=past_values)
+    per_sample = per_sample_cross_entropy(outputs.logits, labels)
+    baseline = reward_baseline("head_improvement", model, outputs, labels)
+    assert reward_baseline("improvement", model, outputs, labels) is None is reward_baseline("loss", model, outputs,
+                                                                                             labels)
+    with torch.no_grad():
+        model.classifier.bias.add_(torch.tensor([1.0, 0.0, 0.0]))
+    after = per_sample_cross_entropy(model(past_values=past_values).logits, labels)
+    torch.testing.assert_close(step_rewards("head_improvement", model, outputs, labels, per_sample, baseline=baseline),
+                               baseline - head_cross_entropy(model, outputs.features, labels))
+    torch.testing.assert_close(step_rewards("improvement", model, outputs, labels, per_sample, past_values),
+                               per_sample - after)
+    assert not torch.allclose(per_sample, after)
+    torch.testing.assert_close(step_rewards("loss", model, outputs, labels, per_sample), -per_sample)
+    with pytest.raises(ValueError, match="unknown reward 'accuracy'"):
+        step_rewards("accuracy", model, outputs, labels, per_sample)
+
+
 def test_the_head_reward_reads_the_classifiers_head_alone():
     """`head_cross_entropy` on a forward's features is the classifier's own cross-entropy where the forward has no
     dropout (eval mode), is the same in training mode (it leaves dropout out), and does not change after a step that

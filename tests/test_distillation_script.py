@@ -212,6 +212,8 @@ def test_each_mtkd_rl_reward_is_measured_as_it_says(reward, tiny_student, tmp_pa
     """Per agent update: the head reward evaluates the head twice (before and after the step) and runs no measuring
     forward pass; the loss reward neither; the whole student's reward one measuring pass with the training forward's
     random state."""
+    from modeling_vqshape.tasks import distillation as library
+
     distill = distill_script()
     calls = {"head": 0, "measuring pass": 0, "agent updates": 0}
 
@@ -221,8 +223,9 @@ def test_each_mtkd_rl_reward_is_measured_as_it_says(reward, tiny_student, tmp_pa
             return function(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(distill, "head_cross_entropy", counted("head", distill.head_cross_entropy))
-    monkeypatch.setattr(distill, "student_cross_entropy", counted("measuring pass", distill.student_cross_entropy))
+    # what the rewards (`reward_baseline`, `step_rewards`) call
+    monkeypatch.setattr(library, "head_cross_entropy", counted("head", library.head_cross_entropy))
+    monkeypatch.setattr(library, "student_cross_entropy", counted("measuring pass", library.student_cross_entropy))
     monkeypatch.setattr(distill, "agent_update", counted("agent updates", distill.agent_update))
     distill.main([*SMALL_RUN, "--student_model_name_or_path", str(tiny_student), "--teacher",
                   str(outputs_file(tmp_path / "a.npz")), "--teacher", str(outputs_file(tmp_path / "b.npz")),

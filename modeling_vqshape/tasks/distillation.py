@@ -24,11 +24,12 @@ A training step with `mtkd_rl` (the script all-gathers between the steps when it
     state = agent_state(student_logits, student_features, teacher_logits, teacher_features, labels, temperature)
     actions, weights = agent.sample(state, generator)               # exploration; the student trains with `weights`
     loss = multi_teacher_kd_loss(student_logits, teacher_logits, weights, labels, alpha, temperature)
-    ce_before = head_cross_entropy(student, student_features, labels)  # the head alone, before the step
+    baseline = reward_baseline("head_improvement", student, outputs, labels)  # the head alone, before the step
     ... backward, optimizer step of the student ...
-    rewards = improvement_reward(ce_before, head_cross_entropy(student, student_features, labels))  # per sample
-    # or: the whole student's CE in the training forward and after the step (student_cross_entropy, one more forward
-    # pass with the same dropout masks, random_state); or loss_reward(per-sample loss)
+    rewards = step_rewards("head_improvement", student, outputs, labels, per_sample_loss, baseline=baseline)
+    # improvement_reward of the head's cross-entropy before and after the step (head_cross_entropy); or the whole
+    # student's ("improvement": student_cross_entropy, one more forward pass with the same dropout masks,
+    # random_state); or loss_reward of the per-sample loss ("loss")
     state, actions, rewards = gather((state, actions, rewards))     # identical on every process
     agent_update(agent, agent_optimizer, state, actions, rewards)   # deterministic given its inputs
 """
@@ -396,6 +397,29 @@ def loss_reward(per_sample_loss: torch.Tensor) -> torch.Tensor:
     the standardised reward to [0, 1]; we keep the signed advantage, as for `improvement_reward`."""
     return -per_sample_loss.detach().float()
 
+
+def reward_baseline(reward: str, student, outputs, labels: torch.Tensor) -> torch.Tensor | None:
+    """What `step_rewards` compares with, taken after the training forward and before the optimizer step: the head's
+    per-sample cross-entropy on the forward's features for "head_improvement" (`head_cross_entropy`), else None."""
+    return head_cross_entropy(student, outputs.features, labels) if reward == "head_improvement" else None
+
+
+def step_rewards(reward: str, student, outputs, labels: torch.Tensor, per_sample_loss: torch.Tensor,
+                 past_values: torch.Tensor | None = None, draws: tuple | None = None,
+                 baseline: torch.Tensor | None = None) -> torch.Tensor:
+    """MTKD-RL's per-sample rewards of one training step, `(batch_size,)`, by `reward` (one of `REWARDS`), after the
+    optimizer step: "head_improvement", the head's improvement on the training forward's features (`baseline` from
+    `reward_baseline`); "improvement", the whole student's (`student_cross_entropy` on `past_values` with `draws`, the
+    `random_state` taken before the training forward); "loss", `loss_reward(per_sample_loss)`. `student` is the
+    unwrapped model, `outputs` its training forward's."""
+    if reward == "head_improvement":
+        return improvement_reward(baseline, head_cross_entropy(student, outputs.features, labels))
+    if reward == "improvement":
+        return improvement_reward(per_sample_cross_entropy(outputs.logits, labels),
+                                  student_cross_entropy(student, past_values, labels, draws))
+    if reward == "loss":
+        return loss_reward(per_sample_loss)
+    raise ValueError(f"unknown reward {reward!r}; choose one of {', '.join(REWARDS)}.")
 
 def standardised(rewards: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """`(r - mean(r)) / std(r)` over the batch: the advantage with the batch mean as baseline (0 when all equal)."""
