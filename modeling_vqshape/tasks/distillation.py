@@ -421,6 +421,7 @@ def step_rewards(reward: str, student, outputs, labels: torch.Tensor, per_sample
         return loss_reward(per_sample_loss)
     raise ValueError(f"unknown reward {reward!r}; choose one of {', '.join(REWARDS)}.")
 
+
 def standardised(rewards: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """`(r - mean(r)) / std(r)` over the batch: the advantage with the batch mean as baseline (0 when all equal)."""
     rewards = rewards.detach().float()
