@@ -184,7 +184,8 @@ def main(argv=None):
     name = dataset_name(args.dataset)
     reported = {"teachers": args.teacher, "weighting": args.weighting, "mean_teacher_weights": mean_weights,
                 "reward": reward, "label_map": args.label_map, "probe_taught": head.taught, "calibration": calibration,
-                "selected_epoch": best.epoch, "validation": best.metrics}  # in the card and eval_results.json
+                "probe_admission": head.admission, "selected_epoch": best.epoch,
+                "validation": best.metrics}  # in the card and eval_results.json
     training = {"base_model": args.student_model_name_or_path, "dataset": name, "labels": label_names, **reported,
                 "temperature": args.temperature, "alpha": args.alpha, "classifier_features": head.classifier_features,
                 "probe_folds": head.folds, "probe_members": head.members, "epochs": args.num_train_epochs,

@@ -560,7 +560,7 @@ def test_teachers_join_only_where_their_admission_wins_by_nested_cross_validatio
     wrong on the other. Nested over the two folds, the rule that admits the teachers scores 4 of 8 and the label head
     6, so it stays alone; without folds the old rule admits the taught head; a taught head right on every row with
     either setting is admitted either way."""
-    from modeling_vqshape.tasks.finetuning import LinearHead, teachers_on_merit
+    from modeling_vqshape.tasks.finetuning import LinearHead, merit_admission, teachers_on_merit
 
     targets = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
     folds = [np.arange(4), np.arange(4, 8)]
@@ -583,8 +583,12 @@ def test_teachers_join_only_where_their_admission_wins_by_nested_cross_validatio
     assert lucky.validation_accuracy == 0.875 > label.validation_accuracy == 0.75
     assert teachers_on_merit([label, lucky], 0) == {1: 1}  # on the rows that chose it, it wins ...
     assert teachers_on_merit([label, lucky], 0, folds) == {0: 1}  # ... and not where the choice is judged apart
+    counts, scores = merit_admission([label, lucky], 0, folds)
+    assert counts == {0: 1} and scores["with_teachers"]["accuracy"] == 0.5 and scores["label_heads"]["accuracy"] == 0.75
+    assert merit_admission([label, lucky], 0) == ({1: 1}, None)  # no folds: nothing nested to report
     right = head([logits([], 2.0), logits([], 3.0)], True)
     assert teachers_on_merit([label, right], 0, folds) == {1: 1}
+    assert merit_admission([label, right], 0, folds)[1]["with_teachers"]["accuracy"] == 1.0
     assert teachers_on_merit([label, right], 1, folds) == teachers_on_merit([label, right], 1)
 
 

@@ -251,6 +251,7 @@ class LinearHead:
     setting_logits: torch.Tensor | None = None  # (settings, num_held_out_rows, num_labels): every setting of the grid
     folds: int = 0  # 0: one validation split chose; k: k-fold cross-validation chose, and the head saw every row
     members: list = field(default_factory=list)  # the heads averaged: features, setting, taught, folds, share
+    admission: dict | None = None  # the nested scores that admitted the teachers or kept them out (`merit_admission`)
 
     @property
     def scores(self) -> dict:
@@ -346,14 +347,16 @@ def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_cla
     cross_validated = len(schemes[0][1]) > 1
     # the label heads' folds, as positions among the held-out rows: what the teachers' admission is nested over
     outer = [np.searchsorted(rows, held_out) for _, held_out in schemes[0][1]] if cross_validated else []
-    counts = teachers_on_merit([head for head, _, _ in members], ensemble if cross_validated else 0, outer)
+    counts, admission = merit_admission([head for head, _, _ in members], ensemble if cross_validated else 0, outer)
     if cross_validated:  # refit the chosen settings on every row
         for head, teaching, features in (members[index] for index in counts):
             head.mean, head.std = standardise(features[rows])
             probes = _trained_grid(features, labels, rows, head.mean, head.std, num_classes,
                                    [(head.weight_decay, head.dropout)], seed, teaching, training)
             head.weight, head.bias = probes.weight[0].T.clone(), probes.bias[0].clone()
-    return combine_heads([(members[index][0], count) for index, count in counts.items()], parts)
+    head = combine_heads([(members[index][0], count) for index, count in counts.items()], parts)
+    head.admission = admission
+    return head
 
 
 def ensemble_selection(heads: list, steps: int) -> dict:
@@ -450,12 +453,21 @@ def teachers_on_merit(heads: list, steps: int, folds=()) -> dict:
     admit them beats, over all rows, the one that never does (accuracy, then cross-entropy). The held-out rows that
     chose among dozens of heads and settings also judged the choice; a small edge there is what that choice alone
     gives, and the nested scores do not count it."""
+    return merit_admission(heads, steps, folds)[0]
+
+
+def merit_admission(heads: list, steps: int, folds=()) -> tuple:
+    """`(counts, scores)`: `teachers_on_merit`'s choice and, where nested cross-validation judged the admission,
+    `{"with_teachers": {"accuracy", "cross_entropy"}, "label_heads": {...}}`, the nested scores of the rule that may
+    admit the teachers and of the label heads' ensemble (the teachers join where the first is higher); else None."""
     choice = _merit_choice(heads, steps)
     if not any(heads[index].taught for index in choice) or len(folds) < 2:
-        return choice
+        return choice, None
     admitting = _nested_scores(heads, steps, folds, _merit_choice)
-    return choice if admitting > _nested_scores(heads, steps, folds, _label_heads_choice) else _label_heads_choice(
-        heads, steps)
+    alone = _nested_scores(heads, steps, folds, _label_heads_choice)
+    scores = {name: {"accuracy": round(accuracy, 6), "cross_entropy": round(-negated, 6)}
+              for name, (accuracy, negated) in (("with_teachers", admitting), ("label_heads", alone))}
+    return (choice if admitting > alone else _label_heads_choice(heads, steps)), scores
 
 
 def _label_heads_choice(heads: list, steps: int) -> dict:
@@ -674,6 +686,7 @@ __all__ = [
     "first_stage_scores",
     "frozen_feature_parts",
     "select_linear_head",
+    "merit_admission",
     "teachers_on_merit",
     "split_metrics",
     "standardise",
