@@ -333,16 +333,12 @@ def select_linear_head(parts: dict, labels, train_rows, validation_rows, num_cla
                 logits.append(probes.logits(((features[scored_rows] - mean) / std).numpy()))
             order = np.argsort(scored, kind="stable")  # by row, whatever the folds: every scheme scores the same rows
             logits, targets = torch.cat(logits, dim=1)[:, order], labels[scored[order]]  # (settings, rows, labels)
-            best = None
-            for index, (weight_decay, dropout) in enumerate(settings):
-                accuracy, loss = _held_out_scores(logits[index], targets)
-                if best is None or (accuracy, -loss) > (best.validation_accuracy, -best.validation_loss):
-                    # the weights of the last split: the only one, or a fold's, replaced by the refit below
-                    best = LinearHead(candidate, weight_decay, dropout, mean, std, probes.weight[index].T.clone(),
-                                      probes.bias[index].clone(), accuracy, loss, taught=teaching is not None,
-                                      held_out_logits=logits[index].clone(), held_out_labels=targets.clone(),
-                                      folds=len(splits) if len(splits) > 1 else 0)
-            best.setting_logits = logits
+            index, accuracy, loss = _best_setting(logits, targets)
+            # the weights of the last split: the only one, or a fold's, replaced by the refit below
+            best = LinearHead(candidate, *settings[index], mean, std, probes.weight[index].T.clone(),
+                              probes.bias[index].clone(), accuracy, loss, taught=teaching is not None,
+                              held_out_logits=logits[index].clone(), held_out_labels=targets.clone(),
+                              setting_logits=logits, folds=len(splits) if len(splits) > 1 else 0)
             members.append((best, teaching, features))
     cross_validated = len(schemes[0][1]) > 1
     # the label heads' folds, as positions among the held-out rows: what the teachers' admission is nested over
@@ -489,7 +485,7 @@ def _merit_choice(heads: list, steps: int) -> dict:
 def _nested_scores(heads: list, steps: int, folds: list, choose) -> tuple:
     """`(accuracy, -cross-entropy)` of the rule `choose(heads, steps) -> counts` by nested cross-validation over the
     held-out rows: each of `folds` is scored by the ensemble that `choose` makes of the heads judged on the other
-    rows, each at the setting of its grid that is best there (`select_linear_head`'s rule)."""
+    rows, each at the setting of its grid that is best there (`_best_setting`, as `select_linear_head` chooses)."""
     targets = heads[0].held_out_labels
     logits = torch.zeros_like(heads[0].held_out_logits)
     for held_out in folds:
@@ -497,15 +493,22 @@ def _nested_scores(heads: list, steps: int, folds: list, choose) -> tuple:
         chosen = []  # (the head judged on the inner rows, the logits of its setting there over every row)
         for head in heads:
             grid = head.held_out_logits[None] if head.setting_logits is None else head.setting_logits
-            scores = [_held_out_scores(setting[inner], targets[inner]) for setting in grid]
-            best = max(range(len(grid)), key=lambda index: (scores[index][0], -scores[index][1], -index))
-            chosen.append((replace(head, validation_accuracy=scores[best][0], validation_loss=scores[best][1],
+            best, accuracy, loss = _best_setting(grid[:, inner], targets[inner])
+            chosen.append((replace(head, validation_accuracy=accuracy, validation_loss=loss,
                                    held_out_logits=grid[best][inner], held_out_labels=targets[inner]), grid[best]))
         counts = choose([inner_head for inner_head, _ in chosen], steps)
         logits[held_out] = sum(chosen[index][1][held_out] * count
                                for index, count in counts.items()) / sum(counts.values())
     accuracy, loss = _held_out_scores(logits, targets)
     return accuracy, -loss
+
+
+def _best_setting(logits: torch.Tensor, targets: torch.Tensor) -> tuple:
+    """`(index, accuracy, cross-entropy)` of the setting whose held-out `logits` (settings, rows, labels) score best
+    on `targets`: accuracy, then lower cross-entropy, then the earlier setting. How a head's setting is chosen."""
+    scores = [_held_out_scores(setting, targets) for setting in logits]
+    index = max(range(len(scores)), key=lambda index: (scores[index][0], -scores[index][1], -index))
+    return index, *scores[index]
 
 
 def _ensemble_scores(heads: list, counts: dict) -> tuple:
